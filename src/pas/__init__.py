@@ -1,0 +1,1 @@
+"""pas: Precision at Scale."""

@@ -1,0 +1,58 @@
+"""CLIP image and text embeddings from a local open_clip directory (models/clip)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+
+class ClipEncoder:
+    """Batched, L2-normalised CLIP embeddings (half precision on GPU)."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+        import open_clip
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} holds no open_clip model; run the models stage (dvc repro models)")
+        name = f"local-dir:{model_dir}"
+        model, _, self.preprocess = open_clip.create_model_and_transforms(name, device=device)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.device, self.batch_size = device, batch_size
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """(N, D) float32 unit vectors for N texts."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
+                out.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+    def encode_images(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed") -> np.ndarray:
+        """(N, D) float32 unit vectors for N PIL images, streamed in batches."""
+        out = []
+        with torch.inference_mode():
+            for batch in tqdm(_batches(images, self.batch_size), desc=desc, unit="batch",
+                              total=None if total is None else -(-total // self.batch_size)):
+                pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in batch])
+                feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
+                out.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
+    batch: list[Image.Image] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,121 @@
+"""MLflow in one place: one parent run per pipeline execution, one nested run per stage."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+INVOCATION_TAG = "pas.invocation"
+
+
+def tracking_uri() -> str:
+    """The tracking URI: MLFLOW_TRACKING_URI if set, else the SQLite file mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def invocation_id() -> str:
+    """Identify the pipeline execution this process belongs to.
+
+    Every stage of one `dvc repro` / `dvc exp run` is a child of the same dvc process, so the
+    nearest ancestor running dvc (pid + start time) names the execution. A stage run by hand
+    is its own execution.
+    """
+    proc = psutil.Process()
+    for parent in proc.parents():
+        try:
+            cmdline = " ".join(parent.cmdline())
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if "dvc" in Path(cmdline.split(" ")[0]).name or " -m dvc" in cmdline or "/dvc " in cmdline + " ":
+            return f"dvc-{parent.pid}-{int(parent.create_time())}"
+    return f"proc-{proc.pid}-{int(proc.create_time())}"
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def _numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_numeric(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def _parent_run(client: Any, experiment_id: str, invocation: str) -> str:
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    name = exp_name or time.strftime("repro-%Y%m%d-%H%M%S")
+    tags = {INVOCATION_TAG: invocation, "pas.kind": "pipeline"}
+    if exp_name:
+        tags["dvc.exp_name"] = exp_name
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+class StageRun:
+    """Handle given to a stage inside `stage_run`: log metrics and small artifacts."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log every numeric leaf of a nested metrics dict (keys joined with dots)."""
+        for key, value in _numeric(metrics).items():
+            self.client.log_metric(self.run_id, key, value, step=step or 0)
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Attach a small file (report, plot) to the stage run."""
+        self.client.log_artifact(self.run_id, str(path))
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
+    """Open the nested MLflow run `stage` under this execution's parent run in `experiment`."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    existing = client.get_experiment_by_name(experiment)
+    experiment_id = existing.experiment_id if existing else client.create_experiment(experiment)
+    parent = _parent_run(client, experiment_id, invocation_id())
+    run = client.create_run(
+        experiment_id,
+        run_name=stage,
+        tags={"mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()},
+    )
+    run_id = run.info.run_id
+    for key, value in _flatten(params).items():
+        client.log_param(run_id, key, value)
+    status = "FAILED"
+    try:
+        yield StageRun(client, run_id)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+        client.set_terminated(parent, "FINISHED" if status == "FINISHED" else "FAILED")
+        log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run_id, tracking_uri())

@@ -1,0 +1,28 @@
+"""models: resolve every model named in params to a pinned local directory + models/lock.json."""
+from pathlib import Path
+
+from pas.config import build
+from pas.models import ROLES, ModelsConfig, check_names, resolve
+from pas.shards import atomic_dir, write_json
+from pas.stage import run_stage, stage_parser
+
+KEYS = ("models",)
+
+
+def body(args, params, run):
+    cfg = build(ModelsConfig, params.get("models"), "models")
+    check_names(cfg)  # every name is checked before anything is downloaded or built
+    lock = {}
+    for role in ROLES:
+        dest = Path(args.out) / role
+        with atomic_dir(dest) as tmp:
+            lock[role] = {**resolve(role, getattr(cfg, role), tmp), "path": str(dest)}
+    write_json(lock, args.lock)
+    return {"models": len(lock)}
+
+
+if __name__ == "__main__":
+    parser = stage_parser("models", __doc__)
+    parser.add_argument("--out", required=True, help="folder that receives one sub-folder per model role")
+    parser.add_argument("--lock", required=True, help="lock file to write")
+    run_stage("models", KEYS, parser, body)

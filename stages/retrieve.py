@@ -1,0 +1,38 @@
+"""retrieve: each concept's text embedding queries the pool index; the chosen images go into shards."""
+import json
+from pathlib import Path
+
+from pas.clip import ClipEncoder
+from pas.config import build, parse_size
+from pas.plan import MixConfig, candidate_counts
+from pas.pool import PoolIndexConfig, load_index
+from pas.retrieve import RetrieveConfig, concept_queries, retrieve
+from pas.runtime import pick_device
+from pas.shards import atomic_dir, read_table, write_table
+from pas.stage import run_stage, stage_parser
+
+KEYS = ("size", "oversample", "mix", "pool_index.source", "retrieve")
+
+
+def body(args, params, run):
+    cfg = build(RetrieveConfig, params.get("retrieve"), "retrieve")
+    mix = build(MixConfig, params.get("mix"), "mix")
+    total = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["retrieved"]
+    pool_source = Path(build(PoolIndexConfig, params.get("pool_index"), "pool_index").source)
+    concepts = json.loads(Path(args.concepts).read_text())["concepts"]
+    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device())
+    files = [r["path"] for r in read_table(Path(args.pool_index) / "files.parquet").to_pylist() if r["usable"]]
+    index = load_index(Path(args.pool_index) / "index.faiss")
+    with atomic_dir(args.out) as out:
+        rows, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, files, pool_source, total, cfg, out)
+        write_table(rows, out / "manifest.parquet")
+    return metrics
+
+
+if __name__ == "__main__":
+    parser = stage_parser("retrieve", __doc__)
+    parser.add_argument("--concepts", required=True)
+    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--pool-index", required=True, help="pool_index output folder")
+    parser.add_argument("--out", required=True, help="folder for retrieved shards and manifest")
+    run_stage("retrieve", KEYS, parser, body)
