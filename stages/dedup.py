@@ -25,7 +25,7 @@ def body(args, params, run):
     rows, embeddings = [rows[i] for i in kept], embeddings[kept]
     hashes = [r["pixel_hash"] for r in rows]
 
-    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device())
+    encoder = ClipEncoder(args.clip, pick_device())
     eval_set = [im for split in sorted(Path(args.downstream).rglob("*.parquet")) for im in load_split(split)[0]]
     eval_embeddings = encoder.encode_images(eval_set, total=len(eval_set), desc="eval sets")
     dirty = contaminated(embeddings, hashes, eval_embeddings, {pixel_hash(im) for im in eval_set}, cfg.eval_threshold)
@@ -46,7 +46,7 @@ def body(args, params, run):
 if __name__ == "__main__":
     parser = stage_parser("dedup", __doc__)
     parser.add_argument("--concepts", required=True)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--filtered", required=True, help="filter output manifest")
     parser.add_argument("--candidates", required=True, help="embed output folder (embeddings.npy)")
     parser.add_argument("--downstream", required=True, help="folder of downstream sets to decontaminate against")

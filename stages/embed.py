@@ -1,5 +1,4 @@
 """embed: CLIP embeddings and image statistics of every candidate (generated + retrieved), once."""
-import json
 from pathlib import Path
 
 from pas.clip import ClipEncoder
@@ -14,7 +13,7 @@ KEYS = ()
 def body(args, params, run):
     sources = [(read_table(Path(folder) / "manifest.parquet"), Path(folder)) for folder in args.sources]
     rows = candidate_rows(sources)
-    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device())
+    encoder = ClipEncoder(args.clip, pick_device())
     stats = []
     embeddings = encoder.encode_images(stream_images(rows, stats), total=len(rows), desc="embed")
     rows = [{**row, **stat} for row, stat in zip(rows, stats)]
@@ -29,7 +28,7 @@ def body(args, params, run):
 
 if __name__ == "__main__":
     parser = stage_parser("embed", __doc__)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--sources", nargs="+", required=True, help="stage folders holding manifest.parquet + shards")
     parser.add_argument("--out", required=True, help="folder for the candidate manifest and embeddings")
     run_stage("embed", KEYS, parser, body)

@@ -20,7 +20,7 @@ def body(args, params, run):
     document = json.loads(Path(args.concepts).read_text())
     rows = read_table(Path(args.candidates) / "manifest.parquet").to_pylist()
     images = load_embeddings(Path(args.candidates) / "embeddings.npy")
-    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device())
+    encoder = ClipEncoder(args.clip, pick_device())
     domain = domain_scores(images, encoder.encode_texts(document["positive_prompts"]),
                            encoder.encode_texts(document["negative_prompts"]), cfg.logit_scale)
     names = [c["name"] for c in document["concepts"]]
@@ -41,7 +41,7 @@ def body(args, params, run):
 if __name__ == "__main__":
     parser = stage_parser("filter", __doc__)
     parser.add_argument("--concepts", required=True)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--candidates", required=True, help="embed output folder")
     parser.add_argument("--out", required=True, help="filtered manifest (parquet) to write")
     run_stage("filter", KEYS, parser, body)

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from pas.config import build, parse_size
+from pas.models import read_entry
 from pas.generate import GenerateConfig, generate, plan_jobs
 from pas.plan import MixConfig, candidate_counts
 from pas.runtime import pick_device
@@ -16,14 +17,13 @@ def body(args, params, run):
     mix = build(MixConfig, params.get("mix"), "mix")
     count = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["generated"]
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
-    model = json.loads(Path(args.lock).read_text())["generator"]
     jobs = plan_jobs(concepts, count, int(params.get("seed", 0)))
-    return generate(model["path"], model, jobs, cfg, Path(args.out), device=pick_device())
+    return generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device())
 
 
 if __name__ == "__main__":
     parser = stage_parser("generate", __doc__)
     parser.add_argument("--concepts", required=True)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the generator's folder)")
+    parser.add_argument("--generator", required=True, help="resolved generator folder (models stage)")
     parser.add_argument("--out", required=True, help="shard folder (kept between runs for resume)")
     run_stage("generate", KEYS, parser, body)

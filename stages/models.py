@@ -14,15 +14,16 @@ def body(args, params, run):
     check_names(cfg)  # every name is checked before anything is downloaded or built
     lock = {}
     for role in ROLES:
-        dest = Path(args.out) / role
+        dest = Path(getattr(args, role))
         with atomic_dir(dest) as tmp:
-            lock[role] = {**resolve(role, getattr(cfg, role), tmp), "path": str(dest)}
+            lock[role] = {**resolve(role, getattr(cfg, role), Path(tmp)), "path": str(dest)}
     write_json(lock, args.lock)
     return {"models": len(lock)}
 
 
 if __name__ == "__main__":
     parser = stage_parser("models", __doc__)
-    parser.add_argument("--out", required=True, help="folder that receives one sub-folder per model role")
+    parser.add_argument("--generator", required=True, help="folder for the resolved text-to-image model")
+    parser.add_argument("--clip", required=True, help="folder for the resolved CLIP model")
     parser.add_argument("--lock", required=True, help="lock file to write")
     run_stage("models", KEYS, parser, body)

@@ -1,5 +1,4 @@
 """pool_index: embed the unlabeled pool with CLIP once and build a faiss index over it."""
-import json
 from pathlib import Path
 
 from pas.clip import ClipEncoder
@@ -15,7 +14,7 @@ KEYS = ("seed", "pool_index")
 def body(args, params, run):
     cfg = build(PoolIndexConfig, params.get("pool_index"), "pool_index")
     folder = check_source(cfg.source)
-    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device(), cfg.batch_size)
+    encoder = ClipEncoder(args.clip, pick_device(), cfg.batch_size)
     rows = []
     embeddings = encoder.encode_images(scan_pool(folder, cfg.min_side, rows), desc="pool_index")
     usable = [r for r in rows if r["usable"]]
@@ -35,6 +34,6 @@ def body(args, params, run):
 
 if __name__ == "__main__":
     parser = stage_parser("pool_index", __doc__)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--out", required=True, help="folder for embeddings, file table and index")
     run_stage("pool_index", KEYS, parser, body)

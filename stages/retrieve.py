@@ -20,7 +20,7 @@ def body(args, params, run):
     total = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["retrieved"]
     pool_source = Path(build(PoolIndexConfig, params.get("pool_index"), "pool_index").source)
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
-    encoder = ClipEncoder(json.loads(Path(args.lock).read_text())["clip"]["path"], pick_device())
+    encoder = ClipEncoder(args.clip, pick_device())
     files = [r["path"] for r in read_table(Path(args.pool_index) / "files.parquet").to_pylist() if r["usable"]]
     index = load_index(Path(args.pool_index) / "index.faiss")
     with atomic_dir(args.out) as out:
@@ -32,7 +32,7 @@ def body(args, params, run):
 if __name__ == "__main__":
     parser = stage_parser("retrieve", __doc__)
     parser.add_argument("--concepts", required=True)
-    parser.add_argument("--lock", required=True, help="models/lock.json (gives the CLIP folder)")
+    parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--pool-index", required=True, help="pool_index output folder")
     parser.add_argument("--out", required=True, help="folder for retrieved shards and manifest")
     run_stage("retrieve", KEYS, parser, body)

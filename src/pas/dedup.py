@@ -33,7 +33,7 @@ def _range_pairs(index_vectors: np.ndarray, queries: np.ndarray, threshold: floa
     index = faiss.IndexFlatIP(index_vectors.shape[1])
     index.add(np.ascontiguousarray(index_vectors, dtype=np.float32))
     lims, _, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.float32), threshold)
-    rows = np.repeat(np.arange(len(queries)), np.diff(lims))
+    rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
     return rows, ids
 
 

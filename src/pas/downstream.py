@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pas.config import DataError
 from pas.shards import decode_image
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ COLUMNS = ("image", "label", "label_name")
 SPLITS = ("train", "test")
 
 
-class DownstreamDataError(ValueError):
+class DownstreamDataError(DataError, ValueError):
     """A downstream parquet file does not follow the image/label/label_name format."""
 
 

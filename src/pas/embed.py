@@ -1,7 +1,6 @@
 """CLIP embeddings of every candidate image (generated + retrieved), computed once."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,14 @@ COLUMNS = ("key", "shard", "source", "concept", "prompt", "seed", "width", "heig
 
 
 def pixel_hash(image: Image.Image) -> str:
-    """A hash of the 16x16 grayscale thumbnail at 4 bits: equal for re-encoded copies of one image."""
-    thumb = np.asarray(image.convert("L").resize((16, 16), Image.BILINEAR), dtype=np.uint8) >> 4
-    return hashlib.sha1(thumb.tobytes()).hexdigest()[:16]
+    """Average hash: 64 bits of 'brighter than the mean' over an 8x8 grayscale thumbnail.
+
+    Equal for re-encoded or resized copies of one image; closer variants are left to the
+    embedding similarity.
+    """
+    thumb = np.asarray(image.convert("L").resize((8, 8), Image.BOX), dtype=np.float32)
+    bits = np.packbits((thumb > thumb.mean()).ravel())
+    return bits.tobytes().hex() if thumb.std() > 0 else ""
 
 
 def candidate_rows(manifests: list[tuple[pa.Table, Path]]) -> list[dict[str, Any]]:

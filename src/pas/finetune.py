@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pas.config import require
-from pas.downstream import SplitInfo, iter_image_batches, read_split_info
+from pas.downstream import SPLITS, SplitInfo, iter_image_batches, read_split_info
 from pas.runtime import pick_device
 from pas.shards import atomic_path, save_embeddings, write_json
 
@@ -109,7 +109,10 @@ def _batches(images: Iterable[Image.Image], size: int) -> Iterator[list[Image.Im
 
 def extract_features(backbone: torch.nn.Module, images: Iterable[Image.Image], image_size: int, batch_size: int,
                      device: str | None = None, total: int | None = None) -> np.ndarray:
-    """Pooled backbone features of `images` (a list or a stream), as L2-normalised float32 (N, D)."""
+    """Pooled backbone features of `images` (a list or a stream), as L2-normalised float32 (N, D).
+
+    Moves `backbone` to `device` in eval mode (and, for ViTs, sets its input size to image_size).
+    """
     device = device or pick_device()
     backbone = backbone.to(device).eval()
     if hasattr(backbone, "set_input_size"):  # ViTs: resample position embeddings to image_size
@@ -156,7 +159,7 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, num_cl
     history = []
     for epoch in range(1, cfg.probe_epochs + 1):
         order = torch.randperm(len(y), generator=gen).to(device)
-        loss_sum, correct = 0.0, 0
+        loss_sum = correct = torch.zeros((), device=device)  # summed on the device: one sync per epoch
         for idx in order.split(cfg.batch_size):
             logits = linear(x[idx])  # (B, C)
             loss = torch.nn.functional.cross_entropy(logits, y[idx])
@@ -164,9 +167,9 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, num_cl
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        history.append({"epoch": epoch, "loss": loss_sum / len(y), "train_top1": correct / len(y)})
+            loss_sum = loss_sum + loss.detach() * len(idx)
+            correct = correct + (logits.argmax(1) == y[idx]).sum()
+        history.append({"epoch": epoch, "loss": loss_sum.item() / len(y), "train_top1": correct.item() / len(y)})
     with torch.no_grad():
         weight = linear.weight / std  # fold the standardisation back: W' = W / std
         bias = linear.bias - weight @ mean  # b' = b - W' mean
@@ -246,7 +249,7 @@ def run_finetune(datasets: dict[str, Path], backbone_name: str, inits: dict[str,
             "path": str(_weights_file(weights)), "sha256": _sha256(_weights_file(weights))}
     metrics: dict[str, Any] = {}
     for dataset, folder in datasets.items():
-        infos = {split: read_split_info(Path(folder) / f"{split}.parquet") for split in ("train", "test")}
+        infos = {split: read_split_info(Path(folder) / f"{split}.parquet") for split in SPLITS}
         names = _merge_class_names(dataset, infos["train"], infos["test"])
         entry: dict[str, Any] = {"class_names": names, "num_classes": len(names), "inits": {}}
         metrics[dataset] = {}

@@ -7,6 +7,7 @@ directory, or a hub id (`org/name[@revision]` for diffusers; `hf-hub:org/name` o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import shutil
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pas.config import ConfigError
+from pas.config import ConfigError, DataError
 from pas.tiny import TINY_BUILDERS
 
 log = logging.getLogger(__name__)
 
 ROLES = ("generator", "clip")
+ENTRY_FILE = "pas-model.json"  # each resolved folder describes itself (name, source, revision, hash)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -35,7 +37,7 @@ class ModelsConfig:
 def content_hash(folder: Path) -> str:
     """sha256 over every file's relative path and bytes, in sorted order."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ENTRY_FILE):
         digest.update(str(path.relative_to(folder)).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -150,8 +152,18 @@ def resolve(role: str, name: str, dest: Path) -> dict[str, Any]:
     if dest.exists():
         shutil.rmtree(dest)
     log.info("resolving models.%s = %s", role, name)
-    entry = resolver(role, name, dest)
-    return {"name": name, **entry, "path": str(dest), "sha256": content_hash(dest)}
+    entry = {"name": name, **resolver(role, name, dest)}
+    entry["sha256"] = content_hash(dest)
+    (dest / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    return entry
+
+
+def read_entry(folder: str | Path) -> dict[str, Any]:
+    """The lock entry a resolved model folder carries; a clear error if the folder is not one."""
+    path = Path(folder) / ENTRY_FILE
+    if not path.is_file():
+        raise DataError(f"{folder} is not a resolved model folder (no {ENTRY_FILE}); run `dvc repro models`")
+    return json.loads(path.read_text())
 
 
 def check_names(cfg: ModelsConfig) -> None:

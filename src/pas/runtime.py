@@ -25,5 +25,6 @@ def num_workers() -> int:
 
 def setup_logging() -> None:
     """Log INFO lines with the module name to stderr (called by stage entry points only)."""
-    logging.basicConfig(level=os.environ.get("PAS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("pas").setLevel(os.environ.get("PAS_LOG_LEVEL", "INFO"))

@@ -79,7 +79,11 @@ def build_tiny_sd(dest: Path) -> None:
 TINY_CLIP_CONFIG = {
     "model_cfg": {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        # One 64x64 patch: the image tower starts with a random projection of the whole image,
+        # so random-weight embeddings keep pixel-space geometry (copies ~1.0, distinct images
+        # spread out) instead of collapsing onto one direction as deep random ViTs do.
+        "vision_cfg": {"image_size": 64, "layers": 1, "width": 256, "head_width": 64, "patch_size": 64,
+                       "pool_type": "avg"},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     },
     "preprocess_cfg": {
@@ -97,12 +101,9 @@ def build_tiny_clip(dest: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = open_clip.CLIP(**TINY_CLIP_CONFIG["model_cfg"])
-        # Random ViTs map every image near one direction; a zero class token, weak position
-        # embeddings and a wide patch init keep random image features spread apart.
-        with torch.no_grad():
+        with torch.no_grad():  # no shared offset that would pull all images together
             model.visual.class_embedding.zero_()
-            model.visual.positional_embedding.mul_(0.1)
-            model.visual.conv1.weight.normal_(0.0, 0.5)
+            model.visual.positional_embedding.zero_()
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "open_clip_config.json").write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

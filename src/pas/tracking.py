@@ -64,7 +64,8 @@ def _numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 def _parent_run(client: Any, experiment_id: str, invocation: str) -> str:
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}'", max_results=1
+        [experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}' and tags.`pas.kind` = 'pipeline'",
+        max_results=1
     )
     if found:
         return found[0].info.run_id
@@ -87,6 +88,12 @@ class StageRun:
         """Log every numeric leaf of a nested metrics dict (keys joined with dots)."""
         for key, value in _numeric(metrics).items():
             self.client.log_metric(self.run_id, key, value, step=step or 0)
+
+    def lightning_logger(self) -> Any:
+        """A Lightning MLFlowLogger writing per-step/epoch metrics into this stage run."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(tracking_uri=tracking_uri(), run_id=self.run_id)
 
     def log_artifact(self, path: str | Path) -> None:
         """Attach a small file (report, plot) to the stage run."""

@@ -1,0 +1,23 @@
+"""pretrain: self-supervised pretraining of a timm backbone on the curated images (Lightning)."""
+from pathlib import Path
+
+from pas.config import build
+from pas.pretrain import PretrainConfig, pretrain
+from pas.shards import atomic_dir, read_table
+from pas.stage import run_stage, stage_parser
+
+KEYS = ("seed", "pretrain")
+
+
+def body(args, params, run):
+    cfg = build(PretrainConfig, params.get("pretrain"), "pretrain")
+    manifest = read_table(args.curated)  # shard paths in it are relative to the repository root
+    with atomic_dir(args.out) as out:
+        return pretrain(manifest, Path("."), cfg, out, int(params.get("seed", 0)), loggers=[run.lightning_logger()])
+
+
+if __name__ == "__main__":
+    parser = stage_parser("pretrain", __doc__)
+    parser.add_argument("--curated", required=True, help="curated manifest (dedup output)")
+    parser.add_argument("--out", required=True, help="folder for backbone.safetensors + model_card.json")
+    run_stage("pretrain", KEYS, parser, body)

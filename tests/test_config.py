@@ -1,0 +1,30 @@
+import pytest
+
+from pas.config import ConfigError, build, parse_size
+from pas.generate import GenerateConfig
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2000, 2000), ("2000", 2000), ("2_000", 2000), ("500k", 500_000), ("1.2M", 1_200_000), ("1k", 1000),
+    ("3B", 3_000_000_000), (" 10K ", 10_000),
+])
+def test_parse_size_accepts_documented_forms(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "", "1.5", "-3", 0, "12kb", True, "1.23456k"])
+def test_parse_size_rejects_with_one_line_naming_key_and_forms(value):
+    with pytest.raises(ConfigError) as err:
+        parse_size(value)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("size=") and "500k" in message
+
+
+def test_build_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match=r"unknown key generate\.stepz.*allowed keys"):
+        build(GenerateConfig, {"stepz": 3}, "generate")
+    with pytest.raises(ConfigError, match=r"generate\.steps='3' must be an integer"):
+        build(GenerateConfig, {"steps": "3"}, "generate")
+    with pytest.raises(ConfigError, match=r"generate\.resolution=60"):
+        build(GenerateConfig, {"resolution": 60}, "generate")
+    assert build(GenerateConfig, {"guidance": 1}, "generate").guidance == 1.0

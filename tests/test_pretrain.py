@@ -1,0 +1,117 @@
+"""pas.pretrain: config validation and an end-to-end run on tiny shards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from pas.config import ConfigError, build
+from pas.pretrain import PretrainConfig, keys_digest, pretrain
+from pas.shards import encode_jpeg, write_shard
+
+TINY = "test_resnet"
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, Path]:
+    """32 small JPEGs in 2 shards and their manifest."""
+    root = tmp_path_factory.mktemp("curated")
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(2):
+        shard = f"curated/curated-{s:06d}.tar"
+        records = []
+        for i in range(16):
+            array = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            records.append((f"k{s}{i:02d}", encode_jpeg(Image.fromarray(array)), {}))
+        write_shard(root / shard, records)
+        rows += [{"key": key, "shard": shard, "source": "generated"} for key, _, _ in records]
+    return pa.Table.from_pylist(rows), root
+
+
+@pytest.fixture(autouse=True)
+def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAS_DEVICE", "cpu")
+    monkeypatch.setenv("PAS_NUM_WORKERS", "0")
+
+
+def test_config_defaults_build_from_params() -> None:
+    assert build(PretrainConfig, {}, "pretrain") == PretrainConfig()
+    cfg = build(PretrainConfig, {"warmup_epochs": 1, "backbone": "resnet18.a1_in1k"}, "pretrain")
+    assert cfg.warmup_epochs == 1.0 and isinstance(cfg.warmup_epochs, float)
+
+
+@pytest.mark.parametrize(("params", "key", "hint"), [
+    ({"method": "no-such-method"}, "pretrain.method", "simclr"),
+    ({"backbone": "resnet188"}, "pretrain.backbone", "resnet18"),
+    ({"init": "missing/weights.safetensors"}, "pretrain.init", "random"),
+    ({"batch_size": 1}, "pretrain.batch_size", ">= 2"),
+    ({"temperature": 0.0}, "pretrain.temperature", "positive"),
+    ({"warmup_epochs": 3}, "pretrain.warmup_epochs", "epochs"),
+    ({"max_steps": 0}, "pretrain.max_steps", "-1"),
+    ({"epochs": "2"}, "pretrain.epochs", "integer"),
+    ({"optimizer": "sgd"}, "pretrain.optimizer", "allowed keys"),
+])
+def test_bad_params_name_the_key(params: dict, key: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        build(PretrainConfig, params, "pretrain")
+    assert hint in str(info.value)
+
+
+def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+    from lightning.pytorch.loggers import CSVLogger
+    from safetensors.torch import load_file
+
+    from pas.ssl.module import PretrainModule
+
+    manifest, root = curated
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    seen: dict[int, list[str]] = {}
+    step = PretrainModule.training_step
+
+    def recording_step(self: PretrainModule, batch: dict, index: int) -> torch.Tensor:
+        seen.setdefault(self.current_epoch, []).extend(batch["key"])
+        return step(self, batch, index)
+
+    monkeypatch.setattr(PretrainModule, "training_step", recording_step)
+    cfg = PretrainConfig(backbone=TINY, image_size=32, epochs=3, batch_size=8, warmup_epochs=0.5, max_steps=10)
+    out = tmp_path / "out"
+    metrics = pretrain(manifest, root, cfg, out, seed=0, loggers=[CSVLogger(tmp_path / "csv", name="pretrain")])
+
+    assert metrics["steps"] == 10 and metrics["images"] == 32         # 4 steps per epoch, cut at max_steps
+    assert metrics["epochs"] == 3                                     # the cut third epoch counts
+    keys = sorted(manifest.column("key").to_pylist())
+    assert sorted(seen[0]) == sorted(seen[1]) == keys and seen[0] != seen[1]   # each key once, reshuffled
+    assert len(seen[2]) == 16
+    assert np.isfinite([metrics["loss_first_epoch"], metrics["loss_last_epoch"]]).all()
+    assert metrics["images_per_second"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.safetensors", "model_card.json"]
+    assert not any(cwd.iterdir())                                     # no lightning_logs litter
+
+    model = timm.create_model(TINY, num_classes=0)
+    model.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
+    assert torch.isfinite(model.eval()(torch.randn(2, 3, 32, 32))).all()
+
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["backbone"] == TINY and card["method"] == "simclr" and card["images"] == 32
+    assert card["manifest_keys_sha256"] == keys_digest(manifest)
+    assert card["final_loss"] == metrics["loss_last_epoch"] and card["config"]["batch_size"] == 8
+
+    (csv,) = (tmp_path / "csv").rglob("metrics.csv")
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {"loss", "loss_epoch", "lr"} <= set(header)
+
+
+def test_pretrain_rejects_a_batch_larger_than_the_data(curated: tuple[pa.Table, Path], tmp_path: Path) -> None:
+    manifest, root = curated
+    with pytest.raises(ConfigError, match="pretrain.batch_size"):
+        pretrain(manifest, root, PretrainConfig(backbone=TINY, batch_size=64), tmp_path, seed=0)

@@ -1,0 +1,210 @@
+"""pas.ssl: NT-Xent, every registered method, timm backbones and the two-view shard stream."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from pas.config import ConfigError
+from pas.pretrain import PretrainConfig
+from pas.shards import encode_jpeg, write_shard
+from pas.ssl import METHODS, get_method
+from pas.ssl.backbones import create_backbone
+from pas.ssl.data import TwoViewStream
+from pas.ssl.module import warmup_cosine
+from pas.ssl.simclr import nt_xent
+
+TINY = "test_resnet"   # timm's 370k-parameter ResNet: a fast real backbone on the CPU
+
+
+def make_image(rng: np.random.Generator, size: int = 40) -> Image.Image:
+    """A noisy colour field with a rectangle: enough structure to tell images apart."""
+    array = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 25, (size, size, 3)), 0, 255)
+    y, x = rng.integers(0, size // 2, 2)
+    array[y:y + size // 2, x:x + size // 2] = rng.integers(0, 256, 3)
+    return Image.fromarray(array.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, Path]:
+    """3 listed shards of 12 images (11 listed each) + an unlisted shard that is not a tar."""
+    root = tmp_path_factory.mktemp("ssl-data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        shard = f"curated/c-{s:06d}.tar"
+        records = [(f"s{s}-{i:02d}", encode_jpeg(make_image(rng)), {"i": i}) for i in range(12)]
+        write_shard(root / shard, records)
+        rows += [{"key": key, "shard": shard} for key, _, _ in records[1:]]
+    (root / "curated" / "c-000099.tar").write_bytes(b"not a tar: opening it would fail")
+    return pa.Table.from_pylist(rows), root
+
+
+def test_nt_xent_matches_hand_computed_value() -> None:
+    """Orthogonal pairs, temperature 1: each row sees its partner at cos 1 and two others at 0."""
+    z = torch.eye(2)
+    expected = math.log(2 + math.e) - 1      # -log(e^1 / (e^0 + e^1 + e^0))
+    assert nt_xent(z, z.clone(), temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_nt_xent_is_finite_and_prefers_matched_pairs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z1 = torch.randn(16, 32, generator=gen)
+    z2 = z1 + 0.1 * torch.randn(16, 32, generator=gen)
+    matched = nt_xent(z1, z2, 0.2)
+    shuffled = nt_xent(z1, z2[torch.randperm(16, generator=gen)], 0.2)
+    assert torch.isfinite(matched) and torch.isfinite(shuffled)
+    assert matched < shuffled
+
+
+def test_get_method_lists_valid_names() -> None:
+    with pytest.raises(ConfigError, match="simclr"):
+        get_method("no-such-method")
+
+
+def _method(name: str):
+    backbone, dim = create_backbone(TINY)
+    return backbone, get_method(name).from_config(backbone, dim, PretrainConfig(method=name, backbone=TINY))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_gradients_reach_backbone(name: str) -> None:
+    torch.manual_seed(0)
+    backbone, method = _method(name)
+    loss = method(backbone, torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))["loss"]
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert grads[0].abs().sum() > 0          # the stem: the gradient crossed the whole network
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_loss_falls_on_real_views(name: str, shards: tuple[pa.Table, Path]) -> None:
+    torch.manual_seed(0)
+    manifest, root = shards
+    items = [item for _, item in zip(range(8), TwoViewStream(manifest, root, 32, seed=0))]
+    view1, view2 = (torch.stack([item[v] for item in items]) for v in ("view1", "view2"))
+    backbone, method = _method(name)
+    optimizer = torch.optim.AdamW([*backbone.parameters(), *method.parameters()], lr=2e-3)
+    losses = []
+    for _ in range(15):
+        loss = method(backbone, view1, view2)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+
+
+@pytest.mark.parametrize("name", [TINY, "test_vit"])
+def test_create_backbone_gives_features_of_its_dim(name: str) -> None:
+    backbone, dim = create_backbone(name)
+    assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_unknown_backbone_lists_close_matches() -> None:
+    with pytest.raises(ConfigError, match="resnet18"):
+        create_backbone("resnet188")
+
+
+def test_backbone_init_from_file_is_strict(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    source, _ = create_backbone(TINY)
+    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    loaded, _ = create_backbone(TINY, init=str(tmp_path / "w.safetensors"))
+    for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), key
+    classifier = timm.create_model(TINY, num_classes=7).state_dict()     # a head is dropped
+    torch.save({"state_dict": classifier}, tmp_path / "head.pth")
+    create_backbone(TINY, init=str(tmp_path / "head.pth"))
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(RuntimeError):
+        create_backbone(TINY, init=str(tmp_path / "other.pth"))
+
+
+def _keys(dataset: TwoViewStream, workers: int = 0) -> list[str]:
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    return [item["key"] for item in loader]
+
+
+def test_stream_yields_each_manifest_key_once(shards: tuple[pa.Table, Path]) -> None:
+    manifest, root = shards
+    dataset = TwoViewStream(manifest, root, 24, seed=1)
+    wanted = sorted(manifest.column("key").to_pylist())
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        keys = []
+        for item in dataset:
+            assert item["view1"].shape == item["view2"].shape == (3, 24, 24)
+            assert item["view1"].dtype == torch.float32
+            keys.append(item["key"])
+        assert sorted(keys) == wanted      # s*-00 is in the shards but not listed: never yielded
+
+
+@pytest.mark.parametrize("n_shards", [3, 1])   # 3 shards: split by shard; 1 shard: split by record
+def test_stream_splits_work_over_workers(n_shards: int, shards: tuple[pa.Table, Path]) -> None:
+    manifest, root = shards
+    listed = sorted(set(manifest["shard"].to_pylist()))[:n_shards]
+    manifest = manifest.filter(pc.is_in(manifest["shard"], pa.array(listed)))
+    keys = _keys(TwoViewStream(manifest, root, 16, seed=0, shuffle_buffer=4), workers=2)
+    assert sorted(keys) == sorted(manifest.column("key").to_pylist())
+
+
+def test_stream_gives_ddp_ranks_equal_disjoint_shares(shards: tuple[pa.Table, Path]) -> None:
+    manifest, root = shards
+    shares = []
+    for rank in range(2):
+        dataset = TwoViewStream(manifest, root, 16, seed=0)
+        dataset.set_rank(rank, 2)
+        shares.append(_keys(dataset))
+    assert len(shares[0]) == len(shares[1]) == manifest.num_rows // 2       # 33 rows: one left out
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_stream_is_deterministic_for_a_seed(shards: tuple[pa.Table, Path]) -> None:
+    manifest, root = shards
+
+    def run(seed: int, epoch: int, workers: int = 0) -> tuple[list[str], dict[str, torch.Tensor]]:
+        dataset = TwoViewStream(manifest, root, 16, seed=seed)
+        dataset.set_epoch(epoch)
+        items = list(DataLoader(dataset, batch_size=None, num_workers=workers))
+        return [i["key"] for i in items], {i["key"]: i["view1"] for i in items}
+
+    keys, views = run(seed=0, epoch=0)
+    again_keys, again_views = run(seed=0, epoch=0)
+    assert keys == again_keys
+    assert all(torch.equal(views[k], again_views[k]) for k in keys)
+    next_keys, next_views = run(seed=0, epoch=1)
+    assert next_keys != keys and not torch.equal(views[keys[0]], next_views[keys[0]])
+    other_keys, _ = run(seed=1, epoch=0)
+    assert other_keys != keys
+    _, split_views = run(seed=0, epoch=0, workers=2)     # a key's views do not depend on the split
+    assert all(torch.equal(views[k], split_views[k]) for k in keys)
+
+
+def test_stream_rejects_missing_shards_and_keys(shards: tuple[pa.Table, Path], tmp_path: Path) -> None:
+    manifest, root = shards
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        TwoViewStream(pa.Table.from_pylist([{"key": "a", "shard": "nope.tar"}]), root, 16, seed=0)
+    ghost = pa.Table.from_pylist([{"key": "ghost", "shard": "curated/c-000000.tar"}])
+    with pytest.raises(ValueError, match="ghost"):
+        list(TwoViewStream(ghost, root, 16, seed=0))
+
+
+def test_warmup_cosine_schedule() -> None:
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(0, 0, 100) == pytest.approx(1.0)

@@ -1,0 +1,38 @@
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pas.tracking import stage_run
+
+
+@pytest.fixture
+def tracking_db(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_stages_of_one_execution_nest_under_one_parent(tracking_db):
+    with stage_run("concepts", {"concepts": {"count": 3}}, "pas-test") as run:
+        run.log_metrics({"concepts": 3, "nested": {"a": 1.5}, "text": "ignored"})
+    with stage_run("generate", {"size": 10}, "pas-test") as run:
+        run.log_metrics({"images": 10})
+    client = MlflowClient(tracking_uri=tracking_db)
+    exp = client.get_experiment_by_name("pas-test")
+    runs = client.search_runs([exp.experiment_id])
+    stages = {r.info.run_name: r for r in runs if "pas.stage" in r.data.tags}
+    parents = [r for r in runs if r.data.tags.get("pas.kind") == "pipeline"]
+    assert set(stages) == {"concepts", "generate"} and len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in stages.values()} == {parents[0].info.run_id}
+    assert stages["concepts"].data.params["concepts.count"] == "3"
+    assert stages["concepts"].data.metrics == {"concepts": 3.0, "nested.a": 1.5}
+    assert stages["generate"].info.status == "FINISHED"
+
+
+def test_failed_stage_is_marked_failed(tracking_db):
+    with pytest.raises(RuntimeError):
+        with stage_run("dedup", {}, "pas-test"):
+            raise RuntimeError("boom")
+    client = MlflowClient(tracking_uri=tracking_db)
+    exp = client.get_experiment_by_name("pas-test")
+    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "dedup"]
+    assert run.info.status == "FAILED"
