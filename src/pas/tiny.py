@@ -45,10 +45,10 @@ def build_tiny_sd(dest: Path) -> None:
         torch.manual_seed(0)
         tok_dir = dest.parent / f".{dest.name}-tokenizer"
         vocab_size = _write_tokenizer(tok_dir)
-        tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
+        tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=vocab_size, max_position_embeddings=32,
+            vocab_size=vocab_size, max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ))

@@ -1,0 +1,113 @@
+"""End to end: the offline default `dvc repro` in a temporary copy of the repository (slow)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM_OF_FILTER = ("models", "concepts", "generate", "sample_data", "pool_index", "retrieve", "embed")
+
+
+def run(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PAS_LOG_LEVEL": "INFO"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", proc.stdout + proc.stderr))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git repository holding the working tree's source files (no outputs, no cache)."""
+    dest = tmp_path_factory.mktemp("pas") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", dest)
+    return dest
+
+
+def curated_rows(repo: Path) -> int:
+    return pq.read_metadata(repo / "data/curated/manifest.parquet").num_rows
+
+
+def test_repro_runs_the_whole_dag_offline(repo):
+    proc = run("dvc repro", repo)
+    assert ran(proc) >= {"models", "concepts", "generate", "pool_index", "retrieve", "embed", "filter", "dedup",
+                         "pretrain", "finetune", "evaluate"}
+    size = yaml.safe_load((repo / "params.yaml").read_text())["size"]
+    assert curated_rows(repo) == size
+    evaluation = yaml.safe_load((repo / "metrics/eval.json").read_text())
+    for init in ("pas", "random"):
+        assert 0.0 <= evaluation["animal_shapes"][init]["linear"]["top1"] <= 1.0
+        assert 0.0 <= evaluation["animal_shapes"][init]["knn"]["top1"] <= 1.0
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        stages = {name for (name,) in db.execute("select value from tags where key = 'pas.stage'")}
+        parents = db.execute("select count(*) from tags where key = 'pas.kind' and value = 'pipeline'").fetchone()[0]
+    assert "evaluate" in stages and "models" in stages and parents == 1
+
+
+def test_second_repro_does_nothing(repo):
+    proc = run("dvc repro", repo)
+    assert ran(proc) == set() and "Data and pipelines are up to date" in proc.stdout
+
+
+def test_filter_threshold_change_reruns_only_filter_and_below(repo):
+    proc = run("dvc exp run -S filter.threshold=-0.9999", repo)
+    assert {"filter", "dedup", "pretrain", "finetune", "evaluate"} <= ran(proc)
+    assert not ran(proc) & set(UPSTREAM_OF_FILTER)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("size=abc", "size='abc' is not a size; use an integer"),
+    ("models.generator=tiny://nope", "models.generator='tiny://nope': unknown tiny model"),
+    ("generate.stepz=3", "unknown key generate.stepz"),
+])
+def test_bad_params_fail_with_one_clear_line(repo, override, message):
+    proc = run(f"dvc exp run -S {override}", repo, check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if message in line]
+    assert lines and all("Traceback" not in line for line in lines), proc.stderr[-2000:]
+    run("git checkout -q params.yaml", repo)
+
+
+def test_missing_pool_folder_fails_naming_it(repo):
+    proc = run("dvc exp run -S pool_index.source=data/no_such_pool", repo, check=False)
+    assert proc.returncode != 0 and "data/no_such_pool" in proc.stdout + proc.stderr
+    run("git checkout -q params.yaml", repo)
+
+
+def test_push_delete_pull_restores_everything(repo, tmp_path):
+    run("dvc repro", repo)  # back to the committed params after the experiments above
+    run(f"dvc remote add -f -d shared {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for out in ("data/generated", "data/curated", "data/pool", "models/clip", "data/pretrain", "data/finetune"):
+        shutil.rmtree(repo / out)
+    run("dvc pull", repo)
+    assert curated_rows(repo) == yaml.safe_load((repo / "params.yaml").read_text())["size"]
+    proc = run("dvc repro", repo)
+    assert ran(proc) == set()
+
+
+def test_size_1k_grows_the_dataset(repo):
+    run("dvc exp run -S size=1k", repo)
+    assert curated_rows(repo) == 1000
