@@ -18,7 +18,8 @@ def body(args, params, run):
     count = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["generated"]
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
     jobs = plan_jobs(concepts, count, int(params.get("seed", 0)))
-    return generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device())
+    return generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device(),
+                    worker=args.worker, workers=args.workers, merge=not args.no_merge)
 
 
 if __name__ == "__main__":
@@ -26,4 +27,7 @@ if __name__ == "__main__":
     parser.add_argument("--concepts", required=True)
     parser.add_argument("--generator", required=True, help="resolved generator folder (models stage)")
     parser.add_argument("--out", required=True, help="shard folder (kept between runs for resume)")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index (scale-out; default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="number of workers sharing the shards (default 1)")
+    parser.add_argument("--no-merge", action="store_true", help="render this worker's shards only; no manifest")
     run_stage("generate", KEYS, parser, body)

@@ -1,12 +1,30 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from pas.generate import GenerateConfig, generate, plan_jobs
+from pas.config import DataError
+from pas.generate import GenerateConfig, effective_sampling, generate, merge_manifest, plan_jobs, shard_ranges
+from pas.models import read_entry
 from pas.plan import MixConfig, candidate_counts, per_concept_quota
-from pas.shards import read_shard
+from pas.presets import PRESETS, recommended
+from pas.shards import decode_image, read_shard
 
 CONCEPTS = [{"name": n, "prompts": [f"a {n}", f"a photo of a {n}"], "negative_prompt": "blurry"} for n in ("cat", "dog", "cow")]
+FAST = GenerateConfig(steps=1, batch_size=4, shard_size=4)
+
+
+def shard_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar"))}
+
+
+def keys(folder):
+    return [k for shard in sorted(folder.glob("*.tar")) for k, _, _ in read_shard(shard)]
 
 
 def test_plan_is_prefix_stable_and_balanced():
@@ -22,40 +40,116 @@ def test_candidate_counts_follow_size_oversample_and_mix():
     assert candidate_counts(100, 1.5, MixConfig(3, 1)) == {"generated": 112, "retrieved": 38}
 
 
-def test_generate_writes_shards_manifest_provenance_and_resumes(tiny_models, tmp_path):
-    cfg = GenerateConfig(steps=1, batch_size=4, shard_size=4)
-    model = {"name": "tiny://sd", "revision": "config"}
+def test_presets_give_recommended_settings_that_params_override():
+    assert set(PRESETS) >= {"sd-turbo", "sdxl-turbo", "sd-1.5", "sd-2.1", "sd-3.5-medium", "flux-schnell"}
+    assert recommended("sdxl-turbo") == {"steps": 1, "guidance": 0.0, "resolution": 512}
+    sampling = effective_sampling(GenerateConfig(steps=4), recommended("sdxl-turbo"))
+    assert (sampling.steps, sampling.guidance, sampling.resolution) == (4, 0.0, 512)
+    assert recommended("my-org/my-model")["steps"] == 25
+
+
+def test_shard_ranges_are_contiguous_and_cover_everything():
+    ranges = shard_ranges(7, 3)
+    assert [list(r) for r in ranges] == [[0, 1], [2, 3, 4], [5, 6]]
+    assert sum(len(r) for r in shard_ranges(2, 5)) == 2
+
+
+def test_generate_writes_shards_manifest_provenance_and_keeps_complete_shards(tiny_models, tmp_path):
+    model = read_entry(tiny_models["generator"])
     jobs = plan_jobs(CONCEPTS, 6, seed=0)
     out = tmp_path / "gen"
-    first = generate(tiny_models["generator"], model, jobs, cfg, out)
-    assert first == {**first, "images": 6, "shards": 2, "shards_reused": 0, "images_rendered": 6}
+    first = generate(tiny_models["generator"], model, jobs, FAST, out)
+    assert (first["images"], first["shards"], first["shards_rendered"], first["images_rendered"]) == (6, 2, 2, 6)
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
     assert [r["key"] for r in manifest] == [j["key"] for j in jobs]
-    assert {"prompt", "seed", "model", "revision", "steps", "shard", "seconds"} <= set(manifest[0])
-    records = list(read_shard(out / "generated-000000.tar"))
-    assert [k for k, _, _ in records] == ["gen00000000", "gen00000001", "gen00000002", "gen00000003"]
-    assert records[0][2]["prompt"] == jobs[0]["prompt"]
-    before = (out / "generated-000000.tar").read_bytes()
-
-    again = generate(tiny_models["generator"], model, jobs, cfg, out)
-    assert again["shards_reused"] == 2 and again["images_rendered"] == 0
-    assert (out / "generated-000000.tar").read_bytes() == before
-
+    assert {"prompt", "negative_prompt", "seed", "model", "revision", "steps", "guidance", "resolution", "shard",
+            "seconds", "fingerprint"} <= set(manifest[0])
+    assert keys(out) == [j["key"] for j in jobs]
+    before = shard_bytes(out)
+    again = generate(tiny_models["generator"], model, jobs, FAST, out)
+    assert again["shards_kept"] == 2 and again["images_rendered"] == 0 and shard_bytes(out) == before
     changed = generate(tiny_models["generator"], model, jobs, GenerateConfig(steps=2, batch_size=4, shard_size=4), out)
-    assert changed["shards_reused"] == 0 and changed["images_rendered"] == 6
+    assert changed["images_rendered"] == 6 and shard_bytes(out) != before
 
 
-def test_same_seed_renders_same_image(tiny_models, tmp_path):
-    import numpy as np
-
-    from pas.shards import decode_image
-
-    model = {"name": "tiny://sd", "revision": "config"}
+def test_same_params_same_bytes_and_batching_only_changes_rounding(tiny_models, tmp_path):
+    model = read_entry(tiny_models["generator"])
     jobs = plan_jobs(CONCEPTS, 2, seed=3)
     for name, batch in (("a", 2), ("b", 2), ("c", 1)):
         generate(tiny_models["generator"], model, jobs, GenerateConfig(steps=1, batch_size=batch), tmp_path / name)
     shards = {n: [j for _, j, _ in read_shard(tmp_path / n / "generated-000000.tar")] for n in "abc"}
-    assert shards["a"] == shards["b"]  # same params: same bytes
-    for a, c in zip(shards["a"], shards["c"]):  # batching changes float rounding only
+    assert shards["a"] == shards["b"]
+    for a, c in zip(shards["a"], shards["c"]):
         diff = np.abs(np.asarray(decode_image(a), float) - np.asarray(decode_image(c), float))
         assert diff.mean() < 2.0
+
+
+def test_growing_size_keeps_old_shards_and_renders_only_new_images(tiny_models, tmp_path):
+    model = read_entry(tiny_models["generator"])
+    out = tmp_path / "gen"
+    generate(tiny_models["generator"], model, plan_jobs(CONCEPTS, 8, 0), FAST, out)
+    before = shard_bytes(out)
+    grown = generate(tiny_models["generator"], model, plan_jobs(CONCEPTS, 16, 0), FAST, out)
+    assert grown["images_rendered"] == 8 and grown["shards_kept"] == 2
+    after = shard_bytes(out)
+    assert all(after[name] == data for name, data in before.items())
+    assert keys(out) == [f"gen{i:08d}" for i in range(16)]
+    shrunk = generate(tiny_models["generator"], model, plan_jobs(CONCEPTS, 6, 0), FAST, out)
+    assert shrunk["images_rendered"] == 0 and keys(out) == [f"gen{i:08d}" for i in range(6)]
+    assert shard_bytes(out)["generated-000000.tar"] == before["generated-000000.tar"]
+
+
+def test_two_workers_plus_merge_equal_one_worker(tiny_models, tmp_path):
+    model = read_entry(tiny_models["generator"])
+    jobs = plan_jobs(CONCEPTS, 10, 0)
+    generate(tiny_models["generator"], model, jobs, FAST, tmp_path / "one")
+    split = tmp_path / "two"
+    for worker in (0, 1):
+        generate(tiny_models["generator"], model, jobs, FAST, split, worker=worker, workers=2, merge=False)
+    assert merge_manifest(split, 3) == 10
+    columns = ["key", "seed", "prompt", "concept", "fingerprint"]
+    one = pq.read_table(tmp_path / "one" / "manifest.parquet").select(columns).to_pylist()
+    two = pq.read_table(split / "manifest.parquet").select(columns).to_pylist()
+    assert one == two
+    payload = lambda folder: [jpeg for shard in sorted(folder.glob("*.tar")) for _, jpeg, _ in read_shard(shard)]  # noqa: E731
+    assert payload(tmp_path / "one") == payload(split)
+
+
+def test_merge_refuses_when_a_worker_has_not_finished(tiny_models, tmp_path):
+    model = read_entry(tiny_models["generator"])
+    jobs = plan_jobs(CONCEPTS, 8, 0)
+    generate(tiny_models["generator"], model, jobs, FAST, tmp_path, worker=0, workers=2, merge=False)
+    with pytest.raises(DataError, match=r"shards \[1\] are not generated yet"):
+        merge_manifest(tmp_path, 2)
+
+
+KILLABLE = """
+import json, sys
+from pathlib import Path
+from pas.generate import GenerateConfig, generate, plan_jobs
+from pas.models import read_entry
+model_dir, out = sys.argv[1], Path(sys.argv[2])
+concepts = json.loads(sys.argv[3])
+generate(model_dir, read_entry(model_dir), plan_jobs(concepts, 24, 0), GenerateConfig(steps=1, batch_size=2, shard_size=4), out)
+"""
+
+
+def test_sigkill_mid_run_then_rerun_gives_exact_keys_and_untouched_complete_shards(tiny_models, tmp_path):
+    out = tmp_path / "gen"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_models["generator"]), str(out), json.dumps(CONCEPTS)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("generated-*.tar"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    complete = shard_bytes(out)
+    assert 2 <= len(complete) < 6, "the run should be killed part-way"
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    model = read_entry(tiny_models["generator"])
+    result = generate(tiny_models["generator"], model, plan_jobs(CONCEPTS, 24, 0),
+                      GenerateConfig(steps=1, batch_size=2, shard_size=4), out)
+    assert result["shards_kept"] >= len(complete) - 1  # a shard may have been mid-rename
+    assert keys(out) == [f"gen{i:08d}" for i in range(24)]
+    after = shard_bytes(out)
+    assert sum(after[name] == data for name, data in complete.items()) >= len(complete) - 1
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], leftovers

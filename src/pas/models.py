@@ -1,7 +1,7 @@
 """Model registry: resolve each model named in params to a pinned local directory.
 
-A name is `tiny://<kind>` (small random model built from a config), an existing local
-directory, or a hub id (`org/name[@revision]` for diffusers; `hf-hub:org/name` or
+A name is `tiny://<kind>` (small random model built from a config), a generator preset
+(sdxl-turbo, sd-turbo, ... see pas.presets), an existing local directory, or a hub id (`org/name[@revision]` for diffusers; `hf-hub:org/name` or
 `ARCH/pretrained-tag` for open_clip). Later stages load only the local directories.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pas.config import ConfigError, DataError
+from pas.presets import PRESETS, recommended
 from pas.tiny import TINY_BUILDERS
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ def _hub_generator(role: str, name: str, dest: Path) -> dict[str, Any]:
     return {"source": "hub", "revision": sha}
 
 
+def _preset(role: str, name: str, dest: Path) -> dict[str, Any]:
+    return {**_hub_generator(role, PRESETS[name].hub_id, dest), "hub_id": PRESETS[name].hub_id}
+
+
 def _open_clip(role: str, name: str, dest: Path) -> dict[str, Any]:
     import open_clip
 
@@ -127,12 +132,15 @@ def scheme_of(role: str, name: str) -> str:
     """Classify a model name: tiny, local or hub; fail at once on anything else."""
     if name.startswith("tiny://"):
         return "tiny"
+    if role == "generator" and name in PRESETS:
+        return "preset"
     if Path(name).is_dir():
         return "local"
     hub_like = _HUB_ID.match(name) or (role == "clip" and name.startswith("hf-hub:"))
     if hub_like and not Path(name).is_absolute() and not name.startswith("."):
         return "hub"
-    raise ConfigError(f"models.{role}={name!r} is not tiny://..., an existing local directory, or a hub id "
+    presets = f"a preset ({', '.join(PRESETS)}), " if role == "generator" else ""
+    raise ConfigError(f"models.{role}={name!r} is not tiny://..., {presets}an existing local directory, or a hub id "
                       "(org/name for diffusers; ARCH/TAG or hf-hub:org/name for open_clip)")
 
 
@@ -142,6 +150,7 @@ RESOLVERS: dict[tuple[str, str], Callable[[str, str, Path], dict[str, Any]]] = {
     ("generator", "local"): _local,
     ("clip", "local"): _local,
     ("generator", "hub"): _hub_generator,
+    ("generator", "preset"): _preset,
     ("clip", "hub"): _open_clip,
 }
 
@@ -153,6 +162,8 @@ def resolve(role: str, name: str, dest: Path) -> dict[str, Any]:
         shutil.rmtree(dest)
     log.info("resolving models.%s = %s", role, name)
     entry = {"name": name, **resolver(role, name, dest)}
+    if role == "generator":
+        entry["recommended"] = recommended(name)
     entry["sha256"] = content_hash(dest)
     (dest / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     return entry

@@ -74,11 +74,8 @@ def packaged_photos() -> dict[str, np.ndarray]:
     photos = {}
     for name in ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "horse", "hubble_deep_field",
                  "immunohistochemistry", "moon", "page", "rocket", "text", "brick", "grass", "gravel",
-                 "retina", "clock", "motorcycle_left", "colorwheel", "logo", "microaneurysms", "eagle", "checkerboard"):
-        try:
-            photos[name] = np.asarray(getattr(skimage.data, name)())
-        except Exception as err:  # a few need optional downloads; skip those
-            log.debug("skipping skimage.data.%s: %s", name, err)
+                 "retina", "clock", "colorwheel", "logo", "microaneurysms", "checkerboard"):
+        photos[name] = np.asarray(getattr(skimage.data, name)())  # all ship inside scikit-image
     for i, image in enumerate(load_sample_images().images):
         photos[f"sklearn_sample_{i}"] = image
     return photos
