@@ -129,7 +129,7 @@ def load_pipeline(model_dir: str | Path, device: str, throughput: Throughput = T
 
     on_gpu = device.startswith("cuda")
     dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_gpu else torch.float32
-    pipe = AutoPipelineForText2Image.from_pretrained(str(model_dir), torch_dtype=dtype)
+    pipe = AutoPipelineForText2Image.from_pretrained(str(model_dir), dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
