@@ -46,7 +46,8 @@ def build_random(preset: str, dest: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     vocab = _write_tokenizer(dest.parent / "tok")
-    tokenizer = CLIPTokenizer(str(dest.parent / "tok/vocab.json"), str(dest.parent / "tok/merges.txt"))
+    tokenizer = CLIPTokenizer(str(dest.parent / "tok/vocab.json"), str(dest.parent / "tok/merges.txt"),
+                              model_max_length=77)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
     text = lambda cls, cfg: cls(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, **ids, **cfg))  # noqa: E731

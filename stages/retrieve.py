@@ -21,10 +21,10 @@ def body(args, params, run):
     pool_source = Path(build(PoolIndexConfig, params.get("pool_index"), "pool_index").source)
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
     encoder = ClipEncoder(args.clip, pick_device())
-    files = [r["path"] for r in read_table(Path(args.pool_index) / "files.parquet").to_pylist() if r["usable"]]
-    index = load_index(Path(args.pool_index) / "index.faiss")
+    pool_ids = read_table(Path(args.pool_index) / "files.parquet").column("id").to_pylist()
+    index = load_index(Path(args.pool_index))
     with atomic_dir(args.out) as out:
-        rows, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, files, pool_source, total, cfg, out)
+        rows, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, pool_ids, pool_source, total, cfg, out)
         write_table(rows, out / "manifest.parquet")
     return metrics
 

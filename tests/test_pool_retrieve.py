@@ -1,51 +1,111 @@
+import io
+import json
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 
 from pas.clip import ClipEncoder
 from pas.config import ConfigError
-from pas.pool import build_index, check_source, load_index, recall_at_k, save_index, scan_pool
+from pas.models import read_entry
+from pas.pool import (PoolIndexConfig, build_index, check_source, choose_index, chunk_embeddings, embed_pool,
+                      load_index, save_index)
+from pas.pool_sources import iter_pool, load_items
 from pas.retrieve import RetrieveConfig, assign, concept_queries, retrieve
 from pas.shards import read_shard
 
 
-def make_pool(folder, image_factory, n=12):
-    (folder / "sub").mkdir(parents=True)
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_mixed_pool(root, image_factory, n=8):
+    """Folder + tar shard + parquet + file list, with every kind of bad input."""
+    (root / "photos").mkdir(parents=True)
     for i in range(n):
-        image_factory(i).save(folder / "sub" / f"img{i:02d}.png")
-    image_factory(99, mode="CMYK").save(folder / "cmyk.jpg")
-    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    image_factory(98).resize((1, 1)).save(folder / "tiny.png")
-    (folder / "notes.txt").write_text("not an image")
+        image_factory(i).save(root / "photos" / f"img{i:02d}.png")
+    image_factory(90, mode="CMYK").save(root / "photos" / "cmyk.jpg")
+    (root / "photos" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "photos" / "truncated.png").write_bytes(png(image_factory(91))[:200])
+    image_factory(92).resize((1, 1)).save(root / "photos" / "one_pixel.png")
+    with wds.TarWriter(str(root / "shard-00000.tar")) as sink:  # img2dataset layout
+        for i in range(3):
+            sink.write({"__key__": f"{i:09d}", "jpg": png(image_factory(100 + i)), "txt": b"a caption",
+                        "json": json.dumps({"url": "x"}).encode()})
+    pq.write_table(pa.table({"image": [{"bytes": png(image_factory(200 + i)), "path": f"p{i}.png"} for i in range(3)],
+                             "image_name": [f"p{i}" for i in range(3)]}), root / "hf.parquet")
+    (root / "extra.lst").write_text("photos/img00.png\nmissing.png\n")  # a duplicate path and a missing one
 
 
-def test_scan_pool_skips_bad_files_with_reasons(tmp_path, image_factory):
-    make_pool(tmp_path, image_factory)
-    rows = []
-    images = list(scan_pool(tmp_path, min_side=8, rows=rows))
-    reasons = {r["path"]: r["reason"] for r in rows}
-    assert reasons["corrupt.jpg"] == "undecodable" and reasons["tiny.png"] == "too_small"
-    assert reasons["cmyk.jpg"] == "converted_CMYK"
-    assert len(images) == 13 == sum(r["usable"] for r in rows) and all(im.mode == "RGB" for im in images)
-    assert "notes.txt" not in reasons
+def test_mixed_pool_is_streamed_with_counts_and_reasons(tmp_path, image_factory, tiny_models):
+    make_mixed_pool(tmp_path / "pool", image_factory)
+    items = list(iter_pool(tmp_path / "pool"))
+    kinds = {k: sum(i.kind == k for i in items) for k in ("file", "tar", "parquet")}
+    assert kinds == {"file": 14, "tar": 3, "parquet": 3}
+    encoder = ClipEncoder(tiny_models["clip"])
+    cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=5)
+    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha")
+    rows = pa.concat_tables([pq.read_table(tmp_path / "chunks" / f"chunk-{i:06d}.parquet") for i in range(count)]).to_pylist()
+    reasons = {r["id"]: r["reason"] for r in rows}
+    assert reasons["photos/corrupt.jpg"] == "undecodable" and reasons["photos/truncated.png"] == "undecodable"
+    assert reasons["photos/one_pixel.png"] == "too_small" and reasons["photos/cmyk.jpg"] == "converted_CMYK"
+    assert reasons["missing.png"] == "missing_file"
+    assert [r["reason"] for r in rows if r["id"] == "photos/img00.png"] == ["ok", "duplicate_path"]
+    usable = [r for r in rows if r["usable"]]
+    assert len(usable) == 8 + 1 + 3 + 3
+    assert sum(len(e) for e in chunk_embeddings(tmp_path / "chunks", count)) == len(usable)
+    found = load_items(tmp_path / "pool", ["shard-00000.tar/000000001.jpg", "hf.parquet#2", "photos/img03.png"])
+    assert found["hf.parquet#2"] == png(image_factory(202)) and len(found) == 3
 
 
-def test_missing_pool_folder_fails_clearly(tmp_path):
-    with pytest.raises(ConfigError, match="pool_index.source=.*folder not found"):
+def test_killed_embedding_resumes_without_redoing_finished_chunks(tmp_path, image_factory, tiny_models):
+    make_mixed_pool(tmp_path / "pool", image_factory)
+    encoder = ClipEncoder(tiny_models["clip"])
+    cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=4)
+    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha")
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "chunks").iterdir()}
+    (tmp_path / "chunks" / f"chunk-{count - 1:06d}.parquet").unlink()  # as if killed before the last chunk
+    calls = []
+    original = encoder.encode_pixels
+    encoder.encode_pixels = lambda pixels: calls.append(len(pixels)) or original(pixels)
+    assert embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha") == count
+    assert len(calls) == 1  # only the unfinished chunk was embedded again
+    for name, mtime in finished.items():
+        if not name.startswith(f"chunk-{count - 1:06d}"):
+            assert (tmp_path / "chunks" / name).stat().st_mtime_ns == mtime
+    calls.clear()
+    embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "other-model")
+    assert len(calls) == count  # another CLIP model: nothing is reused
+
+
+def test_missing_pool_fails_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="pool_index.source=.*not found"):
         check_source(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-def test_indexes_find_true_neighbours_and_survive_save_load(kind, tmp_path):
+def test_index_choice_follows_size_and_budget():
+    assert choose_index(5_000, 512, 4096) == "flat"
+    assert choose_index(1_000_000, 512, 4096) == "ivf_flat"
+    assert choose_index(1_000_000, 512, 1024) == "ivf_sq8"
+    assert choose_index(10_000_000, 512, 1024) == "ivf_pq"
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq8", "hnsw"])
+def test_indexes_reach_target_recall_from_chunks_and_survive_save_load(kind, tmp_path):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    centers = rng.normal(size=(40, 32))
+    x = (centers[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 32))).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index, chosen = build_index(x, kind)
-    assert chosen == kind
-    assert recall_at_k(index, x, k=10) >= (0.99 if kind == "flat" else 0.5)
-    save_index(index, tmp_path / "i.faiss")
-    _, found = load_index(tmp_path / "i.faiss").search(x[:5], 1)
-    if kind == "flat":
-        assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
+    chunks = lambda: iter(np.array_split(x, 3))  # noqa: E731
+    index, description = build_index(chunks, len(x), 32, PoolIndexConfig(index=kind, target_recall=0.9))
+    assert description["index"] == kind and description["recall_at_10"] >= 0.9
+    save_index(index, description, tmp_path)
+    _, found = load_index(tmp_path).search(x[:5], 1)
+    assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_assign_gives_each_image_to_its_best_concept_within_quota():
@@ -54,25 +114,24 @@ def test_assign_gives_each_image_to_its_best_concept_within_quota():
     chosen = assign(sims, nbrs, quotas=[2, 2], min_similarity=0.0)
     owner = {c["pool_row"]: c["concept_index"] for c in chosen}
     assert owner == {0: 1, 1: 0, 2: 1}  # image 0 goes to concept 1 (0.95 > 0.9)
-    assert len(owner) == len(chosen)
     assert assign(sims, nbrs, [2, 2], min_similarity=0.85) == [
         {"pool_row": 0, "concept_index": 1, "similarity": 0.95, "rank": 0}]
 
 
 def test_retrieve_copies_images_into_shards_with_provenance(tiny_models, tmp_path, image_factory):
-    make_pool(tmp_path / "pool", image_factory)
+    make_mixed_pool(tmp_path / "pool", image_factory)
     encoder = ClipEncoder(tiny_models["clip"])
-    rows = []
-    emb = encoder.encode_images(scan_pool(tmp_path / "pool", 8, rows))
-    index, _ = build_index(emb, "flat")
+    cfg = PoolIndexConfig(source=str(tmp_path / "pool"))
+    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", read_entry(tiny_models["clip"])["sha256"])
+    rows = pa.concat_tables([pq.read_table(tmp_path / "chunks" / f"chunk-{i:06d}.parquet") for i in range(count)])
+    ids = [r["id"] for r in rows.to_pylist() if r["usable"]]
+    index, _ = build_index(lambda: chunk_embeddings(tmp_path / "chunks", count), len(ids), 64, cfg)
     concepts = [{"name": n, "prompts": [f"a {n}", f"the {n}"]} for n in ("cat", "dog")]
-    paths = [r["path"] for r in rows if r["usable"]]
-    out = tmp_path / "ret"
-    got, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, paths, tmp_path / "pool", 6,
-                            RetrieveConfig(k=10, shard_size=4), out)
+    got, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, ids, tmp_path / "pool", 6,
+                            RetrieveConfig(k=15, shard_size=4), tmp_path / "ret")
     assert metrics["images"] == 6 and metrics["shards"] == 2
-    assert len({r["pool_id"] for r in got}) == 6
+    assert len({r["pool_id"] for r in got}) == 6  # never the same image under two concepts
     assert sorted(r["concept"] for r in got) == ["cat"] * 3 + ["dog"] * 3
-    keys = [k for shard in sorted(out.glob("*.tar")) for k, _, _ in read_shard(shard)]
+    keys = [k for shard in sorted((tmp_path / "ret").glob("*.tar")) for k, _, _ in read_shard(shard)]
     assert keys == [r["key"] for r in got]
     assert {"pool_source", "pool_id", "similarity", "rank", "prompt"} <= set(got[0])

@@ -38,13 +38,16 @@ class ClipEncoder:
     def encode_images(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed") -> np.ndarray:
         """(N, D) float32 unit vectors for N PIL images, streamed in batches."""
         out = []
+        for batch in tqdm(_batches(images, self.batch_size), desc=desc, unit="batch",
+                          total=None if total is None else -(-total // self.batch_size)):
+            out.append(self.encode_pixels(torch.stack([self.preprocess(im.convert("RGB")) for im in batch])))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, D) float32 unit vectors for a (B, 3, H, W) batch already preprocessed."""
         with torch.inference_mode():
-            for batch in tqdm(_batches(images, self.batch_size), desc=desc, unit="batch",
-                              total=None if total is None else -(-total // self.batch_size)):
-                pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in batch])
-                feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
-                out.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+            feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
+        return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
 
 def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:

@@ -1,30 +1,46 @@
-"""Index an unlabeled image pool: stream its images, embed them with CLIP, build a faiss index."""
+"""Index an unlabeled pool: stream it, embed it with CLIP in resumable chunks, build a faiss index.
+
+Chunks (`chunk-NNNNNN.npy` float16 embeddings + `.parquet` item table) are written atomically
+and fingerprinted, so a killed run resumes at the first unfinished chunk. The index is built
+from the chunks one at a time (never all embeddings in RAM) and its type follows the pool size
+and a memory budget; nprobe / efSearch are tuned until recall@10 against exact search on
+held-out queries reaches the target.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
 
 from pas.config import ConfigError, require
+from pas.pool_sources import PoolItem, decode_checked, iter_pool
+from pas.shards import atomic_path, save_embeddings, write_table
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
 class PoolIndexConfig:
-    """params.pool_index: where the pool is, how images are screened and which index to build."""
+    """params.pool_index: the pool, the screening rule, chunking and the index choice."""
 
     source: str = "data/pool"
     min_side: int = 8
-    index: str = "auto"  # auto | flat | ivf | hnsw
+    index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
+    memory_budget_mb: int = 4096
+    target_recall: float = 0.95
+    chunk_size: int = 4096
     batch_size: int = 64
 
     def validate(self, prefix: str) -> None:
@@ -32,98 +48,226 @@ class PoolIndexConfig:
         require(self.index in INDEXES or self.index == "auto", f"{prefix}.index", self.index,
                 f"use auto or one of {', '.join(INDEXES)}")
         require(self.min_side >= 1, f"{prefix}.min_side", self.min_side, "use a positive integer")
+        require(self.chunk_size >= 1, f"{prefix}.chunk_size", self.chunk_size, "use a positive integer")
+        require(0 < self.target_recall <= 1, f"{prefix}.target_recall", self.target_recall, "use 0..1")
 
 
 def check_source(source: str) -> Path:
-    """Fail at once, naming the param, when the pool folder is missing or empty."""
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ConfigError(f"pool_index.source={source!r}: folder not found; point it at a folder of images "
-                          "(the offline default is made by the sample_data stage)")
-    return folder
+    """Fail at once, naming the param, when the pool path is missing."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"pool_index.source={source!r}: not found; point it at a folder (images, tar shards, "
+                          "parquet, .lst lists) or one such file (the offline default is made by sample_data)")
+    return path
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under `folder`, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+class _Decoded(torch.utils.data.Dataset):
+    """Decode + preprocess a chunk's items (run in DataLoader workers)."""
+
+    def __init__(self, items: list[PoolItem], preprocess: Callable, min_side: int) -> None:
+        self.items, self.preprocess, self.min_side = items, preprocess, min_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
+        item = self.items[i]
+        image, reason = (None, item.reason) if item.reason else decode_checked(item.data, self.min_side)
+        row = {"id": item.id, "kind": item.kind, "reason": reason, "usable": image is not None,
+               "width": image.width if image else 0, "height": image.height if image else 0}
+        return (self.preprocess(image) if image is not None else None), row
 
 
-def open_checked(path: Path, min_side: int) -> tuple[Image.Image | None, str]:
-    """Open an image as RGB, or return (None, reason) when it is unusable."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if min(image.size) < min_side:
-                return None, "too_small"
-            return image.convert("RGB"), "ok" if image.mode == "RGB" else f"converted_{image.mode}"
-    except Exception:  # PIL raises many types for corrupt or truncated files
-        return None, "undecodable"
+def _collate(batch: list[tuple[Any, dict[str, Any]]]) -> tuple[torch.Tensor | None, list[dict[str, Any]]]:
+    pixels = [p for p, _ in batch if p is not None]
+    return (torch.stack(pixels) if pixels else None), [row for _, row in batch]
 
 
-def scan_pool(folder: Path, min_side: int, rows: list[dict[str, Any]]) -> Iterator[Image.Image]:
-    """Stream the usable images of the pool once, appending one status row per file to `rows`."""
-    for path in list_images(folder):
-        image, reason = open_checked(path, min_side)
-        rows.append({"path": str(path.relative_to(folder)), "reason": reason, "usable": image is not None,
-                     "width": image.width if image else 0, "height": image.height if image else 0})
-        if image is not None:
-            yield image
+def _chunk_fingerprint(base: str, items: list[PoolItem]) -> str:
+    digest = hashlib.sha256(base.encode())
+    for item in items:
+        digest.update(f"{item.id}:{len(item.data or b'')}:{item.reason}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _chunks(source: Path, size: int) -> Iterator[list[PoolItem]]:
+    stream = iter_pool(source)
+    while chunk := list(islice(stream, size)):
+        yield chunk
+
+
+def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
+               workers: int = 0) -> int:
+    """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = json.dumps([model_sha, cfg.min_side, str(source)])
+    count, reused = 0, 0
+    for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
+        count += 1
+        table_path, emb_path = out_dir / f"chunk-{index:06d}.parquet", out_dir / f"chunk-{index:06d}.npy"
+        fingerprint = _chunk_fingerprint(base, items)
+        if table_path.exists() and emb_path.exists():
+            meta = pq.read_schema(table_path).metadata or {}
+            if meta.get(b"pas.fingerprint", b"").decode() == fingerprint:
+                reused += 1
+                continue
+        loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
+                                             batch_size=cfg.batch_size, num_workers=workers, collate_fn=_collate)
+        rows, embeddings = [], []
+        for pixels, batch_rows in loader:
+            rows.extend(batch_rows)
+            if pixels is not None:
+                embeddings.append(encoder.encode_pixels(pixels))
+        matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
+        save_embeddings(matrix, emb_path)
+        table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": fingerprint})
+        write_table(table, table_path)  # written last: it marks the chunk complete
+    for stale in sorted(out_dir.glob("chunk-*")):
+        if int(stale.stem.split("-")[1]) >= count:
+            stale.unlink()
+    log.info("pool: %d chunks (%d reused from an earlier run)", count, reused)
+    return count
+
+
+def chunk_embeddings(out_dir: Path, count: int) -> Iterator[np.ndarray]:
+    """Yield each chunk's embeddings (float32, memory-mapped from float16) in order."""
+    for index in range(count):
+        array = np.load(out_dir / f"chunk-{index:06d}.npy", mmap_mode="r")
+        if array.size:
+            yield np.asarray(array, dtype=np.float32)
 
 
 def _flat(dim: int, n: int) -> faiss.Index:
     return faiss.IndexFlatIP(dim)
 
 
-def _ivf(dim: int, n: int) -> faiss.Index:
-    nlist = max(1, min(65536, int(4 * np.sqrt(n))))
-    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+def _nlist(n: int) -> int:
+    return int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))
+
+
+def _ivf_flat(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.METRIC_INNER_PRODUCT)
+
+
+def _ivf_sq8(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.ScalarQuantizer.QT_8bit,
                                          faiss.METRIC_INNER_PRODUCT)
 
 
+def _ivf_pq(dim: int, n: int) -> faiss.Index:
+    m = next(m for m in (dim // 8, dim // 16, 8, 4, 2, 1) if m >= 1 and dim % m == 0)
+    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, _nlist(n), m, 8, faiss.METRIC_INNER_PRODUCT)
+
+
 def _hnsw(dim: int, n: int) -> faiss.Index:
-    return faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 80
+    return index
 
 
-INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {"flat": _flat, "ivf": _ivf, "hnsw": _hnsw}
+INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {
+    "flat": _flat, "ivf_flat": _ivf_flat, "ivf_sq8": _ivf_sq8, "ivf_pq": _ivf_pq, "hnsw": _hnsw}
 
 
-def build_index(embeddings: np.ndarray, kind: str = "auto", seed: int = 0) -> tuple[faiss.Index, str]:
-    """Build an inner-product index over unit vectors; `auto` is exact below 200k vectors, IVF-SQ8 above."""
-    n, dim = embeddings.shape
-    if kind == "auto":
-        kind = "flat" if n < 200_000 else "ivf"
-    index = INDEXES[kind](dim, n)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = embeddings[rng.choice(n, size=min(n, 256 * index.nlist), replace=False)]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        index.nprobe = max(1, index.nlist // 16)
-    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    return index, kind
+def choose_index(n: int, dim: int, budget_mb: int) -> str:
+    """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget."""
+    budget = budget_mb * 2**20
+    if n < 200_000 and n * dim * 4 <= budget:
+        return "flat"
+    if n * dim * 4 <= budget:
+        return "ivf_flat"
+    if n * dim <= budget:
+        return "ivf_sq8"
+    return "ivf_pq"
 
 
-def recall_at_k(index: faiss.Index, embeddings: np.ndarray, k: int = 10, queries: int = 200, seed: int = 0) -> float:
-    """Recall@k of `index` against exact search on a sample of the indexed vectors as queries."""
-    n = len(embeddings)
+def held_out_queries(sample: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Queries near the data but not in it: sampled vectors plus noise, renormalised."""
     rng = np.random.default_rng(seed)
-    q = np.ascontiguousarray(embeddings[rng.choice(n, size=min(n, queries), replace=False)], dtype=np.float32)
-    exact = faiss.IndexFlatIP(embeddings.shape[1])
-    exact.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    k = min(k, n)
-    _, truth = exact.search(q, k)
-    _, found = index.search(q, k)
-    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found))
-    return hits / truth.size
+    picked = sample[rng.choice(len(sample), size=min(count, len(sample)), replace=False)]
+    noisy = picked + rng.normal(scale=0.5 / np.sqrt(sample.shape[1]), size=picked.shape).astype(np.float32)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
-def save_index(index: faiss.Index, path: Path) -> None:
-    """Write a faiss index atomically."""
-    from pas.shards import atomic_path
+def exact_neighbours(chunks: Callable[[], Iterator[np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids over all chunks, merging per-chunk results (memory flat in pool size)."""
+    best_d = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    offset = 0
+    for block in chunks():
+        flat = faiss.IndexFlatIP(block.shape[1])
+        flat.add(block)
+        d, i = flat.search(queries, min(k, len(block)))
+        all_d, all_i = np.hstack([best_d, d]), np.hstack([best_i, i + offset])
+        order = np.argsort(-all_d, axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)
+        offset += len(block)
+    return best_i
 
-    with atomic_path(path) as tmp:
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-k found."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[dict[str, int], float]:
+    """Raise nprobe (IVF) or efSearch (HNSW) until recall@k reaches `target`; return settings + recall."""
+    k = truth.shape[1]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        knob, values, apply = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+                                         if v < ivf.nlist] + [ivf.nlist], lambda v: setattr(ivf, "nprobe", v)
+    elif isinstance(index, faiss.IndexHNSW):
+        knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(index.hnsw, "efSearch", v)
+    else:
+        return {}, recall(index.search(queries, k)[1], truth)
+    for value in values:
+        apply(value)
+        achieved = recall(index.search(queries, k)[1], truth)
+        if achieved >= target:
+            break
+    return {knob: value}, achieved
+
+
+def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cfg: PoolIndexConfig,
+                seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train on a sample, add chunk by chunk, tune for the target recall; return index + description."""
+    kind = choose_index(n, dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
+    index = INDEXES[kind](dim, n)
+    rng = np.random.default_rng(seed)
+    sample_size = min(n, 10_000 if index.is_trained else 39 * index.nlist)  # faiss wants >= 39 per list
+    keep = np.sort(rng.choice(n, size=sample_size, replace=False))
+    sample, offset = [], 0
+    for block in chunks():
+        local = keep[(keep >= offset) & (keep < offset + len(block))] - offset
+        sample.append(block[local])
+        offset += len(block)
+    sample_matrix = np.concatenate(sample)
+    if not index.is_trained:
+        index.train(sample_matrix)
+    for block in chunks():
+        index.add(block)
+    queries = held_out_queries(sample_matrix, 200, seed)
+    truth = exact_neighbours(chunks, queries, min(10, n))
+    settings, achieved = tune(index, queries, truth, cfg.target_recall)
+    return index, {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": getattr(index, "nlist", 0),
+                   "recall_at_10": achieved}
+
+
+def save_index(index: faiss.Index, description: dict[str, Any], folder: Path) -> None:
+    """Write index.faiss and index.json (type, tuned search settings, measured recall) atomically."""
+    with atomic_path(folder / "index.faiss") as tmp:
         faiss.write_index(index, str(tmp))
+    with atomic_path(folder / "index.json") as tmp:
+        tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
 
 
-def load_index(path: Path) -> faiss.Index:
-    """Memory-map a saved faiss index for search."""
-    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+def load_index(folder: Path) -> faiss.Index:
+    """Memory-map a saved index and apply its tuned search settings."""
+    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    description = json.loads((folder / "index.json").read_text())
+    if "nprobe" in description:
+        faiss.extract_index_ivf(index).nprobe = description["nprobe"]
+    if "efSearch" in description:
+        index.hnsw.efSearch = description["efSearch"]
+    return index

@@ -11,7 +11,8 @@ import numpy as np
 
 from pas.config import require
 from pas.plan import per_concept_quota
-from pas.shards import encode_jpeg, shard_name, write_shard
+from pas.pool_sources import load_items
+from pas.shards import decode_image, encode_jpeg, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,18 @@ def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], 
 
 
 def retrieve(
-    index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], usable_paths: list[str],
-    pool_root: Path, total: int, cfg: RetrieveConfig, out_dir: Path,
+    index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], pool_ids: list[str],
+    pool_source: Path, total: int, cfg: RetrieveConfig, out_dir: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Search, assign to quotas, and copy the chosen pool images into shards; return rows + metrics."""
-    from PIL import Image
+    """Search, assign to quotas, and copy the chosen pool images into shards; return rows + metrics.
 
+    pool_ids[i] is the pool item id of index vector i.
+    """
     quotas = per_concept_quota(total, len(concepts))
     k = min(cfg.k, index.ntotal)
     similarities, neighbours = index.search(np.ascontiguousarray(queries), k)
     chosen = assign(similarities, neighbours, quotas, cfg.min_similarity)
+    payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
     rows, records, shard_index = [], [], 0
 
     def flush() -> None:
@@ -85,12 +88,11 @@ def retrieve(
 
     for claim in chosen:
         concept = concepts[claim["concept_index"]]
-        rel = usable_paths[claim["pool_row"]]
-        with Image.open(pool_root / rel) as image:
-            image = image.convert("RGB")
+        pool_id = pool_ids[claim["pool_row"]]
+        image = decode_image(payload[pool_id])
         key = f"ret{claim['pool_row']:08d}"
         meta = {"key": key, "source": "retrieved", "concept": concept["name"], "prompt": concept["prompts"][0],
-                "pool_source": str(pool_root), "pool_id": rel, "similarity": claim["similarity"],
+                "pool_source": str(pool_source), "pool_id": pool_id, "similarity": claim["similarity"],
                 "rank": claim["rank"], "shard": shard_name("retrieved", shard_index),
                 "width": image.width, "height": image.height}
         records.append((key, encode_jpeg(image, cfg.jpeg_quality), meta))
