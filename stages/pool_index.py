@@ -21,7 +21,10 @@ def body(args, params, run):
     encoder = ClipEncoder(args.clip, pick_device(), cfg.batch_size)
     out = Path(args.out)
     chunks_dir = out / "chunks"
-    count = embed_pool(source, encoder, cfg, chunks_dir, read_entry(args.clip)["sha256"], num_workers())
+    count = embed_pool(source, encoder, cfg, chunks_dir, read_entry(args.clip)["sha256"], num_workers(),
+                       args.worker, args.workers)
+    if args.workers > 1:
+        return {"chunks": count, "worker": args.worker, "workers": args.workers}
     items = pa.concat_tables([pq.read_table(chunks_dir / f"chunk-{i:06d}.parquet") for i in range(count)])
     usable = items.filter(items.column("usable"))
     if usable.num_rows == 0:
@@ -42,4 +45,7 @@ if __name__ == "__main__":
     parser = stage_parser("pool_index", __doc__)
     parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--out", required=True, help="folder for chunks, the file table and the index (persists)")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index (scale-out; default 0)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers sharing the chunks; with >1 only embed, then run once with 1 to index")
     run_stage("pool_index", KEYS, parser, body)

@@ -82,6 +82,18 @@ def test_killed_embedding_resumes_without_redoing_finished_chunks(tmp_path, imag
     assert len(calls) == count  # another CLIP model: nothing is reused
 
 
+def test_two_workers_split_chunks_and_a_final_run_reuses_them(tmp_path, image_factory, tiny_models):
+    make_mixed_pool(tmp_path / "pool", image_factory)
+    encoder = ClipEncoder(tiny_models["clip"])
+    cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=4)
+    for worker in (0, 1):
+        embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "split", "sha", worker=worker, workers=2)
+    calls = []
+    encoder.encode_pixels = lambda pixels: calls.append(1)
+    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "split", "sha")
+    assert calls == [] and len(list((tmp_path / "split").glob("*.parquet"))) == count
+
+
 def test_missing_pool_fails_clearly(tmp_path):
     with pytest.raises(ConfigError, match="pool_index.source=.*not found"):
         check_source(str(tmp_path / "nope"))

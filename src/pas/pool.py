@@ -97,13 +97,19 @@ def _chunks(source: Path, size: int) -> Iterator[list[PoolItem]]:
 
 
 def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
-               workers: int = 0) -> int:
-    """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks."""
+               loader_workers: int = 0, worker: int = 0, workers: int = 1) -> int:
+    """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks.
+
+    With `workers` > 1, this process embeds only chunks i with i % workers == worker (the
+    others are streamed past, not decoded); a final single run finds every chunk done.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = json.dumps([model_sha, cfg.min_side, str(source)])
     count, reused = 0, 0
     for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
         count += 1
+        if index % workers != worker:
+            continue
         table_path, emb_path = out_dir / f"chunk-{index:06d}.parquet", out_dir / f"chunk-{index:06d}.npy"
         fingerprint = _chunk_fingerprint(base, items)
         if table_path.exists() and emb_path.exists():
@@ -112,7 +118,8 @@ def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, 
                 reused += 1
                 continue
         loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
-                                             batch_size=cfg.batch_size, num_workers=workers, collate_fn=_collate)
+                                             batch_size=cfg.batch_size, num_workers=loader_workers,
+                                             collate_fn=_collate)
         rows, embeddings = [], []
         for pixels, batch_rows in loader:
             rows.extend(batch_rows)
@@ -123,7 +130,7 @@ def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, 
         table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": fingerprint})
         write_table(table, table_path)  # written last: it marks the chunk complete
     for stale in sorted(out_dir.glob("chunk-*")):
-        if int(stale.stem.split("-")[1]) >= count:
+        if workers == 1 and int(stale.stem.split("-")[1]) >= count:
             stale.unlink()
     log.info("pool: %d chunks (%d reused from an earlier run)", count, reused)
     return count
