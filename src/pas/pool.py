@@ -149,7 +149,9 @@ def _flat(dim: int, n: int) -> faiss.Index:
 
 
 def _nlist(n: int) -> int:
-    return int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))
+    # sqrt(n) lists: k-means training stays minutes on a few CPU cores at 1M vectors;
+    # recall is then bought with nprobe, which `tune` sets.
+    return int(max(1, min(65536, np.sqrt(n), n // 39)))
 
 
 def _ivf_flat(dim: int, n: int) -> faiss.Index:
