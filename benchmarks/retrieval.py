@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pas.pool import PoolIndexConfig, build_index, choose_index, recall
+from pas.pool import PoolIndexConfig, build_index, recall
 
 
 def random_chunks(n: int, dim: int, chunk: int, seed: int):
@@ -82,12 +82,12 @@ def main() -> None:
     del exact
 
     cfg = PoolIndexConfig(index=args.index, memory_budget_mb=args.memory_budget_mb, target_recall=args.target_recall)
-    kind = choose_index(args.n, args.dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
     t0 = time.perf_counter()
     index, description = build_index(chunks, args.n, args.dim, cfg)
     build = time.perf_counter() - t0
     approx_time, found = timed_search(index, queries, 10)
-    settings = {k: v for k, v in description.items() if k in ("nlist", "nprobe", "efSearch")}
+    settings = {k: v for k, v in description.items() if k in ("nlist", "nprobe", "efSearch", "fallback_from")}
+    kind = description["index"]
     print(f"approx ({kind}, {settings}): build+tune {build:6.1f} s, {args.queries} queries {approx_time:6.2f} s "
           f"(median of 3), recall@10 {recall(found, truth):.3f}")
     print(f"query speed-up over exact: {exact_time / approx_time:.1f}x; "

@@ -120,6 +120,19 @@ def test_indexes_reach_target_recall_from_chunks_and_survive_save_load(kind, tmp
     assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_auto_falls_back_to_exact_when_data_has_no_cluster_structure(monkeypatch):
+    from pas import pool
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    monkeypatch.setattr(pool, "choose_index", lambda n, dim, budget: "ivf_flat")
+    index, description = build_index(lambda: iter([x]), len(x), 32, PoolIndexConfig(target_recall=0.95))
+    assert description["index"] == "flat" and description["fallback_from"]["index"] == "ivf_flat"
+    assert description["fallback_from"]["nprobe"] * 2 > description["fallback_from"]["nlist"]
+    assert index.ntotal == len(x)
+
+
 def test_assign_gives_each_image_to_its_best_concept_within_quota():
     sims = np.array([[0.9, 0.8, 0.1], [0.95, 0.7, 0.6]])
     nbrs = np.array([[0, 1, 2], [0, 2, 1]])

@@ -259,8 +259,18 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     queries = held_out_queries(sample_matrix, 200, seed)
     truth = exact_neighbours(chunks, queries, min(10, n))
     settings, achieved = tune(index, queries, truth, cfg.target_recall)
-    return index, {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": getattr(index, "nlist", 0),
-                   "recall_at_10": achieved}
+    nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+    description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved}
+    if cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist and n * dim * 4 <= cfg.memory_budget_mb * 2**20:
+        # Data without cluster structure: the target recall needs most lists, so exact search is faster.
+        log.info("%s needs nprobe %d of %d for recall %.2f: using exact search instead", kind,
+                 settings["nprobe"], nlist, cfg.target_recall)
+        index = faiss.IndexFlatIP(dim)
+        for block in chunks():
+            index.add(block)
+        description = {"index": "flat", "vectors": n, "dim": dim, "recall_at_10": 1.0,
+                       "fallback_from": {"index": kind, "nlist": nlist, **settings, "recall_at_10": achieved}}
+    return index, description
 
 
 def save_index(index: faiss.Index, description: dict[str, Any], folder: Path) -> None:
