@@ -124,10 +124,10 @@ def test_auto_falls_back_to_exact_when_data_has_no_cluster_structure(monkeypatch
     from pas import pool
 
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(20_000, 32)).astype(np.float32)
+    x = rng.normal(size=(20_000, 256)).astype(np.float32)  # isotropic: no cluster structure
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     monkeypatch.setattr(pool, "choose_index", lambda n, dim, budget: "ivf_flat")
-    index, description = build_index(lambda: iter([x]), len(x), 32, PoolIndexConfig(target_recall=0.95))
+    index, description = build_index(lambda: iter([x]), len(x), 256, PoolIndexConfig(target_recall=0.95))
     assert description["index"] == "flat" and description["fallback_from"]["index"] == "ivf_flat"
     assert description["fallback_from"]["nprobe"] * 2 > description["fallback_from"]["nlist"]
     assert index.ntotal == len(x)
