@@ -1,5 +1,9 @@
-"""concepts: domain spec -> data/concepts.json (concepts and diversified prompts)."""
-from pas.concepts import ConceptsConfig, build_concepts
+"""concepts: domain spec (+ LLM discovery) -> data/concepts.json; LLM answers cached in --llm-cache."""
+import json
+import tempfile
+from pathlib import Path
+
+from pas.concepts import ConceptsConfig, build_concepts, concept_metrics
 from pas.config import build
 from pas.shards import write_json
 from pas.stage import run_stage, stage_parser
@@ -9,13 +13,18 @@ KEYS = ("domain", "seed", "concepts")
 
 def body(args, params, run):
     cfg = build(ConceptsConfig, params.get("concepts"), "concepts")
-    document = build_concepts(str(params["domain"]), cfg, int(params.get("seed", 0)))
+    document, report = build_concepts(str(params["domain"]), cfg, int(params.get("seed", 0)), args.llm_cache)
     write_json(document, args.out)
-    return {"concepts": len(document["concepts"]),
-            "prompts": sum(len(c["prompts"]) for c in document["concepts"])}
+    Path(args.llm_cache).mkdir(parents=True, exist_ok=True)  # an out even when no LLM is asked
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "concepts_report.json"
+        path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        run.log_artifact(path)
+    return concept_metrics(document, report)
 
 
 if __name__ == "__main__":
     parser = stage_parser("concepts", __doc__)
     parser.add_argument("--out", required=True, help="concepts.json to write")
+    parser.add_argument("--llm-cache", required=True, help="folder of cached LLM answers (DVC out, persist: true)")
     run_stage("concepts", KEYS, parser, body)
