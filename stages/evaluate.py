@@ -1,25 +1,34 @@
-"""evaluate: linear-probe and kNN accuracy per dataset and init -> metrics/eval.json + confusion plots."""
+"""evaluate: top-1/top-5/per-class per dataset, init and protocol -> metrics/eval.json, report and plots."""
 from pathlib import Path
 
 from pas.config import build
-from pas.evaluate import EvaluateConfig, evaluate
-from pas.shards import atomic_dir
+from pas.eval_report import render_report
+from pas.evaluate import EvaluateConfig, evaluate, load_index
+from pas.shards import atomic_dir, atomic_path
 from pas.stage import run_stage, stage_parser
 
-KEYS = ("evaluate",)
+# size, mix and pretrain.* are read only to label the results: MLflow then holds each result with the
+# experiment coordinates that `python -m pas.compare` plots against
+KEYS = ("size", "mix", "pretrain.method", "pretrain.backbone", "evaluate")
 
 
 def body(args, params, run):
     cfg = build(EvaluateConfig, params.get("evaluate"), "evaluate")
     with atomic_dir(args.plots) as plots:
         metrics = evaluate(args.finetune, cfg, plots)
-    for png in sorted(Path(args.plots).glob("*.png")):
-        run.log_artifact(png)
+    pretrain = params.get("pretrain", {})
+    coordinates = {"size": params.get("size"), "mix": params.get("mix"), "pretrain.method": pretrain.get("method"),
+                   "pretrain.backbone": pretrain.get("backbone")}
+    with atomic_path(args.report) as tmp:
+        tmp.write_text(render_report(metrics, load_index(args.finetune), cfg.reference, coordinates))
+    for path in [*sorted(Path(args.plots).glob("*.png")), Path(args.report)]:
+        run.log_artifact(path)
     return metrics
 
 
 if __name__ == "__main__":
     parser = stage_parser("evaluate", __doc__)
     parser.add_argument("--finetune", required=True, help="finetune output folder")
-    parser.add_argument("--plots", required=True, help="folder for confusion-matrix PNGs")
+    parser.add_argument("--plots", required=True, help="folder for confusion, learning-curve and summary PNGs")
+    parser.add_argument("--report", required=True, help="markdown report to write")
     run_stage("evaluate", KEYS, parser, body, metrics_name="eval")

@@ -1,27 +1,38 @@
-"""finetune: linear probes on frozen features of the PaS-pretrained and a random-init backbone."""
-from pathlib import Path
-
-from pas.config import DataError, build
-from pas.finetune import FinetuneConfig, run_finetune
+"""finetune: linear, kNN, few-shot, full fine-tune (and ELFIS) for each downstream dataset and init."""
+from pas.evaluate import load_index
+from pas.finetune import discover, finetune_config, run_finetune
 from pas.shards import atomic_dir
 from pas.stage import run_stage, stage_parser
 
 KEYS = ("seed", "pretrain.backbone", "finetune")
+CURVE_POINTS = 10  # learning-curve points per result sent to MLflow (the full curves are in index.json)
+
+
+def log_curves(run, index_datasets):
+    """Per-epoch loss and train top-1 of every trained result, as MLflow metric histories."""
+    for dataset, entry in index_datasets.items():
+        for init, record in entry.get("inits", {}).items():  # a skipped dataset has none
+            for name, result in record["results"].items():
+                history = result["history"]
+                for point in history[:: max(1, len(history) // CURVE_POINTS)] + history[-1:]:
+                    run.log_metrics({f"curve.{dataset}.{init}.{name}": {"loss": point["loss"],
+                                                                        "train_top1": point["train_top1"]}},
+                                    step=point["epoch"])
 
 
 def body(args, params, run):
-    cfg = build(FinetuneConfig, params.get("finetune"), "finetune")
-    datasets = {p.parent.name: p.parent for p in sorted(Path(args.downstream).glob("*/train.parquet"))}
-    if not datasets:
-        raise DataError(f"{args.downstream} holds no <dataset>/train.parquet; run sample_data or add a dataset")
-    inits = {"pas": Path(args.pretrained), "random": None}
+    cfg = finetune_config(params.get("finetune"))
+    seed = int(params.get("seed", 0))
+    datasets = discover(args.downstream, cfg, seed)
     with atomic_dir(args.out) as out:
-        return run_finetune(datasets, params["pretrain"]["backbone"], inits, cfg, out, int(params.get("seed", 0)))
+        metrics = run_finetune(datasets, params["pretrain"]["backbone"], args.pretrained, cfg, out, seed)
+    log_curves(run, load_index(args.out)["datasets"])
+    return metrics
 
 
 if __name__ == "__main__":
     parser = stage_parser("finetune", __doc__)
     parser.add_argument("--pretrained", required=True, help="pretrain output folder (backbone.safetensors)")
-    parser.add_argument("--downstream", required=True, help="folder of <dataset>/{train,test}.parquet")
-    parser.add_argument("--out", required=True, help="folder for cached features, probes and test logits")
+    parser.add_argument("--downstream", required=True, help="folder of downstream datasets (parquet, ImageFolder, CSV)")
+    parser.add_argument("--out", required=True, help="folder for cached features, test scores and index.json")
     run_stage("finetune", KEYS, parser, body)

@@ -1,7 +1,8 @@
-"""kNN, top-k and per-class accuracy by hand, and run_finetune -> evaluate end to end on a tiny timm model."""
+"""kNN, top-k, per-class, several-seed metrics and gains by hand; run_finetune -> evaluate -> report end to end."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -14,8 +15,14 @@ import torch
 from PIL import Image
 
 from pas.config import ConfigError, build
-from pas.evaluate import EvaluateConfig, evaluate, knn_predict, per_class_accuracy, topk_accuracy
+from pas.elfis import ElfisConfig
+from pas.eval_report import render_report
+from pas.evaluate import (EvaluateConfig, elfis_gains, evaluate, gains, load_index, per_class_accuracy, result_metrics,
+                          topk_accuracy)
 from pas.finetune import FinetuneConfig, run_finetune
+from pas.inits import InitSpec
+from pas.probe import LinearConfig, knn_predict, torch_threads
+from pas.protocols import FewshotConfig
 
 CLASSES = ("red", "green", "blue")
 TINY = "resnet10t"
@@ -51,12 +58,31 @@ def test_topk_and_per_class_accuracy():
     assert math.isnan(per_class[3])  # no test rows of class 3
 
 
+def test_several_runs_report_mean_and_std():
+    labels = np.array([0, 1])
+    right, wrong = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])
+    single = result_metrics([right], labels, ["a", "b"])
+    assert single == {"top1": 1.0, "top5": 1.0, "per_class": {"a": 1.0, "b": 1.0}}
+    both = result_metrics([right, wrong], labels, ["a", "b"])
+    assert both["top1"] == pytest.approx(0.75) and both["top1_std"] == pytest.approx(0.25) and both["runs"] == 2
+    assert both["per_class"] == {"a": 0.5, "b": 1.0}
+
+
+def test_gains_are_reference_minus_each_baseline_and_elfis_minus_plain():
+    metrics = {"pas": {"linear": {"top1": 0.7}, "linear_elfis": {"top1": 0.75}, "knn": {"top1": 0.6}},
+               "random": {"linear": {"top1": 0.5}, "knn": {"top1": 0.65}},
+               "imagenet": {"linear": {"top1": 0.9}}}
+    assert gains(metrics, "pas") == {"random": {"linear": pytest.approx(0.2), "knn": pytest.approx(-0.05)},
+                                     "imagenet": {"linear": pytest.approx(-0.2)}}
+    assert elfis_gains(metrics) == {"pas": {"linear": pytest.approx(0.05)}}
+
+
 def test_config_is_validated_by_key():
-    assert build(EvaluateConfig, {}, "evaluate") == EvaluateConfig(knn_k=20, knn_temperature=0.07)
-    with pytest.raises(ConfigError, match=r"evaluate.knn_k=0"):
-        build(EvaluateConfig, {"knn_k": 0}, "evaluate")
-    with pytest.raises(ConfigError, match=r"evaluate.knn_temperature"):
-        build(EvaluateConfig, {"knn_temperature": -1.0}, "evaluate")
+    assert build(EvaluateConfig, {}, "evaluate") == EvaluateConfig(reference="pas", confusion=("linear", "full"))
+    with pytest.raises(ConfigError, match=r"evaluate.reference=''"):
+        build(EvaluateConfig, {"reference": ""}, "evaluate")
+    with pytest.raises(ConfigError, match="unknown key evaluate.knn_k"):
+        build(EvaluateConfig, {"knn_k": 3}, "evaluate")
 
 
 def _write_split(path, per_class: int, seed: int) -> None:
@@ -86,48 +112,85 @@ def finetuned(tmp_path_factory):
         _write_split(datasets[name] / "test.parquet", per_class=5, seed=2 * i + 1)
     with torch.random.fork_rng():
         torch.manual_seed(123)
-        weights = root / "backbone.safetensors"
-        safetensors.torch.save_file(timm.create_model(TINY, pretrained=False, num_classes=0).state_dict(), weights)
-    with pytest.MonkeyPatch.context() as patch:
+        (root / "pretrain").mkdir()
+        safetensors.torch.save_file(timm.create_model(TINY, pretrained=False, num_classes=0).state_dict(),
+                                    root / "pretrain" / "backbone.safetensors")
+    cfg = FinetuneConfig(image_size=32, batch_size=64, protocols=("linear", "knn", "fewshot"),
+                         linear=LinearConfig(epochs=30, batch_size=64), fewshot=FewshotConfig(shots=(1, 3), seeds=2),
+                         elfis=ElfisConfig(protocols=("linear",), groups=2, folds=2),
+                         inits=(InitSpec("pas", "pretrain", "pretrain"), InitSpec("random", "pretrain", "random")))
+    with pytest.MonkeyPatch.context() as patch, torch_threads(1):
         patch.setenv("PAS_DEVICE", "cpu")
-        cfg = FinetuneConfig(image_size=32, batch_size=64, probe_epochs=30)
-        run_finetune(datasets, TINY, {"pas": weights, "random": None}, cfg, root / "finetune", seed=0)
-        metrics = evaluate(root / "finetune", EvaluateConfig(knn_k=5), root / "plots")
+        run_finetune(datasets, TINY, root / "pretrain", cfg, root / "finetune", seed=0)
+        metrics = evaluate(root / "finetune", EvaluateConfig(confusion=("linear",)), root / "plots")
     return root, metrics
 
 
-def test_evaluate_reports_every_dataset_and_init_with_the_documented_structure(finetuned):
+def test_evaluate_reports_every_dataset_init_and_result_with_the_documented_structure(finetuned):
     _, metrics = finetuned
-    assert set(metrics) == {"colours", "colours_b"}
-    for dataset in metrics.values():
-        assert set(dataset) == {"pas", "random", "gain"}
+    assert set(metrics) == {"colours", "colours_b", "summary"}
+    for dataset in ("colours", "colours_b"):
+        assert set(metrics[dataset]) == {"pas", "random", "gain", "elfis_gain"}
         for init in ("pas", "random"):
-            linear, knn = dataset[init]["linear"], dataset[init]["knn"]
-            assert set(linear) == {"top1", "top5", "per_class"} and set(knn) == {"top1", "top5"}
-            assert list(linear["per_class"]) == list(CLASSES)
-            for value in (linear["top1"], linear["top5"], knn["top1"], knn["top5"], *linear["per_class"].values()):
-                assert 0.0 <= value <= 1.0
-            assert linear["top5"] == knn["top5"] == 1.0  # only 3 classes
-            assert linear["top1"] == pytest.approx(np.mean(list(linear["per_class"].values())))  # balanced test set
-        for protocol in ("linear", "knn"):
-            gain = dataset["pas"][protocol]["top1"] - dataset["random"][protocol]["top1"]
-            assert dataset["gain"][f"{protocol}_top1"] == pytest.approx(gain)
+            results = metrics[dataset][init]
+            assert set(results) == {"linear", "linear_elfis", "knn", "fewshot_1", "fewshot_3"}
+            for name, result in results.items():
+                assert list(result["per_class"]) == list(CLASSES)
+                for value in (result["top1"], result["top5"], *result["per_class"].values()):
+                    assert 0.0 <= value <= 1.0
+                assert result["top5"] == 1.0  # only 3 classes
+                assert ("top1_std" in result) == name.startswith("fewshot")
+            assert results["linear"]["top1"] == pytest.approx(np.mean(list(results["linear"]["per_class"].values())))
+        for name in ("linear", "knn", "fewshot_1"):
+            gain = metrics[dataset]["pas"][name]["top1"] - metrics[dataset]["random"][name]["top1"]
+            assert metrics[dataset]["gain"]["random"][name] == pytest.approx(gain)
+    summary = metrics["summary"]
+    assert summary["reference"] == "pas" and summary["datasets"] == 2
+    assert summary["gain"]["random"]["linear"] == pytest.approx(
+        np.mean([metrics[d]["gain"]["random"]["linear"] for d in ("colours", "colours_b")]))
 
 
 def test_colour_classes_are_learned_from_frozen_random_features(finetuned):
     _, metrics = finetuned
     assert metrics["colours"]["random"]["linear"]["top1"] >= 0.8
     assert metrics["colours"]["random"]["knn"]["top1"] >= 0.8
+    assert metrics["colours"]["random"]["fewshot_3"]["top1"] >= metrics["colours"]["random"]["fewshot_1"]["top1"] - 0.1
 
 
-def test_evaluate_writes_a_confusion_png_per_dataset_and_init(finetuned):
+def test_evaluate_writes_confusion_curve_fewshot_and_summary_pngs(finetuned):
     root, _ = finetuned
-    for dataset in ("colours", "colours_b"):
-        for init in ("pas", "random"):
-            path = root / "plots" / f"confusion_{dataset}_{init}.png"
-            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            with Image.open(path) as image:
-                assert min(image.size) >= 300
+    expected = [f"confusion_{d}_{i}_linear.png" for d in ("colours", "colours_b") for i in ("pas", "random")]
+    expected += [f"{kind}_{d}.png" for kind in ("curves", "fewshot", "summary") for d in ("colours", "colours_b")]
+    assert sorted(p.name for p in (root / "plots").iterdir()) == sorted(expected)
+    for name in expected:
+        path = root / "plots" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            assert min(image.size) >= 300
+
+
+def test_report_lists_results_gains_and_meta_categories(finetuned):
+    root, metrics = finetuned
+    index = load_index(root / "finetune")
+    report = render_report(metrics, index, "pas", {"size": "2k"})
+    assert "Experiment: size = 2k" in report
+    assert "| result | pas | random | pas − random |" in report
+    linear = metrics["colours"]["pas"]["linear"]["top1"]
+    assert f"| linear | {100 * linear:.1f} |" in report
+    assert "### ELFIS on colours" in report
+    for group in index["datasets"]["colours"]["inits"]["pas"]["meta_categories"]:
+        assert ", ".join(group) in report
+    assert "over **random**:" in report
+    rows = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and "top" not in line]
+    assert rows.index("| linear") < rows.index("| linear_elfis") < rows.index("| knn") < rows.index("| fewshot_1")
+
+
+def test_evaluate_rejects_an_unknown_reference(finetuned, tmp_path):
+    root, _ = finetuned
+    with pytest.raises(ValueError, match="evaluate.reference='imagenet' is not an init of this run"):
+        evaluate(root / "finetune", EvaluateConfig(reference="imagenet"), tmp_path)
+    index = json.loads((root / "finetune" / "index.json").read_text())
+    assert set(index["inits"]) == {"pas", "random"}
 
 
 def test_evaluate_without_finetune_outputs_says_what_to_run(tmp_path):

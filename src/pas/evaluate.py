@@ -1,7 +1,10 @@
-"""Downstream metrics from run_finetune's outputs: linear-probe and weighted-kNN accuracy, plots.
+"""Downstream metrics from run_finetune's outputs: top-1/top-5/per-class per result, gains, plots.
 
-    metrics = evaluate(Path("models/finetune"), EvaluateConfig(), Path("plots/evaluate"))
-    metrics["animal_shapes"]["pas"]["knn"]["top1"], metrics["animal_shapes"]["gain"]["linear_top1"]
+    metrics = evaluate(Path("data/finetune"), EvaluateConfig(), Path("plots"))
+    metrics["animal_shapes"]["pas"]["linear"]["top1"]          # one run
+    metrics["animal_shapes"]["imagenet"]["fewshot_5"]["top1_std"]  # several seeds: mean and std
+    metrics["animal_shapes"]["gain"]["random"]["full"]            # reference (pas) minus that baseline
+    metrics["summary"]["gain"]["imagenet"]["linear"]              # mean over datasets
 """
 from __future__ import annotations
 
@@ -9,49 +12,31 @@ import dataclasses
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pas.config import require
-from pas.runtime import pick_device
-from pas.shards import atomic_path, load_embeddings
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "summary"  # top-level key of the metrics beside the datasets
+GAIN = "gain"
+ELFIS_GAIN = "elfis_gain"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """params.evaluate: kNN settings (DINO's weighted kNN classifier)."""
+    """params.evaluate: which init the gains are reported for, and which results get confusion PNGs."""
 
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    reference: str = "pas"  # gain = reference top-1 minus each other init's, per result
+    confusion: tuple[str, ...] = ("linear", "full")
 
     def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        require(self.knn_k >= 1, f"{prefix}.knn_k", self.knn_k, "use an integer >= 1")
-        require(self.knn_temperature > 0, f"{prefix}.knn_temperature", self.knn_temperature, "use a number > 0")
-
-
-def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, k: int,
-                temperature: float, num_classes: int, device: str | None = None, chunk: int = 1024) -> np.ndarray:
-    """Weighted kNN class scores (N_test, C): cosine top-k neighbours vote exp(sim / T) for their class."""
-    device = device or pick_device()
-    train = torch.nn.functional.normalize(torch.as_tensor(train_feats, dtype=torch.float32, device=device), dim=1)
-    labels = torch.as_tensor(np.asarray(train_labels, dtype=np.int64), device=device)  # (N_train,)
-    k = min(k, len(labels))
-    out = []
-    for start in range(0, len(test_feats), chunk):
-        test = torch.as_tensor(test_feats[start:start + chunk], dtype=torch.float32, device=device)
-        sims = torch.nn.functional.normalize(test, dim=1) @ train.T  # (B, N_train)
-        top_sims, top_idx = sims.topk(k, dim=1)  # (B, k)
-        weights = (top_sims / temperature).exp()
-        scores = torch.zeros(len(test), num_classes, device=device)
-        scores.scatter_add_(1, labels[top_idx], weights)  # (B, C)
-        out.append(scores.cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, num_classes), dtype=np.float32)
+        """Raise a ConfigError naming the first bad value."""
+        require(bool(self.reference), f"{prefix}.reference", self.reference, "name an init of finetune.inits")
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -79,67 +64,95 @@ def per_class_accuracy(scores: np.ndarray, labels: np.ndarray, num_classes: int)
         return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
 
 
-def plot_confusion(matrix: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
-    """Row-normalised confusion matrix as a PNG (Agg canvas; no pyplot, no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    count = len(class_names)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    side = min(4 + 0.3 * count, 20)
-    fig = Figure(figsize=(side, side))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if count <= 40:
-        ax.set_xticks(range(count), class_names, rotation=90, fontsize=8)
-        ax.set_yticks(range(count), class_names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def _accuracies(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}
-
-
 def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+def result_metrics(runs: list[np.ndarray], labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """top1, top5 and per-class top-1 of one result; with several runs: their mean, plus std and runs."""
+    count = len(class_names)
+    top1 = [topk_accuracy(scores, labels, 1) for scores in runs]
+    top5 = [topk_accuracy(scores, labels, 5) for scores in runs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class with no test rows is NaN in every run
+        per_class = np.nanmean([per_class_accuracy(scores, labels, count) for scores in runs], axis=0)
+    out: dict[str, Any] = {"top1": float(np.mean(top1)), "top5": float(np.mean(top5))}
+    if len(runs) > 1:
+        out.update(top1_std=float(np.std(top1)), top5_std=float(np.std(top5)), runs=len(runs))
+    out["per_class"] = {name: _json_number(acc) for name, acc in zip(class_names, per_class)}
+    return out
+
+
+def gains(dataset_metrics: dict[str, Any], reference: str) -> dict[str, dict[str, float]]:
+    """Top-1 of `reference` minus each other init's, for every result both have."""
+    ref = dataset_metrics[reference]
+    return {init: {name: ref[name]["top1"] - results[name]["top1"] for name in ref if name in results}
+            for init, results in dataset_metrics.items() if init != reference}
+
+
+def elfis_gains(dataset_metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per init: ELFIS top-1 minus the plain head's, for each protocol that trained both."""
+    out = {}
+    for init, results in dataset_metrics.items():
+        pairs = {name[: -len("_elfis")]: name for name in results if name.endswith("_elfis")}
+        found = {plain: results[elfis]["top1"] - results[plain]["top1"] for plain, elfis in pairs.items()
+                 if plain in results}
+        if found:
+            out[init] = found
+    return out
+
+
+def load_index(finetune_dir: str | Path) -> dict[str, Any]:
+    """finetune's index.json, with a clear error when the stage has not run."""
+    path = Path(finetune_dir) / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the finetune stage first (dvc repro finetune)")
+    return json.loads(path.read_text())
+
+
 def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Path) -> dict[str, Any]:
-    """Linear and kNN accuracy per dataset and init, pas-over-random gains, and confusion PNGs in plots_dir."""
+    """Metrics per dataset, init and result; gains of cfg.reference; confusion, curve and summary PNGs."""
+    from pas.eval_plots import plot_confusion, plot_dataset
+
     finetune_dir, plots_dir = Path(finetune_dir), Path(plots_dir)
-    index_path = finetune_dir / "index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path} not found; run the finetune stage first (dvc repro finetune)")
-    index = json.loads(index_path.read_text())
+    index = load_index(finetune_dir)
+    if cfg.reference not in index["inits"]:
+        raise ValueError(f"evaluate.reference={cfg.reference!r} is not an init of this run; "
+                         f"inits: {', '.join(index['inits'])}")
     results: dict[str, Any] = {}
     for dataset, entry in index["datasets"].items():
-        names, count = entry["class_names"], entry["num_classes"]
-        train_labels = np.load(finetune_dir / entry["train_labels"])
-        test_labels = np.load(finetune_dir / entry["test_labels"])
+        if "skipped" in entry:
+            log.warning("%s was skipped by finetune: %s", dataset, entry["skipped"])
+            continue
+        names, labels = entry["class_names"], np.load(finetune_dir / entry["test_labels"])
         results[dataset] = {}
-        for init, files in entry["inits"].items():
-            logits = np.load(finetune_dir / files["test_logits"])
-            knn = knn_predict(load_embeddings(finetune_dir / files["train_features"]), train_labels,
-                              load_embeddings(finetune_dir / files["test_features"]), cfg.knn_k, cfg.knn_temperature,
-                              count)
-            per_class = per_class_accuracy(logits, test_labels, count)
-            results[dataset][init] = {
-                "linear": {**_accuracies(logits, test_labels),
-                           "per_class": {name: _json_number(acc) for name, acc in zip(names, per_class)}},
-                "knn": _accuracies(knn, test_labels),
-            }
-            plot_confusion(confusion_matrix(logits, test_labels, count), names,
-                           f"{dataset} / {init} (linear probe)", plots_dir / f"confusion_{dataset}_{init}.png")
-            log.info("%s %s: linear top1 %.4f, knn top1 %.4f", dataset, init,
-                     results[dataset][init]["linear"]["top1"], results[dataset][init]["knn"]["top1"])
-        if "pas" in results[dataset] and "random" in results[dataset]:
-            pas, random = results[dataset]["pas"], results[dataset]["random"]
-            results[dataset]["gain"] = {protocol + "_top1": pas[protocol]["top1"] - random[protocol]["top1"]
-                                        for protocol in ("linear", "knn")}
-            log.info("%s: pas - random = %s", dataset, results[dataset]["gain"])
+        for init, record in entry["inits"].items():
+            results[dataset][init] = {}
+            for name, result in record["results"].items():
+                runs = [np.load(finetune_dir / path) for path in result["scores"]]
+                results[dataset][init][name] = result_metrics(runs, labels, names)
+                if name in cfg.confusion:
+                    plot_confusion(confusion_matrix(runs[0], labels, len(names)), names, f"{dataset} / {init} ({name})",
+                                   plots_dir / f"confusion_{dataset}_{init}_{name}.png")
+            log.info("%s %s: %s", dataset, init, {n: round(m["top1"], 4) for n, m in results[dataset][init].items()})
+        plot_dataset(dataset, entry, results[dataset], plots_dir)
+        inits = dict(results[dataset])
+        results[dataset][GAIN] = gains(inits, cfg.reference)
+        if elfis := elfis_gains(inits):
+            results[dataset][ELFIS_GAIN] = elfis
+        log.info("%s: %s minus each baseline = %s", dataset, cfg.reference, results[dataset][GAIN])
+    results[SUMMARY] = summarise(results, cfg.reference)
     return results
+
+
+def summarise(results: dict[str, Any], reference: str) -> dict[str, Any]:
+    """Mean over datasets of the reference's gain over each baseline, per result."""
+    per_baseline: dict[str, dict[str, list[float]]] = {}
+    for dataset, metrics in results.items():
+        if dataset == SUMMARY:
+            continue
+        for baseline, by_result in metrics[GAIN].items():
+            for name, value in by_result.items():
+                per_baseline.setdefault(baseline, {}).setdefault(name, []).append(value)
+    return {"reference": reference, "datasets": len([d for d in results if d != SUMMARY]),
+            GAIN: {b: {n: float(np.mean(v)) for n, v in r.items()} for b, r in per_baseline.items()}}

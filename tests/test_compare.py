@@ -1,0 +1,61 @@
+"""pas.compare: evaluate runs of two sizes in a real (SQLite) MLflow store -> table rows, CSV and plot."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+from PIL import Image
+
+from pas.compare import collect, main
+from pas.tracking import stage_run
+
+
+def _evaluate_run(size, linear: dict[str, float], method="simclr"):
+    params = {"size": size, "mix": {"generated": 0.5, "retrieved": 0.5},
+              "pretrain": {"method": method, "backbone": "resnet18"}, "evaluate": {"reference": "pas"}}
+    metrics = {"animals": {init: {"linear": {"top1": v, "top5": 1.0},
+                                  "fewshot_5": {"top1": v / 2, "top1_std": 0.01, "top5": 0.9}}
+                           for init, v in linear.items()},
+               "summary": {"gain": {"random": {"linear": 0.1}}}}
+    metrics["animals"]["gain"] = {"random": {"linear": linear["pas"] - linear["random"]}}
+    with stage_run("evaluate", params, "pas-test") as run:
+        run.log_metrics(metrics)
+
+
+@pytest.fixture
+def tracking_db(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_two_sizes_give_two_rows_a_csv_and_a_plot(tracking_db, tmp_path, capsys):
+    _evaluate_run("300", {"pas": 0.40, "random": 0.30, "imagenet": 0.90})  # superseded by the rerun below
+    _evaluate_run("300", {"pas": 0.45, "random": 0.30, "imagenet": 0.90})
+    _evaluate_run("2k", {"pas": 0.60, "random": 0.30, "imagenet": 0.90})
+    with stage_run("finetune", {"seed": 0}, "pas-test") as run:  # other stages are ignored
+        run.log_metrics({"animals": {"pas": {"linear": {"top1": 0.1}}}})
+
+    rows = collect(tracking_db)
+    linear = sorted((r.size, r.init, r.top1) for r in rows if r.result == "linear")
+    assert linear == [(300, "imagenet", 0.9), (300, "pas", 0.45), (300, "random", 0.3),
+                      (2000, "imagenet", 0.9), (2000, "pas", 0.6), (2000, "random", 0.3)]
+    assert {r.result for r in rows} == {"linear", "fewshot_5"}  # gains and the summary are not results
+    assert all(r.mix == "generated=0.5 retrieved=0.5" and r.method == "simclr" for r in rows)
+
+    assert main(["--out", str(tmp_path / "cmp")]) == 0
+    assert "2 experiment point(s)" in capsys.readouterr().out
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## animals: linear" in table and "| size | method | backbone | mix | exp | pas | imagenet | random |" in table
+    assert "| 300 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | 45.0 | 90.0 | 30.0 | -45.0 | +15.0 |" in table
+    assert "| 2000 | simclr" in table
+    with open(tmp_path / "cmp" / "compare.csv") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert len(csv_rows) == len(rows) == 12
+    with Image.open(tmp_path / "cmp" / "compare.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 500
+
+
+def test_no_runs_is_a_clear_error(tracking_db, tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "cmp")]) == 2
+    assert "no MLflow experiment named pas-*" in capsys.readouterr().err
