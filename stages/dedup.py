@@ -1,14 +1,13 @@
-"""dedup: near-duplicates out (within the set and against the eval sets), then exactly `size` images."""
+"""dedup: near-duplicates and evaluation-set copies out, then exactly `size` images; a decision per candidate."""
 import json
 from pathlib import Path
 
-import numpy as np
-
 from pas.clip import ClipEncoder
 from pas.config import build, parse_size
-from pas.dedup import DedupConfig, balance, contaminated, duplicate_groups, keep_one_per_group
-from pas.downstream import load_split
-from pas.embed import pixel_hash
+from pas.curate import curate
+from pas.decontam import Thresholds, decontaminate, eval_splits
+from pas.dedup import DedupConfig
+from pas.fingerprint import read_fingerprints
 from pas.runtime import pick_device
 from pas.shards import load_embeddings, read_table, write_table
 from pas.stage import run_stage, stage_parser
@@ -20,27 +19,17 @@ def body(args, params, run):
     cfg = build(DedupConfig, params.get("dedup"), "dedup")
     size = parse_size(params["size"])
     rows = read_table(args.filtered).to_pylist()
-    embeddings = load_embeddings(Path(args.candidates) / "embeddings.npy")
     kept = [i for i, r in enumerate(rows) if r["kept"]]
-    rows, embeddings = [rows[i] for i in kept], embeddings[kept]
-    hashes = [r["pixel_hash"] for r in rows]
-
+    rows, embeddings = [rows[i] for i in kept], load_embeddings(Path(args.candidates) / "embeddings.npy")[kept]
+    content, thumbs = read_fingerprints(rows)
     encoder = ClipEncoder(args.clip, pick_device())
-    eval_set = [im for split in sorted(Path(args.downstream).rglob("*.parquet")) for im in load_split(split)[0]]
-    eval_embeddings = encoder.encode_images(eval_set, total=len(eval_set), desc="eval sets")
-    dirty = contaminated(embeddings, hashes, eval_embeddings, {pixel_hash(im) for im in eval_set}, cfg.eval_threshold)
-
-    groups = duplicate_groups(embeddings, hashes, cfg.threshold)
-    unique = keep_one_per_group(groups, np.array([r["domain_score"] for r in rows]), [r["key"] for r in rows])
-    survivors = [r for r, u, d in zip(rows, unique, dirty) if u and not d]
+    dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(args.downstream),
+                          encoder, Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())
     concepts = [c["name"] for c in json.loads(Path(args.concepts).read_text())["concepts"]]
-    curated = [survivors[i] for i in balance(survivors, size, concepts)]
-    write_table(curated, args.out)
-    per_concept = {c: sum(r["concept"] == c for r in curated) for c in concepts}
-    return {"input": len(rows), "duplicate_groups": int(len(set(groups))), "duplicates_removed": int((~unique).sum()),
-            "contaminated_removed": int(dirty.sum()), "survivors": len(survivors), "curated": len(curated),
-            "per_concept": per_concept,
-            "by_source": {s: sum(r["source"] == s for r in curated) for s in ("generated", "retrieved")}}
+    result = curate(rows, embeddings, content, dirty, size, concepts, cfg)
+    write_table(result.decisions, args.decisions)
+    write_table(result.curated, args.out)
+    return result.metrics
 
 
 if __name__ == "__main__":
@@ -51,4 +40,5 @@ if __name__ == "__main__":
     parser.add_argument("--candidates", required=True, help="embed output folder (embeddings.npy)")
     parser.add_argument("--downstream", required=True, help="folder of downstream sets to decontaminate against")
     parser.add_argument("--out", required=True, help="curated manifest (parquet) to write")
+    parser.add_argument("--decisions", required=True, help="one row per filtered candidate: status and why (parquet)")
     run_stage("dedup", KEYS, parser, body)

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 
+from pas.balance import balance, cluster_balance, round_robin
 from pas.config import DataError
-from pas.dedup import balance, contaminated, duplicate_groups, keep_one_per_group
+from pas.curate import STATUSES, curate
+from pas.decontam import Contamination
+from pas.dedup import DedupConfig, duplicate_groups, find_duplicates, keep_one_per_group, source_breakdown
 from pas.embed import candidate_rows, pixel_hash, stream_images
 from pas.filter import FilterConfig, concept_scores, domain_scores, reasons
 from pas.shards import encode_jpeg, write_shard, write_table
@@ -45,10 +48,65 @@ def test_duplicate_groups_join_near_copies_and_equal_hashes():
     assert keep.tolist() == [False, True, True, False, True]
 
 
-def test_contamination_by_embedding_and_by_hash():
-    cand = unit([[1, 0], [0, 1], [1, 1]])
-    dirty = contaminated(cand, ["h0", "h1", "h2"], unit([[1, 0.01]]), {"h2"}, threshold=0.99)
-    assert dirty.tolist() == [True, False, True]
+def test_exact_copies_are_grouped_by_content_hash_even_without_other_evidence():
+    e = unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    dups = find_duplicates(e, ["", "", ""], threshold=0.99, content=["sha-a", "sha-b", "sha-a"])
+    assert dups.groups[0] == dups.groups[2] != dups.groups[1]
+    assert dups.edges == {"embedding": 0, "pixel_hash": 0, "content_hash": 1}
+    assert np.allclose(dups.nearest, [0, 0, 0], atol=1e-6)  # exact search: true nearest-neighbour cosine
+
+
+def test_keep_rule_can_prefer_a_source_across_sources():
+    groups, scores, keys = np.array([0, 0, 1, 1]), np.array([0.9, 0.1, 0.2, 0.8]), ["g0", "r0", "r1", "g1"]
+    sources = ["generated", "retrieved", "retrieved", "generated"]
+    assert keep_one_per_group(groups, scores, keys).tolist() == [True, False, False, True]
+    preferred = np.array([s == "retrieved" for s in sources])
+    keep = keep_one_per_group(groups, scores, keys, preferred)
+    assert keep.tolist() == [False, True, True, False]
+    assert source_breakdown(groups, keep, sources) == {
+        "removed_by_source": {"generated": 2, "retrieved": 0}, "groups_within_source": 0, "groups_across_sources": 2}
+
+
+def clean(n):
+    return Contamination(["toy/test"], np.full(n, -1), np.full(n, -1), [""] * n, np.full(n, np.nan, np.float32),
+                         np.full(n, np.nan, np.float32), {"toy/test": 0}, {"toy/test": 10})
+
+
+def test_curate_gives_every_candidate_one_status_and_exactly_size():
+    rng = np.random.default_rng(0)
+    e = unit(rng.standard_normal((12, 16)))
+    e[1] = e[0]  # a near-duplicate of row 0
+    rows = [{"key": f"k{i:02d}", "shard": "s.tar", "source": "generated" if i % 2 else "retrieved",
+             "concept": "ab"[i % 2], "domain_score": i / 12, "concept_score": 0.5, "pixel_hash": ""} for i in range(12)]
+    dirty = clean(12)
+    dirty.set_index[5], dirty.item[5], dirty.signal[5] = 0, 3, "copy"
+    result = curate(rows, e, [""] * 12, dirty, 6, ["a", "b"], DedupConfig())
+    status = {d["key"]: d["status"] for d in result.decisions}
+    assert status["k05"] == "contaminated" and status["k00"] == "duplicate" and status["k01"] != "duplicate"
+    assert len(result.curated) == 6 and result.metrics["status"]["curated"] == 6
+    assert sum(result.metrics["status"].values()) == len(rows) == result.metrics["input"]
+    assert set(result.metrics["status"]) == set(STATUSES)
+    assert result.metrics["per_concept"] == {"a": 3, "b": 3}
+    assert next(d for d in result.decisions if d["key"] == "k05")["eval_item"] == 3
+
+
+def test_cluster_balance_samples_evenly_across_kmeans_clusters():
+    rng = np.random.default_rng(1)
+    centers = unit(rng.standard_normal((3, 32)))
+    sizes = [40, 10, 5]
+    e = unit(np.concatenate([c + 0.05 * rng.standard_normal((n, 32)) for c, n in zip(centers, sizes)]))
+    rows = [{"key": f"k{i:03d}", "domain_score": 0.0, "concept": "x"} for i in range(len(e))]
+    picked, labels = cluster_balance(rows, e, 15, k=3)
+    counts = sorted(np.bincount(labels[picked], minlength=3).tolist())
+    assert len(picked) == 15 and counts == [5, 5, 5]  # the smallest cluster is not crowded out
+    assert picked == cluster_balance(rows, e, 15, k=3)[0]
+    result = curate([{**r, "shard": "s.tar", "source": "retrieved", "concept_score": 0.0, "pixel_hash": ""} for r in rows],
+                    e, [""] * len(rows), clean(len(rows)), 15, ["x"], DedupConfig(balance="clusters", clusters=3, threshold=0.999))
+    assert sorted(result.metrics["per_cluster"].values()) == [5, 5, 5]
+
+
+def test_round_robin_visits_unlisted_labels_too():
+    assert round_robin(["a", "z", "z"], [0.1, 0.5, 0.4], ["a0", "z0", "z1"], 3, order=["a"]) == [0, 1, 2]
 
 
 def test_balance_gives_exact_size_evenly_and_fills_short_concepts():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from PIL import Image
 from pas.config import ConfigError, build
 from pas.pretrain import PretrainConfig, keys_digest, pretrain
 from pas.shards import encode_jpeg, write_shard
+from test_ssl import one_thread  # noqa: F401  (fixture)
 
 TINY = "test_resnet"
 
@@ -34,6 +36,20 @@ def curated(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, Path]:
     return pa.Table.from_pylist(rows), root
 
 
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A downstream-format parquet (image bytes, label, label_name): 3 colours x 4 images."""
+    path = tmp_path_factory.mktemp("labeled") / "train.parquet"
+    rng = np.random.default_rng(1)
+    rows = []
+    for label, colour in enumerate(([200, 30, 30], [30, 200, 30], [30, 30, 200])):
+        for _ in range(4):
+            array = np.clip(np.array(colour) + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
+            rows.append({"image": encode_jpeg(Image.fromarray(array)), "label": label, "label_name": f"c{label}"})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAS_DEVICE", "cpu")
@@ -46,12 +62,33 @@ def test_config_defaults_build_from_params() -> None:
     assert cfg.warmup_epochs == 1.0 and isinstance(cfg.warmup_epochs, float)
 
 
+def test_params_yaml_builds_and_sizes_every_method_for_the_offline_default() -> None:
+    """`dvc exp run -S pretrain.method=<any>` starts from small, valid heads and queues."""
+    import yaml
+
+    from conftest import REPO
+    from pas.ssl import METHODS
+
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["pretrain"]
+    cfg = build(PretrainConfig, section, "pretrain")
+    assert cfg.method == "simclr" and set(cfg.method_args) == set(METHODS)
+    for name in METHODS:
+        build(PretrainConfig, {**section, "method": name}, "pretrain").args()
+
+
 @pytest.mark.parametrize(("params", "key", "hint"), [
     ({"method": "no-such-method"}, "pretrain.method", "simclr"),
     ({"backbone": "resnet188"}, "pretrain.backbone", "resnet18"),
     ({"init": "missing/weights.safetensors"}, "pretrain.init", "random"),
     ({"batch_size": 1}, "pretrain.batch_size", ">= 2"),
-    ({"temperature": 0.0}, "pretrain.temperature", "positive"),
+    ({"knn_temperature": 0.0}, "pretrain.knn_temperature", "positive"),
+    ({"method_args": {"simclr": {"temperature": 0.0}}}, "pretrain.method_args.simclr.temperature", "positive"),
+    ({"method_args": {"all4one": {"queue": 8}}}, "pretrain.method_args.all4one.queue", "allowed keys"),
+    ({"method_args": {"byol": {}}}, "pretrain.method_args.byol", "all4one"),
+    ({"method_args": {"dino": 3}}, "pretrain.method_args.dino", "mapping"),
+    ({"batch_size": 48, "method_args": {"all4one": {"queue_size": 64}}}, "pretrain.method_args.all4one.queue_size",
+     "multiple of the global batch"),
+    ({"method_args": {"dino": {"local_crop_size": 64}}}, "pretrain.method_args.dino.local_crop_size", "image_size"),
     ({"warmup_epochs": 3}, "pretrain.warmup_epochs", "epochs"),
     ({"max_steps": 0}, "pretrain.max_steps", "-1"),
     ({"epochs": "2"}, "pretrain.epochs", "integer"),
@@ -63,7 +100,7 @@ def test_bad_params_name_the_key(params: dict, key: str, hint: str) -> None:
     assert hint in str(info.value)
 
 
-def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, Path], tmp_path: Path,
+def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, Path], labeled: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import timm
     from lightning.pytorch.loggers import CSVLogger
@@ -85,7 +122,8 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     monkeypatch.setattr(PretrainModule, "training_step", recording_step)
     cfg = PretrainConfig(backbone=TINY, image_size=32, epochs=3, batch_size=8, warmup_epochs=0.5, max_steps=10)
     out = tmp_path / "out"
-    metrics = pretrain(manifest, root, cfg, out, seed=0, loggers=[CSVLogger(tmp_path / "csv", name="pretrain")])
+    metrics = pretrain(manifest, root, cfg, out, seed=0, loggers=[CSVLogger(tmp_path / "csv", name="pretrain")],
+                       knn_val=labeled)
 
     assert metrics["steps"] == 10 and metrics["images"] == 32         # 4 steps per epoch, cut at max_steps
     assert metrics["epochs"] == 3                                     # the cut third epoch counts
@@ -93,7 +131,10 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     assert sorted(seen[0]) == sorted(seen[1]) == keys and seen[0] != seen[1]   # each key once, reshuffled
     assert len(seen[2]) == 16
     assert np.isfinite([metrics["loss_first_epoch"], metrics["loss_last_epoch"]]).all()
-    assert metrics["images_per_second"] > 0
+    assert metrics["images_per_second"] > 0 and metrics["resumed_at_step"] == 0
+    assert 0 <= metrics["knn_top1"] <= 1
+    assert set(metrics["monitor"]) == {"embedding_std", "embedding_rank", "feature_std", "feature_rank"}
+    assert all(np.isfinite(v) and v > 0 for v in metrics["monitor"].values())
     assert sorted(p.name for p in out.iterdir()) == ["backbone.safetensors", "model_card.json"]
     assert not any(cwd.iterdir())                                     # no lightning_logs litter
 
@@ -105,10 +146,46 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     assert card["backbone"] == TINY and card["method"] == "simclr" and card["images"] == 32
     assert card["manifest_keys_sha256"] == keys_digest(manifest)
     assert card["final_loss"] == metrics["loss_last_epoch"] and card["config"]["batch_size"] == 8
+    assert card["method_args"] == {"temperature": 0.2, "proj_dim": 128}
+    assert card["metrics"]["knn_top1"] == metrics["knn_top1"] and card["exported"] == "online backbone"
 
     (csv,) = (tmp_path / "csv").rglob("metrics.csv")
     header = csv.read_text().splitlines()[0].split(",")
-    assert {"loss", "loss_epoch", "lr"} <= set(header)
+    assert {"loss", "loss_epoch", "lr", "images_per_sec", "knn_top1", "embedding_std", "embedding_rank",
+            "feature_std", "feature_rank"} <= set(header)
+
+
+@pytest.mark.parametrize("name", ["dino", "all4one"])
+def test_pretrain_runs_teacher_and_queue_methods(name: str, curated: tuple[pa.Table, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning calls the after-step hook once per optimizer step; DINO exports its teacher."""
+    import timm
+    from safetensors.torch import load_file
+
+    from pas.ssl import METHODS
+    from test_ssl import TINY_ARGS
+
+    seen: list[int] = []
+    hook = METHODS[name].after_optimizer_step
+
+    def recording_hook(self, backbone, progress):
+        seen.append(progress.step)
+        return hook(self, backbone, progress)
+
+    monkeypatch.setattr(METHODS[name], "after_optimizer_step", recording_hook)
+    manifest, root = curated
+    cfg = PretrainConfig(method=name, backbone=TINY, image_size=32, epochs=1, batch_size=8, max_steps=3,
+                         method_args={name: TINY_ARGS[name]})
+    metrics = pretrain(manifest, root, cfg, tmp_path, seed=0)
+    assert metrics["steps"] == 3 and np.isfinite(metrics["loss_last_epoch"])
+    assert seen == [1, 2, 3]
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    state = load_file(str(tmp_path / "backbone.safetensors"))
+    if name == "dino":
+        assert card["exported"] == "ema teacher" and metrics["terms"]["teacher_temp"] == pytest.approx(0.04)
+    else:
+        assert card["exported"] == "online backbone" and set(metrics["terms"]) == {"centroid", "neighbour", "feature"}
+    timm.create_model(TINY, num_classes=0).load_state_dict(state, strict=True)
 
 
 def test_pretrain_rejects_a_batch_larger_than_the_data(curated: tuple[pa.Table, Path], tmp_path: Path) -> None:

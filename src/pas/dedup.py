@@ -1,63 +1,116 @@
-"""Near-duplicate removal with faiss, decontamination against eval sets, and balance to `size`."""
+"""Near-duplicate removal within the candidate set: cosine pairs (pas.neighbors), perceptual and content hashes.
+
+Two candidates are duplicates when their CLIP cosine is >= `threshold`, or their 8x8 average hashes are
+equal, or their stored bytes are identical (content hash); groups are the connected components of that
+graph, across sources (generated and retrieved alike). The rule that keeps one member per group:
+  1. with `prefer_source` set, a member from that source beats the others;
+  2. then the highest domain score;
+  3. ties: the smallest key.
+"""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-import faiss
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pas.config import DataError, require
+from pas.config import require
+from pas.neighbors import Neighbors, SearchConfig, similar_pairs
 
 log = logging.getLogger(__name__)
+
+SOURCES = ("generated", "retrieved")
+BALANCE = ("concepts", "clusters")
 
 
 @dataclass(frozen=True)
 class DedupConfig:
-    """params.dedup: cosine thresholds within the set and against the evaluation sets."""
+    """params.dedup: thresholds, the keep rule, the balancing mode and the pair search."""
 
-    threshold: float = 0.95
-    eval_threshold: float = 0.95
+    threshold: float = 0.95  # CLIP cosine at or above which two candidates are near-duplicates
+    eval_threshold: float = 0.95  # CLIP cosine to an evaluation image at or above which a candidate goes
+    copy_threshold: float = 0.97  # thumbnail correlation with a crop of an evaluation image (0: off)
+    copy_max_crop: float = 0.10  # largest share of a side a copy may have lost to cropping
+    prefer_source: str = "none"  # none | generated | retrieved: which member of a mixed group to keep
+    balance: str = "concepts"  # concepts | clusters
+    clusters: int = 0  # k for balance=clusters; 0: about sqrt(size)
+    index: str = "auto"  # pair search: auto | exact | ivf (see pas.neighbors)
+    exact_max: int = 50_000
+    nlist: int = 0
+    nprobe: int = 8
+    reduce_dim: int = 128
+    margin: float = 0.05
 
     def validate(self, prefix: str) -> None:
-        """Thresholds are cosine similarities."""
+        """Check thresholds, names and the pair-search settings."""
         for name in ("threshold", "eval_threshold"):
             value = getattr(self, name)
             require(0.0 < value <= 1.0, f"{prefix}.{name}", value, "use a cosine similarity in (0, 1]")
+        require(0.0 <= self.copy_threshold <= 1.0, f"{prefix}.copy_threshold", self.copy_threshold,
+                "use a correlation in (0, 1], or 0 to turn the copy check off")
+        require(0.0 <= self.copy_max_crop < 0.5, f"{prefix}.copy_max_crop", self.copy_max_crop, "use a share in [0, 0.5)")
+        require(self.prefer_source in ("none", *SOURCES), f"{prefix}.prefer_source", self.prefer_source,
+                f"use one of none, {', '.join(SOURCES)}")
+        require(self.balance in BALANCE, f"{prefix}.balance", self.balance, f"use one of {', '.join(BALANCE)}")
+        require(self.clusters >= 0, f"{prefix}.clusters", self.clusters, "use 0 (auto) or a positive integer")
+        self.search().validate(prefix)
+
+    def search(self) -> SearchConfig:
+        """The pair-search settings."""
+        return SearchConfig(self.index, self.exact_max, self.nlist, self.nprobe, self.reduce_dim, self.margin)
 
 
-def _range_pairs(index_vectors: np.ndarray, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatIP(index_vectors.shape[1])
-    index.add(np.ascontiguousarray(index_vectors, dtype=np.float32))
-    lims, _, ids = index.range_search(np.ascontiguousarray(queries, dtype=np.float32), threshold)
-    rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
-    return rows, ids
+@dataclass(frozen=True)
+class Duplicates:
+    """Duplicate groups and what linked them."""
+
+    groups: np.ndarray  # (N,) int64 component id
+    nearest: np.ndarray  # (N,) float32 best cosine to another candidate (NaN where the search did not compute one)
+    edges: dict[str, int]  # pairs found per kind: embedding, pixel_hash, content_hash
+    method: str  # the pair search used (exact | ivf)
+    pairs: Neighbors  # the cosine pairs behind the embedding edges
 
 
-def duplicate_groups(embeddings: np.ndarray, hashes: list[str], threshold: float) -> np.ndarray:
-    """Connected components of the 'cosine >= threshold or same pixel hash' graph: (N,) group ids."""
-    n = len(embeddings)
-    rows, cols = _range_pairs(embeddings, embeddings, threshold)
+def _hash_edges(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Edges linking every item to the first item with the same non-empty hash."""
     first: dict[str, int] = {}
-    hash_rows, hash_cols = [], []
+    rows, cols = [], []
     for i, h in enumerate(hashes):
         if h:
             j = first.setdefault(h, i)
             if j != i:
-                hash_rows.append(i)
-                hash_cols.append(j)
-    r = np.concatenate([rows, np.asarray(hash_rows, np.int64)])
-    c = np.concatenate([cols, np.asarray(hash_cols, np.int64)])
+                rows.append(j)
+                cols.append(i)
+    return np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+
+
+def find_duplicates(embeddings: np.ndarray, hashes: list[str], threshold: float, content: list[str] | None = None,
+                    search: SearchConfig = SearchConfig()) -> Duplicates:
+    """Connected components of the 'cosine >= threshold, same pixel hash or same content hash' graph."""
+    n = len(embeddings)
+    pairs = similar_pairs(embeddings, threshold, cfg=search)
+    edges = {"embedding": (pairs.queries, pairs.base), "pixel_hash": _hash_edges(hashes),
+             "content_hash": _hash_edges(content or [""] * n)}
+    r = np.concatenate([e[0] for e in edges.values()])
+    c = np.concatenate([e[1] for e in edges.values()])
     graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    groups = connected_components(graph, directed=False)[1].astype(np.int64)
+    return Duplicates(groups, pairs.best, {k: int(len(v[0])) for k, v in edges.items()}, pairs.method, pairs)
 
 
-def keep_one_per_group(groups: np.ndarray, scores: np.ndarray, keys: list[str]) -> np.ndarray:
-    """Keep the member with the highest score in each group (ties: smallest key). Returns a bool mask."""
-    order = sorted(range(len(keys)), key=lambda i: (groups[i], -scores[i], keys[i]))
+def duplicate_groups(embeddings: np.ndarray, hashes: list[str], threshold: float, content: list[str] | None = None,
+                     search: SearchConfig = SearchConfig()) -> np.ndarray:
+    """(N,) group ids of `find_duplicates`."""
+    return find_duplicates(embeddings, hashes, threshold, content, search).groups
+
+
+def keep_one_per_group(groups: np.ndarray, scores: np.ndarray, keys: list[str],
+                       preferred: np.ndarray | None = None) -> np.ndarray:
+    """Keep one member per group: preferred first (if given), then the highest score, ties the smallest key."""
+    preferred = np.zeros(len(keys), bool) if preferred is None else np.asarray(preferred, bool)
+    order = sorted(range(len(keys)), key=lambda i: (groups[i], not preferred[i], -scores[i], keys[i]))
     keep = np.zeros(len(keys), bool)
     seen: set[int] = set()
     for i in order:
@@ -67,35 +120,14 @@ def keep_one_per_group(groups: np.ndarray, scores: np.ndarray, keys: list[str]) 
     return keep
 
 
-def contaminated(embeddings: np.ndarray, hashes: list[str], eval_embeddings: np.ndarray, eval_hashes: set[str],
-                 threshold: float) -> np.ndarray:
-    """Bool mask of candidates within `threshold` cosine of any eval image, or sharing its pixel hash."""
-    mask = np.array([bool(h) and h in eval_hashes for h in hashes])
-    if len(eval_embeddings):
-        rows, _ = _range_pairs(eval_embeddings, embeddings, threshold)
-        mask[np.unique(rows)] = True
-    return mask
-
-
-def balance(rows: list[dict[str, Any]], size: int, concepts: list[str]) -> list[int]:
-    """Pick exactly `size` row indices, as even across concepts as the survivors allow.
-
-    Each concept's survivors are ranked by domain score (ties: key); concepts short of their
-    share leave room that the others fill round-robin, deterministically.
-    """
-    if len(rows) < size:
-        raise DataError(f"only {len(rows)} images survived filter and dedup but size={size}; raise oversample, "
-                         "lower filter.threshold or raise dedup.threshold")
-    ranked = {c: [] for c in concepts}
-    for i, row in sorted(enumerate(rows), key=lambda t: (-t[1]["domain_score"], t[1]["key"])):
-        ranked[row["concept"]].append(i)
-    picked: list[int] = []
-    cursor = {c: 0 for c in concepts}
-    while len(picked) < size:
-        for c in concepts:
-            if len(picked) == size:
-                break
-            if cursor[c] < len(ranked[c]):
-                picked.append(ranked[c][cursor[c]])
-                cursor[c] += 1
-    return sorted(picked)
+def source_breakdown(groups: np.ndarray, keep: np.ndarray, sources: list[str]) -> dict[str, object]:
+    """Duplicates removed per source and how many groups mix sources."""
+    removed = {s: int(sum(1 for i, src in enumerate(sources) if src == s and not keep[i])) for s in SOURCES}
+    members: dict[int, set[str]] = {}
+    for g, src in zip(groups.tolist(), sources):
+        members.setdefault(g, set()).add(src)
+    sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
+    multi = {g for g in members if sizes[g] > 1}
+    return {"removed_by_source": removed,
+            "groups_within_source": sum(1 for g in multi if len(members[g]) == 1),
+            "groups_across_sources": sum(1 for g in multi if len(members[g]) > 1)}

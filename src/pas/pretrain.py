@@ -1,6 +1,8 @@
 """Self-supervised pretraining of a timm backbone on the curated shards (stage `pretrain`).
 
-    metrics = pretrain(read_table("data/curated/manifest.parquet"), Path("data"), cfg, Path("models/pretrain"), seed=0)
+    metrics = pretrain(read_table("data/curated/manifest.parquet"), Path("."), cfg, Path("data/pretrain"), seed=0,
+                       knn_val=Path("data/downstream/animal_shapes/train.parquet"),
+                       checkpoint_dir=Path("checkpoints/pretrain"))
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """params.pretrain: SSL method, backbone and optimisation."""
+    """params.pretrain: SSL method (+ per-method args), backbone, optimisation and the kNN monitor."""
 
     method: str = "simclr"
     backbone: str = "resnet18"
@@ -36,15 +39,17 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
-    temperature: float = 0.2
-    proj_dim: int = 128
     max_steps: int = -1
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_images: int = 1000
+    method_args: dict[str, Any] = field(default_factory=dict)   # method name -> its Args keys
 
     def validate(self, prefix: str) -> None:
-        """Check names against the registries and numbers against their ranges."""
+        """Check names against the registries, numbers against their ranges, and every method_args block."""
         import timm
 
-        from pas.ssl import METHODS
+        from pas.ssl import METHODS, method_args
         from pas.ssl.backbones import WEIGHT_SUFFIXES, backbone_hint
 
         require(self.method in METHODS, f"{prefix}.method", self.method, f"use one of {', '.join(sorted(METHODS))}")
@@ -54,10 +59,10 @@ class PretrainConfig:
             path = Path(self.init)
             require(path.suffix in WEIGHT_SUFFIXES and path.is_file(), f"{prefix}.init", self.init,
                     f"use 'random' or an existing weights file ({', '.join(WEIGHT_SUFFIXES)})")
-        for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("proj_dim", 1)):
+        for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2)):
             value = getattr(self, name)
             require(value >= low, f"{prefix}.{name}", value, f"use an integer >= {low}")
-        for name in ("lr", "temperature"):
+        for name in ("lr", "knn_temperature"):
             value = getattr(self, name)
             require(value > 0, f"{prefix}.{name}", value, "use a positive number")
         require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
@@ -65,6 +70,18 @@ class PretrainConfig:
                 f"use a number between 0 and epochs ({self.epochs})")
         require(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps", self.max_steps,
                 "use -1 (no limit) or a positive integer")
+        for name, block in self.method_args.items():
+            key = f"{prefix}.method_args.{name}"
+            require(name in METHODS, key, block, f"unknown method; use one of {', '.join(sorted(METHODS))}")
+            require(block is None or isinstance(block, dict), key, block, "use a mapping of that method's keys")
+            args = method_args(name, block, key)
+            METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
+
+    def args(self) -> Any:
+        """The selected method's frozen Args (paper defaults for keys not set)."""
+        from pas.ssl import method_args
+
+        return method_args(self.method, self.method_args.get(self.method), f"pretrain.method_args.{self.method}")
 
 
 def keys_digest(manifest: pa.Table) -> str:
@@ -92,28 +109,64 @@ def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:
         tmp.write_bytes(save(state, metadata=metadata))
 
 
+def _metrics(module: Any, knn: Any, steps: int, start_step: int, images: int, images_per_step: int,
+             seconds: float) -> dict[str, Any]:
+    """metrics/pretrain.json: losses, the last epoch's monitor values and method terms, speed."""
+    history = module.history
+    if not history or not math.isfinite(history[-1]["loss"]):
+        raise FloatingPointError(f"pretraining produced no finite loss (epoch losses: {module.epoch_losses})")
+    last = dict(history[-1])
+    monitor = {name: last.pop(name) for name in ("embedding_std", "embedding_rank")}
+    metrics: dict[str, Any] = {
+        "loss_first_epoch": history[0]["loss"],
+        "loss_last_epoch": last.pop("loss"),
+        "epochs": len(history),
+        "steps": steps,
+        "resumed_at_step": start_step,
+        "images": images,
+        "images_per_second": (steps - start_step) * images_per_step / max(seconds, 1e-9),
+    }
+    if knn is not None and knn.history:
+        metrics["knn_top1"] = knn.history[-1]["knn_top1"]
+        monitor.update({k: v for k, v in knn.history[-1].items() if k != "knn_top1"})
+    metrics["monitor"] = monitor
+    metrics["terms"] = last
+    return metrics
+
+
 def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path, seed: int,
-             loggers: list | None = None) -> dict[str, Any]:
-    """Train cfg.backbone with cfg.method on the manifest's images; write backbone + model card."""
+             loggers: list | None = None, knn_val: Path | None = None, checkpoint_dir: Path | None = None,
+             checkpoint_every: int = 100) -> dict[str, Any]:
+    """Train cfg.backbone with cfg.method on the manifest's images; write backbone + model card.
+
+    With `knn_val` (a labeled downstream parquet) every epoch logs online kNN accuracy. With
+    `checkpoint_dir` the run checkpoints every `checkpoint_every` optimizer steps and, when
+    started again with the same inputs, resumes from its last checkpoint.
+    """
     import lightning as L
 
     from pas.ssl import get_method
+    from pas.ssl.augment import IMAGENET_MEAN, IMAGENET_STD
     from pas.ssl.backbones import create_backbone
-    from pas.ssl.data import IMAGENET_MEAN, IMAGENET_STD, StreamSync, TwoViewStream, make_loader
+    from pas.ssl.checkpoint import AtomicCheckpointIO, StepCheckpoint, finish, last_checkpoint, run_dir
+    from pas.ssl.data import StreamSync, ViewStream, make_loader
     from pas.ssl.module import PretrainModule
+    from pas.ssl.monitor import KnnMonitor, load_labeled_set
 
     L.seed_everything(seed, workers=True)
     device = pick_device()
     accelerator, devices = _trainer_devices(device)
     world = devices if isinstance(devices, int) else len(devices)
+    cls, args = get_method(cfg.method), cfg.args()
 
-    dataset = TwoViewStream(manifest, root, cfg.image_size, seed)
+    dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed)
     images = dataset.num_images
     if images == 0:
         raise ValueError("the manifest lists no images to pretrain on")
     per_rank = images // world
     require(per_rank >= cfg.batch_size, "pretrain.batch_size", cfg.batch_size,
             f"use at most {per_rank} (the images per device: {images} images on {world} device(s))")
+    cls.check(args, cfg.image_size, cfg.batch_size * world, f"pretrain.method_args.{cfg.method}")
     workers = min(num_workers(), per_rank // cfg.batch_size // 8)   # >= 8 full batches per worker
     steps_per_epoch = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
@@ -121,59 +174,73 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
         total_steps = min(total_steps, cfg.max_steps)
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_workers": workers,
-               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps}
+               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps,
+               "views": len(dataset.transforms)}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 
     backbone, feature_dim = create_backbone(cfg.backbone, cfg.init)
-    method = get_method(cfg.method).from_config(backbone, feature_dim, cfg)
-    module = PretrainModule(backbone, method, cfg.lr, cfg.weight_decay, warmup_steps, total_steps)
+    method = cls(backbone, feature_dim, args)
+    module = PretrainModule(backbone, method, cfg.lr, cfg.weight_decay, warmup_steps, total_steps, steps_per_epoch)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
+    callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
+    knn = None
+    if knn_val is not None:
+        knn = KnnMonitor(load_labeled_set(knn_val, cfg.image_size, cfg.knn_images, seed), cfg.knn_k,
+                         cfg.knn_temperature)
+        callbacks.append(knn)
+    digest = keys_digest(manifest)
+    resume, run_path = None, None
+    if checkpoint_dir is not None:
+        run = {"config": dataclasses.asdict(cfg), "seed": seed, "manifest_keys_sha256": digest, "derived": derived}
+        run_path = run_dir(checkpoint_dir, run)
+        resume = last_checkpoint(run_path)
+        callbacks.append(StepCheckpoint(run_path, checkpoint_every))
+        log.info("checkpoints every %d steps in %s%s", checkpoint_every, run_path,
+                 f"; resuming from {resume}" if resume else "")
 
     with tempfile.TemporaryDirectory(prefix="pas-lightning-") as scratch:
         trainer = L.Trainer(
             accelerator=accelerator, devices=devices,
             precision="bf16-mixed" if accelerator == "cuda" else "32-true",
             max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch,
-            logger=loggers or False, enable_checkpointing=False, default_root_dir=scratch,
-            callbacks=[StreamSync(dataset)], log_every_n_steps=min(50, steps_per_epoch),
+            logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
+            callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
         )
         for logger in trainer.loggers:
             logger.log_hyperparams({f"derived.{k}": v for k, v in derived.items()})
         start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=loader)
+        with warnings.catch_warnings():   # StreamSync's checkpointed state resumes the stream mid-epoch
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
         seconds = time.perf_counter() - start
 
-    losses = module.epoch_losses
-    if not losses or not math.isfinite(losses[-1]):
-        raise FloatingPointError(f"pretraining produced no finite loss (epoch losses: {losses})")
-    steps = trainer.global_step
-    metrics = {
-        "loss_first_epoch": losses[0],
-        "loss_last_epoch": losses[-1],
-        "epochs": len(losses),
-        "steps": steps,
-        "images": images,
-        "images_per_second": steps * cfg.batch_size * world / seconds,
-    }
+    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images, cfg.batch_size * world, seconds)
     if trainer.is_global_zero:
         out_dir = Path(out_dir)
-        save_backbone(backbone, out_dir / "backbone.safetensors", {"backbone": cfg.backbone, "method": cfg.method})
+        export = method.export_backbone(backbone)
+        save_backbone(export, out_dir / "backbone.safetensors", {"backbone": cfg.backbone, "method": cfg.method})
         card = {
             "backbone": cfg.backbone,
             "method": cfg.method,
+            "method_args": dataclasses.asdict(args),
             "weights": "backbone.safetensors",
+            "exported": "ema teacher" if export is not backbone else "online backbone",
             "timm": {"model_name": cfg.backbone, "num_classes": 0},
             "feature_dim": feature_dim,
             "input": {"image_size": cfg.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "epochs": len(losses),
-            "steps": steps,
+            "epochs": metrics["epochs"],
+            "steps": metrics["steps"],
             "images": images,
-            "manifest_keys_sha256": keys_digest(manifest),
-            "final_loss": losses[-1],
+            "manifest_keys_sha256": digest,
+            "final_loss": metrics["loss_last_epoch"],
+            "knn_val": str(knn_val) if knn_val is not None else None,
+            "metrics": metrics,
             "seed": seed,
             "config": dataclasses.asdict(cfg),
             "derived": derived,
         }
         write_json(card, out_dir / "model_card.json")
+        if run_path is not None:
+            finish(run_path)
     log.info("pretrain done: %s", metrics)
     return metrics

@@ -1,9 +1,10 @@
-"""Stream curated images from WebDataset tar shards as pairs of augmented views.
+"""Stream curated images from WebDataset tar shards as lists of augmented views (one per method view).
 
 Each epoch visits every manifest key exactly once: shards in a seeded order, records in tar
 order through a seeded shuffle buffer. Work is split over DDP ranks (by record, equal counts)
 and DataLoader workers (by shard, or by record when there are fewer shards than workers).
 A view's augmentation is seeded by (seed, epoch, key), so it does not depend on the split.
+A run resumed mid-epoch skips, undecoded, exactly the records of the batches already trained on.
 """
 from __future__ import annotations
 
@@ -21,29 +22,13 @@ import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.transforms import v2
 
 from pas.shards import decode_image
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 ShardPlan = list[tuple[Path, frozenset[str]]]
-
-
-def view_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """One SimCLR view: random resized crop, flip, colour jitter, grayscale, normalise -> (3, S, S)."""
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def shard_plan(manifest: pa.Table, root: Path) -> ShardPlan:
@@ -98,18 +83,36 @@ def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[An
     yield from buffer
 
 
-class TwoViewStream(IterableDataset):
-    """Yields {"key": str, "view1": (3, S, S), "view2": (3, S, S)} per manifest image per epoch."""
+def round_robin_skips(batches_per_worker: list[int], done: int) -> tuple[list[int], int]:
+    """Batches each DataLoader worker made among the loader's first `done`, and the worker due next.
 
-    def __init__(self, manifest: pa.Table, root: str | Path, image_size: int, seed: int,
+    A DataLoader takes batches from its workers in turn (0, 1, ..., W-1, 0, ...), passing over a
+    worker once it has run out.
+    """
+    taken = [0] * len(batches_per_worker)
+    following = 0
+    while done > 0 and any(t < b for t, b in zip(taken, batches_per_worker)):
+        for w, available in enumerate(batches_per_worker):
+            if done > 0 and taken[w] < available:
+                taken[w] += 1
+                done -= 1
+                following = (w + 1) % len(batches_per_worker)
+    return taken, following
+
+
+class ViewStream(IterableDataset):
+    """Yields {"key": str, "views": [(3, S_v, S_v) per transform]} per manifest image per epoch."""
+
+    def __init__(self, manifest: pa.Table, root: str | Path, transforms: list[Transform], seed: int,
                  shuffle_buffer: int = 1000) -> None:
         super().__init__()
         self.plan = shard_plan(manifest, Path(root))
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.transform = view_transform(image_size)
+        self.transforms = list(transforms)
         self.epoch = 0
         self.rank, self.world = 0, 1
+        self.resume_batches, self.batch_size = 0, 1
         log.info("streaming %d images from %d shards under %s", self.num_images, len(self.plan), root)
 
     @property
@@ -118,31 +121,52 @@ class TwoViewStream(IterableDataset):
         return sum(len(keys) for _, keys in self.plan)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the shard order, shuffle and augmentations of `epoch`."""
+        """Select the shard order, shuffle and augmentations of `epoch`, from its start."""
         self.epoch = epoch
+        self.resume_batches = 0
 
     def set_rank(self, rank: int, world: int) -> None:
         """Read only this DDP rank's equal share of the records."""
         self.rank, self.world = rank, world
 
-    def _records(self, rank: int, world: int, worker: int, workers: int) -> Iterator[tuple[str, bytes]]:
+    def resume(self, batches: int, batch_size: int) -> None:
+        """Start the current epoch after the first `batches` loader batches of `batch_size` (already trained on)."""
+        self.resume_batches, self.batch_size = batches, batch_size
+
+    def _shards(self, worker: int, workers: int) -> Iterator[tuple[int, int]]:
+        """(plan index, position of its first record in this epoch's sequence) of the shards `worker` reads."""
         order = list(range(len(self.plan)))
         random.Random(mix_seed(self.seed, self.epoch)).shuffle(order)
-        limit = self.num_images // world * world           # equal counts per rank
         by_shard = len(order) >= workers
         offset = 0
         for position, index in enumerate(order):
+            start, offset = offset, offset + len(self.plan[index][1])
+            if not by_shard or position % workers == worker:
+                yield index, start
+
+    def _keep(self, g: int, rank: int, world: int, worker: int, workers: int) -> bool:
+        """Whether record g of the epoch's sequence belongs to this rank and worker."""
+        if g >= self.num_images // world * world or g % world != rank:    # equal counts per rank
+            return False
+        return len(self.plan) >= workers or (g // world) % workers == worker
+
+    def _records(self, rank: int, world: int, worker: int, workers: int) -> Iterator[tuple[str, bytes]]:
+        for index, start in self._shards(worker, workers):
             path, keys = self.plan[index]
-            start, offset = offset, offset + len(keys)
-            if by_shard and position % workers != worker:
-                continue
             for j, record in enumerate(read_listed(path, keys)):
-                g = start + j                                # index in this epoch's sequence
-                if g >= limit or g % world != rank:
-                    continue
-                if not by_shard and (g // world) % workers != worker:
-                    continue
-                yield record
+                if self._keep(start + j, rank, world, worker, workers):
+                    yield record
+
+    def _resume_plan(self, rank: int, world: int, workers: int) -> tuple[list[int], int]:
+        """Records each worker delivered in the batches trained on before a resume, and the rotation
+        that makes the restarted loader (which begins at worker 0) continue the interrupted order."""
+        if not self.resume_batches:
+            return [0] * workers, 0
+        counts = [sum(self._keep(start + j, rank, world, w, workers)
+                      for index, start in self._shards(w, workers) for j in range(len(self.plan[index][1])))
+                  for w in range(workers)]
+        taken, following = round_robin_skips([c // self.batch_size for c in counts], self.resume_batches)
+        return [t * self.batch_size for t in taken], following
 
     def _views(self, key: str, jpeg: bytes) -> dict[str, Any]:
         try:
@@ -151,34 +175,57 @@ class TwoViewStream(IterableDataset):
             raise ValueError(f"cannot decode image {key}.jpg: {err}") from err
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, self.epoch, zlib.crc32(key.encode())))
-            return {"key": key, "view1": self.transform(image), "view2": self.transform(image)}
+            return {"key": key, "views": [transform(image) for transform in self.transforms]}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = self.rank, self.world
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = random.Random(mix_seed(self.seed, self.epoch, rank, worker))
-        for key, jpeg in shuffled(self._records(rank, world, worker, workers), self.shuffle_buffer, rng):
-            yield self._views(key, jpeg)
+        skips, rotation = self._resume_plan(rank, world, workers)
+        role = (worker + rotation) % workers                # the worker whose records this one delivers
+        rng = random.Random(mix_seed(self.seed, self.epoch, rank, role))
+        records = shuffled(self._records(rank, world, role, workers), self.shuffle_buffer, rng)
+        for i, (key, jpeg) in enumerate(records):
+            if i >= skips[role]:
+                yield self._views(key, jpeg)
 
 
 class StreamSync(L.Callback):
-    """Give the stream its DDP rank at setup and its epoch at each epoch start.
+    """Give the stream its DDP rank at setup and its epoch at each epoch start; resume it mid-epoch.
 
-    Loader iterators (and workers, which copy the stream) are created after these hooks.
+    Loader iterators (and workers, which copy the stream) are created after these hooks. The
+    callback's state (epoch, batches trained this epoch) goes into Lightning checkpoints, so a
+    resumed run continues the interrupted epoch with the very batches it had not trained on.
     """
 
-    def __init__(self, dataset: TwoViewStream) -> None:
+    def __init__(self, dataset: ViewStream, batch_size: int) -> None:
         self.dataset = dataset
+        self.batch_size = batch_size
+        self.batches = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.dataset.set_rank(trainer.global_rank, trainer.world_size)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.dataset.set_epoch(trainer.current_epoch)
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches trained in it."""
+        return {"epoch": self.dataset.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue `epoch` after its first `batches` batches."""
+        self.dataset.set_epoch(state_dict["epoch"])
+        self.dataset.resume(state_dict["batches"], self.batch_size)
+        self.batches = state_dict["batches"]
 
 
-def make_loader(dataset: TwoViewStream, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset: ViewStream, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches of full size only; fresh workers each epoch so they see the new epoch."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True,
                       pin_memory=pin_memory, persistent_workers=False)

@@ -1,13 +1,22 @@
-"""LightningModule: backbone + SSL method, AdamW with linear warmup then cosine decay per step."""
+"""LightningModule: backbone + SSL method, AdamW with linear warmup then cosine decay per step.
+
+Per step it logs the loss, the method's terms and schedule values, the lr and images/s; per
+epoch their means and the collapse indicators of the method's embeddings. It calls the method's
+hooks around every optimizer step (see pas.ssl.base).
+"""
 from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+
+from pas.ssl.base import Progress, SSLMethod
+from pas.ssl.monitor import effective_rank, embedding_std
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -18,20 +27,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and kernels only, not on biases and norm parameters."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+def param_groups(module: nn.Module, weight_decay: float, lr: float,
+                 lr_scales: dict[nn.Module, float] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by (lr scale, decay) in module order: weight decay on matrices and kernels only."""
+    scale_of = {id(p): scale for sub, scale in (lr_scales or {}).items() for p in sub.parameters()}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p in module.parameters():
+        if p.requires_grad:
+            groups.setdefault((scale_of.get(id(p), 1.0), p.ndim > 1), []).append(p)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+            for (scale, decay), params in groups.items()]
 
 
 class PretrainModule(L.LightningModule):
-    """Trains `backbone` with `method` (see pas.ssl); records the mean loss of every epoch."""
+    """Trains `backbone` with `method`; keeps per-epoch means in `history` (saved in checkpoints)."""
 
-    def __init__(self, backbone: nn.Module, method: nn.Module, lr: float, weight_decay: float,
-                 warmup_steps: int, total_steps: int) -> None:
+    def __init__(self, backbone: nn.Module, method: SSLMethod, lr: float, weight_decay: float,
+                 warmup_steps: int, total_steps: int, steps_per_epoch: int, monitor_rows: int = 1024) -> None:
         super().__init__()
         self.backbone = backbone
         self.method = method
@@ -39,38 +51,100 @@ class PretrainModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
-        self.epoch_losses: list[float] = []
-        self._loss_sum: Tensor | None = None
-        self._loss_count = 0
+        self.steps_per_epoch = steps_per_epoch
+        self.monitor_rows = monitor_rows
+        self.history: list[dict[str, float]] = []
+        self._sums: dict[str, Tensor | float] = {}
+        self._count = 0
+        self._embeddings: list[Tensor] = []
+        self._last_batch_end: float | None = None
+        self.start_step = 0
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        """Mean loss of every epoch so far (averaged over ranks)."""
+        return [h["loss"] for h in self.history]
+
+    def progress(self, step: int) -> Progress:
+        """Progress after `step` optimizer steps."""
+        return Progress(step, self.total_steps, self.steps_per_epoch)
+
+    def on_train_start(self) -> None:
+        """Note the step training starts from (> 0 when resumed from a checkpoint)."""
+        self.start_step = self.trainer.global_step
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """One optimisation step on a batch of two views."""
-        out = self.method(self.backbone, batch["view1"], batch["view2"])
-        loss = out["loss"]
-        size = batch["view1"].shape[0]
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        for name, value in out.items():
-            if name != "loss":
-                self.log(name, value, on_step=True, on_epoch=False, batch_size=size)
+        """One optimisation step on a batch of views."""
+        out = self.method(self.backbone, batch["views"])
+        size = batch["views"][0].shape[0]
+        self.log("loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        for name, value in out.logs.items():
+            self.log(name, value, on_step=True, on_epoch=False, batch_size=size)
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False, batch_size=size)
-        detached = loss.detach().float()
-        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-        self._loss_count += 1
-        return loss
+        for name, value in {"loss": out.loss, **out.logs}.items():
+            value = value.detach().float() if isinstance(value, Tensor) else value
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        self._count += 1
+        self._embeddings = [*self._embeddings, out.embedding.float()][-max(1, self.monitor_rows // size):]
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log images/s over the whole batch cycle (data wait included), from the second batch of an epoch."""
+        now, size = time.perf_counter(), batch["views"][0].shape[0]
+        if self._last_batch_end is not None:
+            rate = size * self.trainer.world_size / max(now - self._last_batch_end, 1e-9)
+            self.log("images_per_sec", rate, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self._last_batch_end = now
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients exist: let the method edit them (e.g. DINO freezes its last layer at first)."""
+        self.method.before_optimizer_step(self.progress(self.trainer.global_step))
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        """Clip the gradient norm to the method's grad_clip (if any)."""
+        if self.method.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step, then the method's after-step hook (EMA teacher, queue, centre)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.method.after_optimizer_step(self.backbone, self.progress(self.trainer.global_step + 1))
 
     def on_train_epoch_end(self) -> None:
-        """Log and keep the epoch's mean loss (averaged over ranks)."""
-        if not self._loss_count:
+        """Log and keep the epoch's means (over ranks) and the collapse indicators of its last embeddings."""
+        if not self._count:
             return
-        mean = self._loss_sum / self._loss_count
-        self.log("loss_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
-        synced = self.trainer.strategy.reduce(mean, reduce_op="mean")
-        self.epoch_losses.append(float(synced))
-        self._loss_sum, self._loss_count = None, 0
+        reduce = functools.partial(self.trainer.strategy.reduce, reduce_op="mean")
+        means = {name: float(reduce(torch.as_tensor(total / self._count, dtype=torch.float32, device=self.device)))
+                 for name, total in self._sums.items()}
+        embeddings = torch.cat(self._embeddings)
+        means["embedding_std"] = float(reduce(torch.tensor(embedding_std(embeddings), device=self.device)))
+        means["embedding_rank"] = float(reduce(torch.tensor(effective_rank(embeddings), device=self.device)))
+        for name, value in means.items():
+            self.log(f"{name}_epoch" if name in self._sums else name, value, on_step=False, on_epoch=True,
+                     sync_dist=True)
+        self.history.append(means)
+        self._sums, self._count, self._embeddings = {}, 0, []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the epoch history and the running sums of the interrupted epoch."""
+        sums = {name: float(total) for name, total in self._sums.items()}
+        checkpoint["pas"] = {"history": self.history, "sums": sums, "count": self._count}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what on_save_checkpoint kept."""
+        state = checkpoint.get("pas", {})
+        self.history = list(state.get("history", []))
+        self._sums, self._count = dict(state.get("sums", {})), int(state.get("count", 0))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW with a per-step warmup + cosine schedule."""
-        optimizer = torch.optim.AdamW(param_groups(self, self.weight_decay), lr=self.lr)
+        """AdamW with a per-step warmup + cosine schedule (scaled groups keep their ratio)."""
+        groups = param_groups(self, self.weight_decay, self.lr, self.method.lr_scales())
+        optimizer = torch.optim.AdamW(groups, lr=self.lr)
         schedule = functools.partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

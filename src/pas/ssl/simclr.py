@@ -1,14 +1,27 @@
 """SimCLR (Chen et al. 2020): a shared backbone, an MLP projector and the NT-Xent loss."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from pas.pretrain import PretrainConfig
+from pas.config import require
+from pas.ssl.base import MethodOutput, SSLMethod
+
+
+@dataclass(frozen=True)
+class SimCLRArgs:
+    """params.pretrain.method_args.simclr."""
+
+    temperature: float = 0.2
+    proj_dim: int = 128
+
+    def validate(self, prefix: str) -> None:
+        """Check ranges."""
+        require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a positive number")
+        require(self.proj_dim >= 1, f"{prefix}.proj_dim", self.proj_dim, "use an integer >= 1")
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -27,29 +40,24 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
-class SimCLR(nn.Module):
+class SimCLR(SSLMethod):
     """Projector head + NT-Xent over two views; the backbone is passed in, not owned."""
 
-    def __init__(self, feature_dim: int, proj_dim: int = 128, temperature: float = 0.2,
-                 hidden_dim: int | None = None) -> None:
+    Args = SimCLRArgs
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, args: SimCLRArgs) -> None:
         super().__init__()
-        hidden = hidden_dim or feature_dim
-        self.temperature = temperature
+        self.temperature = args.temperature
         self.projector = nn.Sequential(
-            nn.Linear(feature_dim, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
+            nn.Linear(feature_dim, feature_dim, bias=False),
+            nn.BatchNorm1d(feature_dim),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, proj_dim),
+            nn.Linear(feature_dim, args.proj_dim),
         )
 
-    @classmethod
-    def from_config(cls, backbone: nn.Module, feature_dim: int, cfg: PretrainConfig) -> SimCLR:
-        """Build the heads for `backbone` (feature_dim outputs) from the pretrain config."""
-        return cls(feature_dim, proj_dim=cfg.proj_dim, temperature=cfg.temperature)
-
-    def forward(self, backbone: nn.Module, view1: Tensor, view2: Tensor) -> dict[str, Tensor]:
-        """view1, view2 (N, 3, H, W) -> {"loss": ()}."""
-        n = view1.shape[0]
-        features = backbone(torch.cat([view1, view2]))                      # (2N, F)
-        z = self.projector(features)                                        # (2N, P)
-        return {"loss": nt_xent(z[:n], z[n:], self.temperature)}
+    def forward(self, backbone: nn.Module, views: list[Tensor]) -> MethodOutput:
+        """views: two (N, 3, H, W) batches -> NT-Xent of their projections."""
+        n = views[0].shape[0]
+        z = self.projector(backbone(torch.cat(views[:2])))                   # (2N, P)
+        loss = nt_xent(z[:n], z[n:], self.temperature)
+        return MethodOutput(loss, {}, z[:n].detach())

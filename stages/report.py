@@ -1,0 +1,40 @@
+"""report: the dataset report (HTML with embedded PNGs, and the PNGs as DVC plots) for the curated set."""
+from pathlib import Path
+
+from pas.config import build
+from pas.report import Inputs, ReportConfig, build_report
+from pas.shards import load_embeddings, read_table
+from pas.stage import run_stage, stage_parser
+
+THRESHOLDS = ("filter.threshold", "filter.concept_threshold", "dedup.threshold", "dedup.eval_threshold",
+              "dedup.copy_threshold")
+KEYS = ("report", *THRESHOLDS)
+
+
+def body(args, params, run):
+    cfg = build(ReportConfig, params.get("report"), "report")
+    thresholds = {}
+    for key in THRESHOLDS:
+        head, _, leaf = key.partition(".")
+        if leaf in params.get(head, {}):
+            thresholds[key] = float(params[head][leaf])
+    inputs = Inputs(read_table(args.filtered).to_pylist(), read_table(args.decisions).to_pylist(),
+                    read_table(args.curated).to_pylist(), load_embeddings(Path(args.candidates) / "embeddings.npy"),
+                    thresholds, Path(args.downstream))
+    metrics = build_report(inputs, cfg, args.out, args.figures)
+    run.log_artifact(args.out)
+    for png in sorted(Path(args.figures).glob("*.png")):
+        run.log_artifact(png)
+    return metrics
+
+
+if __name__ == "__main__":
+    parser = stage_parser("report", __doc__)
+    parser.add_argument("--filtered", required=True, help="filter output manifest (every candidate)")
+    parser.add_argument("--candidates", required=True, help="embed output folder (embeddings.npy)")
+    parser.add_argument("--decisions", required=True, help="dedup decisions (one row per filter-kept candidate)")
+    parser.add_argument("--curated", required=True, help="curated manifest")
+    parser.add_argument("--downstream", required=True, help="evaluation sets (to show what removed images matched)")
+    parser.add_argument("--out", required=True, help="HTML report to write")
+    parser.add_argument("--figures", required=True, help="folder for the PNG figures (DVC plots)")
+    run_stage("report", KEYS, parser, body)

@@ -1,0 +1,216 @@
+"""Method pieces against their definitions: All4One's queue, neighbours, centroid module and feature
+loss; DINO's loss, teacher, centre and schedules; Barlow Twins; per-method views; monitor maths."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from pas.config import ConfigError
+from pas.ssl import METHODS, method_args
+from pas.ssl.all4one import All4One, feature_contrast
+from pas.ssl.barlow_twins import barlow_twins_loss
+from pas.ssl.base import Progress
+from pas.ssl.centroid import CentroidEncoder, sinusoidal_encoding
+from pas.ssl.dino import dino_loss, teacher_temperature
+from pas.ssl.heads import cosine_momentum
+from pas.ssl.module import param_groups
+from pas.ssl.monitor import effective_rank, embedding_std, knn_accuracy
+from pas.ssl.support import SupportQueue
+from test_ssl import build_method, one_thread  # noqa: F401  (fixture)
+
+
+def test_support_queue_is_fifo_in_whole_batches() -> None:
+    queue = SupportQueue(size=6, dim=3)
+    batches = [F.normalize(torch.randn(2, 3), dim=1) for _ in range(4)]
+    for batch in batches[:3]:
+        queue.push(batch)
+    assert torch.equal(queue.queue, torch.cat(batches[:3]))
+    queue.push(batches[3])                                   # full: the oldest batch goes first
+    assert torch.equal(queue.queue, torch.cat([batches[3], batches[1], batches[2]]))
+    assert int(queue.ptr) == 2
+    with pytest.raises(ValueError, match="multiple"):
+        queue.push(torch.randn(4, 3))
+
+
+def test_queue_size_must_be_a_multiple_of_the_global_batch() -> None:
+    args = method_args("all4one", {"queue_size": 96}, "pretrain.method_args.all4one")
+    All4One.check(args, 32, global_batch=32, prefix="pretrain.method_args.all4one")
+    with pytest.raises(ConfigError, match=r"pretrain\.method_args\.all4one\.queue_size=96.*global batch \(64"):
+        All4One.check(args, 32, global_batch=64, prefix="pretrain.method_args.all4one")
+
+
+def test_neighbours_are_the_true_top_k() -> None:
+    torch.manual_seed(0)
+    queue = SupportQueue(size=50, dim=8)
+    z = F.normalize(torch.randn(4, 8), dim=1)
+    index, entries = queue.nearest(z, 5)
+    sims = (z @ queue.queue.T).numpy()
+    expected = np.argsort(-sims, axis=1)[:, :5]              # brute force, best first
+    assert np.array_equal(index.numpy(), expected)
+    assert torch.equal(entries, queue.queue[index])
+
+
+def test_feature_loss_equals_a_hand_computed_value() -> None:
+    """N = D = 2: C1 = I (no penalty); C2 = [[a, a], [a, -a]] with a = 1/sqrt(2).
+
+    on = sqrt(0.5 * (0 + ((a-1)^2 + (a+1)^2) / 2)) = sqrt(0.75); off = sqrt(0.5 * (0 + a^2)) = 0.5;
+    L = 10 * (0.5 * on + 0.5 * off) = 5 sqrt(3) / 2 + 2.5.
+    """
+    z1_m = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2_m = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    z2 = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    expected = 5 * math.sqrt(3) / 2 + 2.5
+    assert feature_contrast(z1_m, z2_m, z1, z2).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_positional_encoding_is_the_official_sinusoid() -> None:
+    """Token j of 5 gets channel j of an interleaved sin/cos encoding over the feature positions p."""
+    table = sinusoidal_encoding(5, 4)
+    p = torch.arange(4.0)
+    w = [1.0, 10000 ** (-2 / 6), 10000 ** (-4 / 6)]
+    expected = torch.stack([(p * w[0]).sin(), (p * w[0]).cos(), (p * w[1]).sin(), (p * w[1]).cos(), (p * w[2]).sin()])
+    assert table.shape == (5, 4)
+    assert torch.allclose(table, expected, atol=1e-6)
+
+
+def test_centroid_module_is_the_papers_transformer() -> None:
+    encoder = CentroidEncoder(dim=256, tokens=5)               # the paper's sizes
+    layers = encoder.encoder.layers
+    assert len(layers) == 3
+    for layer in layers:
+        assert layer.self_attn.num_heads == 8 and layer.self_attn.batch_first
+        assert layer.linear1.out_features == 512 and layer.dropout.p == 0.1
+    encoder.eval()
+    sequence = torch.randn(3, 5, 256)
+    centroid = encoder(sequence)
+    assert centroid.shape == (3, 256)
+    assert torch.allclose(centroid, encoder.encoder(sequence + sinusoidal_encoding(5, 256))[:, 0], atol=1e-6)
+
+
+def test_all4one_step_matches_its_definition() -> None:
+    """Total = 0.5 (centroid + neighbour + feature); the queue receives normalised momentum view-1
+    projections after the step; the centroid module trains at 0.1 x the base lr."""
+    torch.manual_seed(0)
+    backbone, method = build_method("all4one", queue_size=8)
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    out = method(backbone, views)
+    logs = out.logs
+    total = 0.5 * (logs["centroid"] + logs["neighbour"] + logs["feature"])
+    assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
+    with torch.no_grad():
+        expected = F.normalize(method.momentum_projector(method.momentum_backbone(views[0])), dim=-1)
+    before = method.support.queue.clone()
+    method.after_optimizer_step(backbone, Progress(1, 10, 5))
+    assert torch.allclose(method.support.queue[:4], expected, atol=1e-5)
+    assert torch.equal(method.support.queue[4:], before[4:])
+    groups = param_groups(torch.nn.ModuleList([backbone, method]), 0.0, 1.0, method.lr_scales())
+    centroid_params = {id(p) for p in method.centroid.parameters()}
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= centroid_params if group["lr"] == pytest.approx(0.1) else not ids & centroid_params
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert not trained & {id(p) for p in method.momentum_backbone.parameters()}     # EMA only
+
+
+def test_dino_loss_equals_a_hand_computed_value() -> None:
+    """K = 2, one image, 2 global + 1 local crop, temperatures 1, centre 0: mean of 4 cross-entropies."""
+    student = [torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])]
+    teacher = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])]
+    def ce(t, s):
+        q = np.exp(t) / np.exp(t).sum()
+        return -(q * (s - np.log(np.exp(s).sum()))).sum()
+    s = [x.numpy()[0] for x in student]
+    t = [x.numpy()[0] for x in teacher]
+    expected = (ce(t[0], s[1]) + ce(t[0], s[2]) + ce(t[1], s[0]) + ce(t[1], s[2])) / 4
+    assert dino_loss(student, teacher, torch.zeros(2), 1.0, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    center, temp = np.array([1.0, 0.5]), 0.5                           # centred, sharpened targets
+    t = [(x - center) / temp for x in t]
+    expected = (ce(t[0], s[1]) + ce(t[0], s[2]) + ce(t[1], s[0]) + ce(t[1], s[2])) / 4
+    got = dino_loss(student, teacher, torch.tensor(center, dtype=torch.float32), 1.0, temp)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dino_schedules() -> None:
+    args = method_args("dino", {}, "x")
+    assert teacher_temperature(args, 0) == pytest.approx(0.04)
+    assert teacher_temperature(args, 15) == pytest.approx(0.055)
+    assert teacher_temperature(args, 30) == teacher_temperature(args, 99) == pytest.approx(0.07)
+    assert cosine_momentum(0.996, 1.0, 0.0) == pytest.approx(0.996)
+    assert cosine_momentum(0.996, 1.0, 0.5) == pytest.approx(0.998)
+    assert cosine_momentum(0.996, 1.0, 1.0) == pytest.approx(1.0)
+
+
+def test_dino_teacher_is_an_ema_and_the_centre_follows_the_teacher() -> None:
+    torch.manual_seed(0)
+    backbone, method = build_method("dino", base_momentum=0.5, final_momentum=0.5, freeze_last_layer_epochs=1.0)
+    views = [torch.randn(4, 3, 32, 32)] * 2 + [torch.randn(4, 3, 16, 16)] * 2
+    with torch.no_grad():
+        _, teacher_logits = method.teacher_head(method.teacher_backbone(torch.cat(views[:2])))
+    teacher_before = [p.clone() for p in method.teacher_backbone.parameters()]
+    method(backbone, views).loss.backward()
+    method.before_optimizer_step(Progress(0, 10, 5))             # epoch 0 < 1: prototypes frozen
+    assert method.head.last_layer.weight.grad is None
+    assert method.head.mlp[0].weight.grad is not None
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(1.0)                                          # stand-in for an optimizer step
+    method.after_optimizer_step(backbone, Progress(1, 10, 5))
+    for t, t0, s in zip(method.teacher_backbone.parameters(), teacher_before, backbone.parameters()):
+        assert torch.allclose(t, 0.5 * t0 + 0.5 * s, atol=1e-6)
+    assert torch.allclose(method.center, 0.1 * teacher_logits.mean(0), atol=1e-5)    # centre momentum 0.9
+    assert float(method.epoch) == pytest.approx(0.2)
+    assert method.export_backbone(backbone) is method.teacher_backbone
+
+
+def test_barlow_twins_loss_equals_a_hand_computed_value() -> None:
+    """Identical standardised views with perfectly correlated dimensions: C = all ones -> on 0, off 2 lambda."""
+    z = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    on, off = barlow_twins_loss(z, z.clone(), lambd=0.5)
+    assert on.item() == pytest.approx(0.0, abs=1e-4)
+    assert off.item() == pytest.approx(2 * 0.5, rel=1e-4)
+
+
+def _steps(transform) -> list[object]:
+    return list(transform.transforms)
+
+
+def _solarize_p(transform) -> float:
+    return sum(t.p for t in _steps(transform) if isinstance(t, v2.RandomSolarize))
+
+
+def test_views_per_method() -> None:
+    a4 = METHODS["all4one"].view_transforms(method_args("all4one", {}, "x"), 64)
+    assert len(a4) == 2 and _solarize_p(a4[0]) == 0 and _solarize_p(a4[1]) == pytest.approx(0.2)
+    dino_args = method_args("dino", {"local_crops": 3, "local_crop_size": 24}, "x")
+    crops = METHODS["dino"].view_transforms(dino_args, 64)
+    sizes = [next(t for t in _steps(c) if isinstance(t, v2.RandomResizedCrop)).size for c in crops]
+    assert [tuple(size) for size in sizes] == [(64, 64)] * 2 + [(24, 24)] * 3
+    assert _solarize_p(crops[1]) == pytest.approx(0.2) and _solarize_p(crops[0]) == 0
+    with pytest.raises(ConfigError, match="local_crop_size"):
+        METHODS["dino"].check(method_args("dino", {"local_crop_size": 64}, "x"), 64, 8, "x")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_args_reject_unknown_keys_by_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key pretrain\.method_args\.{name}\.no_such_key"):
+        method_args(name, {"no_such_key": 1}, f"pretrain.method_args.{name}")
+
+
+def test_collapse_indicators_and_knn_accuracy() -> None:
+    torch.manual_seed(0)
+    spread = torch.randn(512, 16)
+    collapsed = torch.ones(512, 16) + 1e-4 * torch.randn(512, 16)
+    assert embedding_std(spread) == pytest.approx(1 / 4, rel=0.1)               # about 1/sqrt(D)
+    assert embedding_std(collapsed) < 1e-3
+    assert effective_rank(spread) > 14 and effective_rank(collapsed) < 1.1
+    centres = F.normalize(torch.randn(3, 16), dim=1)
+    labels = torch.arange(3).repeat_interleave(10)
+    points = centres[labels] + 0.01 * torch.randn(30, 16)
+    assert knn_accuracy(points, labels, k=5, temperature=0.07) == 1.0
+    assert knn_accuracy(torch.randn(30, 16), labels, k=5, temperature=0.07) < 0.7
