@@ -71,6 +71,17 @@ def test_second_repro_does_nothing(repo):
     assert ran(proc) == set() and "Data and pipelines are up to date" in proc.stdout
 
 
+def test_push_delete_pull_restores_everything(repo, tmp_path):
+    run(f"dvc remote add -f -d shared {tmp_path / 'remote'} && dvc push", repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for out in ("data/generated", "data/curated", "data/pool", "models/clip", "data/pretrain", "data/finetune"):
+        shutil.rmtree(repo / out)
+    run("dvc pull", repo)
+    assert curated_rows(repo) == yaml.safe_load((repo / "params.yaml").read_text())["size"]
+    proc = run("dvc repro", repo)
+    assert ran(proc) == set()
+
+
 def test_filter_threshold_change_reruns_only_filter_and_below(repo):
     proc = run("dvc exp run -S filter.threshold=-0.9999", repo)
     assert {"filter", "dedup", "pretrain", "finetune", "evaluate"} <= ran(proc)
@@ -94,18 +105,6 @@ def test_missing_pool_folder_fails_naming_it(repo):
     proc = run("dvc exp run -S pool_index.source=data/no_such_pool", repo, check=False)
     assert proc.returncode != 0 and "data/no_such_pool" in proc.stdout + proc.stderr
     run("git checkout -q params.yaml", repo)
-
-
-def test_push_delete_pull_restores_everything(repo, tmp_path):
-    run("dvc repro", repo)  # back to the committed params after the experiments above
-    run(f"dvc remote add -f -d shared {tmp_path / 'remote'} && dvc push", repo)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    for out in ("data/generated", "data/curated", "data/pool", "models/clip", "data/pretrain", "data/finetune"):
-        shutil.rmtree(repo / out)
-    run("dvc pull", repo)
-    assert curated_rows(repo) == yaml.safe_load((repo / "params.yaml").read_text())["size"]
-    proc = run("dvc repro", repo)
-    assert ran(proc) == set()
 
 
 def test_size_1k_grows_the_dataset(repo):
