@@ -91,7 +91,7 @@ def test_filter_threshold_change_reruns_only_filter_and_below(repo):
 @pytest.mark.parametrize("override, message", [
     ("size=abc", "size='abc' is not a size; use an integer"),
     ("models.generator=tiny://nope", "models.generator='tiny://nope': unknown tiny model"),
-    ("generate.stepz=3", "unknown key generate.stepz"),
+    ("+generate.stepz=3", "unknown key generate.stepz"),  # `+` adds a key DVC does not know yet
 ])
 def test_bad_params_fail_with_one_clear_line(repo, override, message):
     proc = run(f"dvc exp run -S {override}", repo, check=False)
