@@ -52,7 +52,9 @@ def make_embeddings(rows: int, dim: int, groups: int, seed: int) -> tuple[np.nda
     return out, planted
 
 
-def _copies(x: np.ndarray, source: int, targets: np.ndarray, cosine: tuple[float, float], rng: np.random.Generator) -> None:
+def _copies(x: np.ndarray, source: int, targets: np.ndarray, cosine: tuple[float, float],
+            rng: np.random.Generator) -> None:
+    """Overwrite rows `targets` with unit vectors at a random cosine in `cosine` to row `source`."""
     anchor = x[source].astype(np.float32)
     for t in targets:
         noise = rng.standard_normal(len(anchor)).astype(np.float32)
@@ -113,7 +115,8 @@ def run_path(name: str, x: np.ndarray, threshold: float, cfg: SearchConfig, trut
     precision, recall = score(found, truth)
     position = {int(r): i for i, r in enumerate(ids)}
     whole = sum(len({dups.groups[position[int(m)]] for m in g}) == 1 for g in groups)
-    return {"path": name, "method": dups.method, "rows": len(x), "wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2),
+    return {"path": name, "method": dups.method, "rows": len(x), "wall_s": round(wall, 1),
+            "peak_rss_gb": round(peak, 2),
             "pairs_found": len(found), "pairs_true": len(truth), "precision": round(precision, 5),
             "recall": round(recall, 5), "groups_recovered": round(whole / max(len(groups), 1), 5), "_found": found}
 

@@ -100,8 +100,9 @@ def test_cluster_balance_samples_evenly_across_kmeans_clusters():
     counts = sorted(np.bincount(labels[picked], minlength=3).tolist())
     assert len(picked) == 15 and counts == [5, 5, 5]  # the smallest cluster is not crowded out
     assert picked == cluster_balance(rows, e, 15, k=3)[0]
-    result = curate([{**r, "shard": "s.tar", "source": "retrieved", "concept_score": 0.0, "pixel_hash": ""} for r in rows],
-                    e, [""] * len(rows), clean(len(rows)), 15, ["x"], DedupConfig(balance="clusters", clusters=3, threshold=0.999))
+    full = [{**r, "shard": "s.tar", "source": "retrieved", "concept_score": 0.0, "pixel_hash": ""} for r in rows]
+    cfg = DedupConfig(balance="clusters", clusters=3, threshold=0.999)
+    result = curate(full, e, [""] * len(rows), clean(len(rows)), 15, ["x"], cfg)
     assert sorted(result.metrics["per_cluster"].values()) == [5, 5, 5]
 
 

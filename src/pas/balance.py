@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import faiss
@@ -73,3 +73,21 @@ def cluster_balance(rows: list[dict[str, Any]], embeddings: np.ndarray, size: in
     picked = round_robin(labels.tolist(), [r["domain_score"] for r in rows], [r["key"] for r in rows], size,
                          sorted(set(labels.tolist())))
     return picked, labels
+
+
+Balancer = Callable[[list[dict[str, Any]], np.ndarray, int, list[str], int, int], tuple[list[int], np.ndarray]]
+
+
+def by_concepts(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
+                seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`balance` over concepts; no cluster labels (-1)."""
+    return balance(rows, size, concepts), np.full(len(rows), -1, np.int64)
+
+
+def by_clusters(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
+                seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`cluster_balance` with k = clusters (0: about sqrt(size))."""
+    return cluster_balance(rows, embeddings, size, clusters or default_clusters(size), seed)
+
+
+BALANCERS: dict[str, Balancer] = {"concepts": by_concepts, "clusters": by_clusters}

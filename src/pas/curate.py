@@ -9,14 +9,15 @@ Every candidate the filter kept gets one status, in this order of precedence:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pas.balance import balance, cluster_balance, default_clusters
+from pas.balance import BALANCERS
 from pas.decontam import Contamination
-from pas.dedup import SOURCES, DedupConfig, find_duplicates, keep_one_per_group, source_breakdown
+from pas.dedup import SOURCES, DedupConfig, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,8 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
     survivors = np.flatnonzero(unique & ~dirty.mask)
     survivor_rows = [rows[i] for i in survivors]
     clusters = np.full(len(rows), -1, np.int64)
-    if cfg.balance == "clusters":
-        k = cfg.clusters or default_clusters(size)
-        picked, labels = cluster_balance(survivor_rows, embeddings[survivors], size, k, seed)
-        clusters[survivors] = labels
-    else:
-        picked = balance(survivor_rows, size, concepts)
+    picked, labels = BALANCERS[cfg.balance](survivor_rows, embeddings[survivors], size, concepts, cfg.clusters, seed)
+    clusters[survivors] = labels
     chosen = np.zeros(len(rows), bool)
     chosen[survivors[picked]] = True
 
@@ -69,15 +66,16 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
             "status": status, "group": int(dups.groups[i]), "group_size": int(sizes[dups.groups[i]]),
             "duplicate_of": "" if rep == i else keys[rep], "nearest": _nan_to_none(dups.nearest[i]),
             "eval_set": dirty.sets[dirty.set_index[i]] if dirty.set_index[i] >= 0 else "",
-            "eval_item": int(dirty.item[i]), "eval_signal": dirty.signal[i], "eval_nearest": _nan_to_none(dirty.nearest[i]),
+            "eval_item": int(dirty.item[i]), "eval_signal": dirty.signal[i],
+            "eval_nearest": _nan_to_none(dirty.nearest[i]),
             "copy_score": _nan_to_none(dirty.copy_score[i]), "cluster": int(clusters[i]),
         })
     curated = [rows[i] for i in np.flatnonzero(chosen)]
     return Curation(curated, decisions, _metrics(rows, decisions, curated, dups, unique, dirty, concepts, cfg))
 
 
-def _metrics(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], curated: list[dict[str, Any]], dups: Any,
-             unique: np.ndarray, dirty: Contamination, concepts: list[str], cfg: DedupConfig) -> dict[str, Any]:
+def _metrics(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], curated: list[dict[str, Any]],
+             dups: Duplicates, unique: np.ndarray, dirty: Contamination, concepts: list[str], cfg: DedupConfig) -> dict[str, Any]:
     """Counts that add up: input == sum(status); per concept, per source, per evaluation set, per signal."""
     status = {s: sum(d["status"] == s for d in decisions) for s in STATUSES}
     signals = {s: sum(d["eval_signal"] == s for d in decisions) for s in ("hash", "copy", "embedding")}
@@ -93,14 +91,7 @@ def _metrics(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], curate
         "per_concept": {c: sum(r["concept"] == c for r in curated) for c in concepts},
         "by_source": {s: sum(r["source"] == s for r in curated) for s in SOURCES},
     }
-    if cfg.balance == "clusters":
-        metrics["per_cluster"] = {str(k): v for k, v in sorted(
-            _count(d["cluster"] for d in decisions if d["status"] == "curated").items())}
+    if any(d["cluster"] >= 0 for d in decisions):
+        counts = Counter(d["cluster"] for d in decisions if d["status"] == "curated")
+        metrics["per_cluster"] = {str(k): v for k, v in sorted(counts.items())}
     return metrics
-
-
-def _count(items: Any) -> dict[Any, int]:
-    out: dict[Any, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out

@@ -10,7 +10,7 @@ Evaluation images are streamed split by split; per split only embeddings and 64x
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -88,21 +88,13 @@ def decontaminate(embeddings: np.ndarray, hashes: list[str], thumbs: np.ndarray,
         greys: list[np.ndarray] = []
         eval_hashes: dict[str, int] = {}
         positions: list[int] = []
-
-        def stream() -> Iterable[Image.Image]:
-            for where, images in iter_image_batches(info, rows_per_batch=batch):
-                for position, image in zip(where.tolist(), images):
-                    greys.append(grey(image).astype(np.uint8))
-                    eval_hashes.setdefault(pixel_hash(image), position)
-                    positions.append(position)
-                    yield image
-
-        eval_embeddings = encoder.encode_images(stream(), total=len(info.labels), desc=name)
+        images = _stream(info, batch, greys, eval_hashes, positions)
+        eval_embeddings = encoder.encode_images(images, total=len(info.labels), desc=name)
         sizes[name] = len(greys)
         eval_hashes.pop("", None)
         by_hash = np.flatnonzero([bool(h) and h in eval_hashes for h in hashes])
-        _record(hits["hash"], items["hash"], found, by_hash, np.array([eval_hashes[hashes[i]] for i in by_hash], np.int64),
-                index)
+        matched = np.array([eval_hashes[hashes[i]] for i in by_hash], np.int64)
+        _record(hits["hash"], items["hash"], found, by_hash, matched, index)
         where = np.asarray(positions, np.int64)
         if limits.copy > 0 and n:
             for start in range(0, len(greys), batch):
@@ -123,6 +115,17 @@ def decontaminate(embeddings: np.ndarray, hashes: list[str], thumbs: np.ndarray,
         for i in np.flatnonzero(hits[kind] >= 0):
             set_index[i], item[i], signal[i] = hits[kind][i], items[kind][i], kind
     return Contamination([name for name, _ in splits], set_index, item, signal, nearest, copy_score, per_set, sizes)
+
+
+def _stream(info: SplitInfo, batch: int, greys: list[np.ndarray], hashes: dict[str, int],
+            positions: list[int]) -> Iterator[Image.Image]:
+    """Yield a split's images in order while keeping their grey levels, first position per hash and positions."""
+    for where, images in iter_image_batches(info, rows_per_batch=batch):
+        for position, image in zip(where.tolist(), images):
+            greys.append(grey(image).astype(np.uint8))
+            hashes.setdefault(pixel_hash(image), position)
+            positions.append(position)
+            yield image
 
 
 def _record(first: np.ndarray, first_item: np.ndarray, found: np.ndarray, rows: np.ndarray, matched: np.ndarray,

@@ -16,13 +16,13 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pas.balance import BALANCERS
 from pas.config import require
 from pas.neighbors import Neighbors, SearchConfig, similar_pairs
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("generated", "retrieved")
-BALANCE = ("concepts", "clusters")
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,11 @@ class DedupConfig:
             require(0.0 < value <= 1.0, f"{prefix}.{name}", value, "use a cosine similarity in (0, 1]")
         require(0.0 <= self.copy_threshold <= 1.0, f"{prefix}.copy_threshold", self.copy_threshold,
                 "use a correlation in (0, 1], or 0 to turn the copy check off")
-        require(0.0 <= self.copy_max_crop < 0.5, f"{prefix}.copy_max_crop", self.copy_max_crop, "use a share in [0, 0.5)")
+        require(0.0 <= self.copy_max_crop < 0.5, f"{prefix}.copy_max_crop", self.copy_max_crop,
+                "use a share in [0, 0.5)")
         require(self.prefer_source in ("none", *SOURCES), f"{prefix}.prefer_source", self.prefer_source,
                 f"use one of none, {', '.join(SOURCES)}")
-        require(self.balance in BALANCE, f"{prefix}.balance", self.balance, f"use one of {', '.join(BALANCE)}")
+        require(self.balance in BALANCERS, f"{prefix}.balance", self.balance, f"use one of {', '.join(BALANCERS)}")
         require(self.clusters >= 0, f"{prefix}.clusters", self.clusters, "use 0 (auto) or a positive integer")
         self.search().validate(prefix)
 

@@ -80,8 +80,8 @@ def export_parquet(rows: list[dict[str, Any]], out: Path, rows_per_file: int = 1
 def _card(count: int, files: int) -> str:
     return ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
             "dataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: image_name\n    dtype: string\n"
-            "  - name: concept\n    dtype: string\n  - name: source\n    dtype: string\n  splits:\n  - name: train\n"
-            f"    num_examples: {count}\n---\n# pas curated dataset\n\n{count} images in {files} parquet file(s), "
+            "  - name: concept\n    dtype: string\n  - name: source\n    dtype: string\n---\n"
+            f"# pas curated dataset\n\n{count} images in {files} parquet file(s), "
             "curated by pas (Precision at Scale): generated and retrieved images, filtered, de-duplicated and "
             "decontaminated against the evaluation sets.\n")
 

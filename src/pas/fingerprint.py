@@ -55,9 +55,12 @@ def thumbnails(greys: np.ndarray, fractions: np.ndarray = np.zeros(1), side: int
     """
     spans = [(a * WORK, WORK - b * WORK) for a, b in itertools.product(fractions, fractions)]
     cover = np.concatenate([_cover(lo, hi, side) for lo, hi in spans]).astype(np.float32)  # (S*side, WORK)
-    n, s = len(greys), len(spans)
-    out = (cover @ greys) @ cover.T  # (M, S*side, S*side): rows = vertical spans, columns = horizontal spans
-    out = out.reshape(n, s, side, s, side).transpose(0, 1, 3, 2, 4).reshape(n, s * s, side * side)
+    n, s, c = len(greys), len(spans), cover.shape[0]
+    # two large matrix products (many small ones are slow next to torch's and faiss's thread pools)
+    cols = np.ascontiguousarray(greys, dtype=np.float32).reshape(n * WORK, WORK) @ cover.T  # (M*WORK, C): x cells
+    cols = cols.reshape(n, WORK, c).transpose(1, 0, 2).reshape(WORK, n * c)  # (WORK, M*C)
+    out = (cover @ cols).reshape(c, n, c)  # (C, M, C): y cells x images x x cells
+    out = out.reshape(s, side, n, s, side).transpose(2, 0, 3, 1, 4).reshape(n, s * s, side * side)
     out -= out.mean(axis=-1, keepdims=True)
     norm = np.linalg.norm(out, axis=-1, keepdims=True)
     return np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-6)

@@ -48,7 +48,8 @@ class SearchConfig:
         require(self.exact_max >= 1, f"{prefix}.exact_max", self.exact_max, "use a positive integer")
         require(self.nlist >= 0, f"{prefix}.nlist", self.nlist, "use 0 (auto) or a positive integer")
         require(self.nprobe >= 1, f"{prefix}.nprobe", self.nprobe, "use a positive integer")
-        require(self.reduce_dim >= 0, f"{prefix}.reduce_dim", self.reduce_dim, "use 0 (no reduction) or a positive integer")
+        require(self.reduce_dim >= 0, f"{prefix}.reduce_dim", self.reduce_dim,
+                "use 0 (no reduction) or a positive integer")
         require(0.0 <= self.margin < 1.0, f"{prefix}.margin", self.margin, "use a number in [0, 1)")
 
 
@@ -96,10 +97,10 @@ def exact_pairs(base: np.ndarray, queries: np.ndarray | None, threshold: float, 
     queries = base if self_join else queries
     best = np.full(len(queries), -np.inf, np.float32)
     rows, cols, sims = [], [], []
-    base_step = max(1, _CELLS // _BLOCK)
     whole = _f32(base) if base.shape[0] * base.shape[1] * 4 <= _RESIDENT else None  # convert once when small
     for q0 in range(0, len(queries), _BLOCK):
         chunk = _f32(queries[q0 : q0 + _BLOCK])  # (Q, D)
+        base_step = max(1024, _CELLS // len(chunk))  # few queries: fewer, larger products
         for b0 in range(0, len(base), base_step):
             block = whole[b0 : b0 + base_step] if whole is not None else _f32(base[b0 : b0 + base_step])  # (B, D)
             scores = chunk @ block.T  # (Q, B)
@@ -181,7 +182,7 @@ def ivf_pairs(base: np.ndarray, queries: np.ndarray | None, threshold: float, cf
     qbounds = np.searchsorted(flat[by_list], np.arange(nlist + 1))
     query_of = by_list // nprobe
     loose = threshold - cfg.margin
-    rows, cols = [], []
+    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for lst in range(nlist):
         members = order[bounds[lst] : bounds[lst + 1]]
         asking = query_of[qbounds[lst] : qbounds[lst + 1]]

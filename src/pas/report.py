@@ -65,7 +65,7 @@ def accounting(inputs: Inputs) -> dict[str, Any]:
     return {"candidates": len(inputs.filtered), "filter_rejected": dict(sorted(rejected.items())),
             "filter_kept": kept, "dedup": {s: status.get(s, 0) for s in STATUSES},
             "curated": len(inputs.curated),
-            "adds_up": (len(inputs.filtered) == kept + sum(rejected.values()) == sum(status.values()) + sum(rejected.values())
+            "adds_up": (len(inputs.filtered) == kept + sum(rejected.values()) and kept == sum(status.values())
                         and status.get("curated", 0) == len(inputs.curated))}
 
 
@@ -82,20 +82,22 @@ def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figur
     table = {"candidates": diversity(inputs.embeddings, [r["concept"] for r in inputs.filtered]),
              "curated": diversity(inputs.embeddings[curated_idx], [r["concept"] for r in inputs.curated])}
     rng = random.Random(cfg.seed)
-    sections = [
-        ("Where the candidates went", figs.funnel(_funnel(counts), figures_dir / "funnel.png"), _counts_table(counts)),
-        ("Images per concept", figs.concept_counts(_per_concept(inputs.curated, concepts), figures_dir / "concepts.png"),
+    out = figures_dir
+    by_source = _sample_rows(inputs.curated, "source", cfg, rng)
+    by_concept = _sample_rows(inputs.curated, "concept", cfg, rng)[: cfg.max_concepts]
+    sections = [  # (title, figure, table)
+        ("Where the candidates went", figs.funnel(_funnel(counts), out / "funnel.png"), _counts_table(counts)),
+        ("Images per concept", figs.concept_counts(_per_concept(inputs.curated, concepts), out / "concepts.png"),
          _concept_table(inputs, concepts)),
-        ("Scores and thresholds", figs.histograms(_panels(inputs), figures_dir / "scores.png"), ""),
+        ("Scores and thresholds", figs.histograms(_panels(inputs), out / "scores.png"), ""),
         ("Duplicate groups (kept member framed in green)",
-         figs.image_rows(_duplicate_rows(inputs.decisions, cfg), figures_dir / "duplicates.png"), ""),
-        ("Removed as too close to an evaluation image",
-         figs.image_rows(_contaminated_rows(inputs, cfg), figures_dir / "contaminated.png"),
+         figs.image_rows(_duplicate_rows(inputs.decisions, cfg), out / "duplicates.png"), ""),
+        ("Removed as too close to an evaluation image (removed image framed, then the evaluation image it matched)",
+         figs.image_rows(_contaminated_rows(inputs, cfg), out / "contaminated.png"),
          _contamination_table(inputs.decisions)),
-        ("Samples per source", figs.image_rows(_sample_rows(inputs.curated, "source", cfg, rng), figures_dir / "sources.png"), ""),
-        ("Samples per concept",
-         figs.image_rows(_sample_rows(inputs.curated, "concept", cfg, rng)[: cfg.max_concepts], figures_dir / "samples.png"), ""),
-        ("Diversity", figs.diversity_bars(table, figures_dir / "diversity.png"), _diversity_table(table)),
+        ("Samples per source", figs.image_rows(by_source, out / "sources.png"), ""),
+        ("Samples per concept", figs.image_rows(by_concept, out / "samples.png", tile=56), ""),
+        ("Diversity", figs.diversity_bars(table, out / "diversity.png"), _diversity_table(table)),
     ]
     _write_html(html_path, sections, counts)
     return {**counts, "diversity": {"candidates": table["candidates"]["all"], "curated": table["curated"]["all"],
@@ -133,7 +135,8 @@ def _panels(inputs: Inputs) -> list[figs.Panel]:
         figs.Panel("concept score (filter)", _series([r["concept_score"] for r in inputs.filtered], kept),
                    t.get("filter.concept_threshold"), "probability of its own concept"),
         figs.Panel("nearest other candidate (dedup)", _series([x["nearest"] for x in d],
-                   ["rejected" if x["status"] == "duplicate" else "kept" for x in d]), t.get("dedup.threshold"), "CLIP cosine"),
+                   ["rejected" if x["status"] == "duplicate" else "kept" for x in d]), t.get("dedup.threshold"),
+                   "CLIP cosine"),
         figs.Panel("nearest evaluation image (dedup)", _series([x["eval_nearest"] for x in d],
                    ["rejected" if x["status"] == "contaminated" else "kept" for x in d]), t.get("dedup.eval_threshold"),
                    "CLIP cosine"),
@@ -164,7 +167,8 @@ def _duplicate_rows(decisions: list[dict[str, Any]], cfg: ReportConfig) -> list[
 def _contaminated_rows(inputs: Inputs, cfg: ReportConfig) -> list[tuple[str, list[figs.Tile]]]:
     """Per signal, pairs of (removed candidate, the evaluation image it matched)."""
     dirty = sorted((d for d in inputs.decisions if d["status"] == "contaminated"), key=lambda d: d["key"])
-    picked = {s: [d for d in dirty if d["eval_signal"] == s][: max(1, cfg.samples // 2)] for s in ("hash", "copy", "embedding")}
+    pairs = max(1, cfg.samples // 2)
+    picked = {s: [d for d in dirty if d["eval_signal"] == s][:pairs] for s in ("hash", "copy", "embedding")}
     images = _load([d for rows in picked.values() for d in rows])
     originals = _eval_images([d for rows in picked.values() for d in rows], inputs.downstream)
     out = []
@@ -225,14 +229,16 @@ def _concept_table(inputs: Inputs, concepts: list[str]) -> str:
     rows = []
     for c in concepts:
         mine = [r for r in inputs.curated if r["concept"] == c]
-        rows.append([c, sum(r["concept"] == c for r in inputs.filtered), sum(d["concept"] == c for d in inputs.decisions),
-                     len(mine), sum(r["source"] == "generated" for r in mine), sum(r["source"] == "retrieved" for r in mine)])
+        passed = sum(d["concept"] == c for d in inputs.decisions)
+        by_source = [sum(r["source"] == s for r in mine) for s in ("generated", "retrieved")]
+        rows.append([c, sum(r["concept"] == c for r in inputs.filtered), passed, len(mine), *by_source])
     return _table(["concept", "candidates", "passed filter", "curated", "generated", "retrieved"], rows)
 
 
 def _contamination_table(decisions: list[dict[str, Any]]) -> str:
     found = Counter((d["eval_set"], d["eval_signal"]) for d in decisions if d["status"] == "contaminated")
-    return _table(["evaluation set", "signal", "candidates removed"], [[s, g, n] for (s, g), n in sorted(found.items())])
+    rows = [[name, signal, n] for (name, signal), n in sorted(found.items())]
+    return _table(["evaluation set", "signal", "candidates removed"], rows)
 
 
 def _diversity_table(table: dict[str, dict[str, dict[str, Any]]]) -> str:

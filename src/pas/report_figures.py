@@ -11,7 +11,8 @@ from PIL import Image
 
 from pas.shards import atomic_path
 
-COLORS = {"generated": "#4c72b0", "retrieved": "#dd8452", "kept": "#55a868", "rejected": "#c44e52"}
+COLORS = {"generated": "#4c72b0", "retrieved": "#dd8452", "kept": "#55a868", "rejected": "#c44e52",
+          "curated": "#55a868", "trimmed": "#999999"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def funnel(stages: Sequence[tuple[str, str, int]], path: Path) -> Path:
     ax = fig.add_subplot()
     labels = [f"{step}: {reason}" for step, reason, _ in stages]
     values = [n for _, _, n in stages]
-    colors = [COLORS["kept"] if reason == "curated" else COLORS["rejected"] for _, reason, _ in stages]
+    colors = [COLORS.get(reason, COLORS["rejected"]) for _, reason, _ in stages]
     ax.barh(labels[::-1], values[::-1], color=colors[::-1])
     for y, v in enumerate(values[::-1]):
         ax.text(v, y, f" {v}", va="center", fontsize=8)
@@ -102,27 +103,33 @@ def histograms(panels: Sequence[Panel], path: Path) -> Path:
     return _save(fig, path)
 
 
-def image_rows(rows: Sequence[tuple[str, Sequence[Tile]]], path: Path, thumb: float = 0.85) -> Path:
-    """A grid of images: one labelled row per entry (a duplicate group, a source, a concept)."""
-    width = max((len(tiles) for _, tiles in rows), default=1)
-    fig = _figure(thumb * width + 1.6, thumb * 1.25 * max(len(rows), 1))
+def image_rows(rows: Sequence[tuple[str, Sequence[Tile]]], path: Path, tile: int = 72) -> Path:
+    """A grid of images: one labelled row per entry (a duplicate group, a source, a concept), drawn as one mosaic."""
+    width = max((len(tiles) for _, tiles in rows), default=1) or 1
+    pad, caption = 6, 14
+    cell_w, cell_h = tile + 2 * pad, tile + 2 * pad + caption
+    mosaic = np.full((cell_h * max(len(rows), 1), cell_w * width, 3), 255, np.uint8)
+    texts = []
     for r, (label, tiles) in enumerate(rows):
-        for c in range(width):
-            ax = fig.add_subplot(len(rows), width, r * width + c + 1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-            if c >= len(tiles):
-                for spine in ax.spines.values():
-                    spine.set_visible(False)
-                continue
-            ax.imshow(np.asarray(tiles[c].image.convert("RGB")), interpolation="nearest")
-            ax.set_xlabel(tiles[c].caption, fontsize=6)
-            for spine in ax.spines.values():
-                spine.set_edgecolor("#2ca02c" if tiles[c].mark else "#999999")
-                spine.set_linewidth(3 if tiles[c].mark else 0.5)
-    return _save(fig, path)
+        for c, item in enumerate(tiles):
+            y, x = r * cell_h + pad, c * cell_w + pad
+            if item.mark:
+                mosaic[y - 4 : y + tile + 4, x - 4 : x + tile + 4] = (44, 160, 44)
+            thumb = item.image.convert("RGB").resize((tile, tile), Image.NEAREST)
+            mosaic[y : y + tile, x : x + tile] = np.asarray(thumb)
+            texts.append((x + tile / 2, y + tile + pad + 2, item.caption))
+    dpi = 100
+    fig = _figure(mosaic.shape[1] / dpi + 1.6, mosaic.shape[0] / dpi + 0.1)
+    ax = fig.add_axes((1.6 / (mosaic.shape[1] / dpi + 1.6), 0, 1 - 1.6 / (mosaic.shape[1] / dpi + 1.6), 1))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for x, y, text in texts:
+        ax.text(x, y, text, ha="center", va="top", fontsize=6)
+    for r, (label, _) in enumerate(rows):
+        ax.text(-8, r * cell_h + pad + tile / 2, label, ha="right", va="center", fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
 
 
 def diversity_bars(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> Path:

@@ -1,0 +1,88 @@
+"""The dataset report renders offline: every figure exists, is embedded in the HTML, and the counts add up."""
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image
+from pas.curate import curate
+from pas.decontam import Contamination
+from pas.dedup import DedupConfig
+from pas.diversity import diversity, mean_cosine_distance, vendi_score
+from pas.report import Inputs, ReportConfig, accounting, build_report
+from pas.shards import encode_jpeg, write_shard
+
+FIGURES = ["concepts.png", "contaminated.png", "diversity.png", "duplicates.png", "funnel.png", "samples.png",
+           "scores.png", "sources.png"]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """30 candidates over 3 concepts and 2 sources: 4 filtered out, a duplicate pair, 2 contaminated."""
+    n = 30
+    rng = np.random.default_rng(0)
+    images = [make_image(i) for i in range(n)]
+    images[7] = images[6]  # an exact copy
+    shard = tmp_path / "c-000000.tar"
+    write_shard(shard, [(f"k{i:02d}", encode_jpeg(im), {}) for i, im in enumerate(images)])
+    emb = rng.standard_normal((n, 16)).astype(np.float32)
+    emb[7] = emb[6]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    reasons = ["too_small", "", "", "out_of_domain", "", "", "", "", "near_constant", "", "too_small"] + [""] * 19
+    filtered = [{"key": f"k{i:02d}", "shard": str(shard), "source": ("generated", "retrieved")[i % 2],
+                 "concept": ("cat", "dog", "cow")[i % 3], "pixel_hash": "", "domain_score": float(rng.uniform(-1, 1)),
+                 "concept_score": float(rng.uniform()), "kept": not reasons[i], "reason": reasons[i]} for i in range(n)]
+    kept = [i for i in range(n) if filtered[i]["kept"]]
+    rows = [filtered[i] for i in kept]
+    dirty = Contamination(["toy/test"], np.full(len(rows), -1), np.full(len(rows), -1), [""] * len(rows),
+                          np.full(len(rows), 0.2, np.float32), np.full(len(rows), 0.3, np.float32), {}, {})
+    for j, signal in ((2, "copy"), (5, "embedding")):
+        dirty.set_index[j], dirty.signal[j] = 0, signal
+    content = [f"sha{i}" if i != 7 else "sha6" for i in kept]
+    result = curate(rows, emb[kept], content, dirty, 12, ["cat", "dog", "cow"], DedupConfig())
+    thresholds = {"filter.threshold": -0.5, "filter.concept_threshold": 0.1, "dedup.threshold": 0.95,
+                  "dedup.eval_threshold": 0.95, "dedup.copy_threshold": 0.97}
+    return Inputs(filtered, result.decisions, result.curated, emb, thresholds)
+
+
+def test_report_has_every_figure_embedded_and_counts_that_add_up(inputs, tmp_path):
+    metrics = build_report(inputs, ReportConfig(samples=4, groups=3), tmp_path / "report.html", tmp_path / "figures")
+    assert metrics["figures"] == FIGURES
+    for name in FIGURES:
+        with Image.open(tmp_path / "figures" / name) as png:
+            assert png.format == "PNG" and png.size[0] > 100
+    page = (tmp_path / "report.html").read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(embedded) == len(FIGURES)
+    assert Image.open(io.BytesIO(base64.b64decode(embedded[0]))).format == "PNG"
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch
+    assert metrics["candidates"] == 30 and metrics["filter_rejected"] == {"near_constant": 1, "out_of_domain": 1,
+                                                                          "too_small": 2}
+    assert metrics["dedup"] == {"curated": 12, "trimmed": 11, "duplicate": 1, "contaminated": 2}
+    assert metrics["adds_up"] and metrics["curated"] == 12
+    assert "<td>duplicate</td><td>1</td>" in page and "counts add up: <b>True</b>" in page
+    assert sum(v["n"] for k, v in metrics["diversity"]["curated_per_concept"].items()) == 12
+
+
+def test_accounting_notices_counts_that_do_not_add_up(inputs):
+    broken = Inputs(inputs.filtered, inputs.decisions[:-1], inputs.curated, inputs.embeddings, inputs.thresholds)
+    assert accounting(inputs)["adds_up"] and not accounting(broken)["adds_up"]
+
+
+def test_diversity_measures():
+    same = np.tile([[1.0, 0.0, 0.0]], (5, 1))
+    orthogonal = np.eye(4)
+    assert vendi_score(same) == pytest.approx(1.0) and vendi_score(orthogonal) == pytest.approx(4.0)
+    assert mean_cosine_distance(same) == pytest.approx(0.0) and mean_cosine_distance(orthogonal) == pytest.approx(1.0)
+    x = np.random.default_rng(0).standard_normal((50, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    brute = 1 - (sims.sum() - 50) / (50 * 49)
+    eig = np.clip(np.linalg.eigvalsh(sims / 50), 1e-12, None)
+    assert mean_cosine_distance(x) == pytest.approx(brute)
+    assert vendi_score(x) == pytest.approx(np.exp(-(eig * np.log(eig)).sum()), rel=1e-6)
+    table = diversity(x, ["a"] * 20 + ["b"] * 30)
+    assert table["a"]["n"] == 20 and table["all"]["n"] == 50
