@@ -28,3 +28,22 @@ def test_build_rejects_unknown_keys_and_wrong_types():
     with pytest.raises(ConfigError, match=r"generate\.resolution=60"):
         build(GenerateConfig, {"resolution": 60}, "generate")
     assert build(GenerateConfig, {"guidance": 1}, "generate").guidance == 1.0
+
+
+def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
+    import torch
+
+    from pas.config import PasError
+    from pas.runtime import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("PAS_NUM_THREADS", "1")
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("PAS_NUM_THREADS", "two")
+        with pytest.raises(PasError, match="PAS_NUM_THREADS='two'"):
+            configure_threads()
+        monkeypatch.delenv("PAS_NUM_THREADS")
+        assert configure_threads() is None
+    finally:
+        torch.set_num_threads(before)

@@ -92,7 +92,11 @@ def test_params_yaml_builds_and_sizes_every_method_for_the_offline_default() -> 
     ({"warmup_epochs": 3}, "pretrain.warmup_epochs", "epochs"),
     ({"max_steps": 0}, "pretrain.max_steps", "-1"),
     ({"epochs": "2"}, "pretrain.epochs", "integer"),
-    ({"optimizer": "sgd"}, "pretrain.optimizer", "allowed keys"),
+    ({"optimizer": "sgd"}, "pretrain.optimizer", "adamw, lars"),
+    ({"opt": "lars"}, "pretrain.opt", "allowed keys"),
+    ({"accumulate_grad_batches": 0}, "pretrain.accumulate_grad_batches", ">= 1"),
+    ({"weight_decay_end": -0.1}, "pretrain.weight_decay_end", "null"),
+    ({"precision": "fp8"}, "pretrain.precision", "bf16-mixed"),
 ])
 def test_bad_params_name_the_key(params: dict, key: str, hint: str) -> None:
     with pytest.raises(ConfigError, match=key) as info:
@@ -192,3 +196,53 @@ def test_pretrain_rejects_a_batch_larger_than_the_data(curated: tuple[pa.Table, 
     manifest, root = curated
     with pytest.raises(ConfigError, match="pretrain.batch_size"):
         pretrain(manifest, root, PretrainConfig(backbone=TINY, batch_size=64), tmp_path, seed=0)
+
+
+def test_lars_with_accumulation_and_a_weight_decay_schedule(curated: tuple[pa.Table, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 batches per optimizer step; LARS adapts kernels only; weight decay follows its cosine to the end value."""
+    from timm.optim import Lars
+
+    from pas.ssl.module import PretrainModule, cosine_between
+
+    batches: list[int] = []
+    steps: list[tuple[int, type, list[float], list[bool]]] = []
+    training_step, optimizer_step = PretrainModule.training_step, PretrainModule.optimizer_step
+
+    def recording_training_step(self, batch, index):
+        batches.append(self.trainer.global_step)
+        return training_step(self, batch, index)
+
+    def recording_optimizer_step(self, epoch, batch_idx, optimizer, closure=None):
+        optimizer_step(self, epoch, batch_idx, optimizer, closure)
+        groups = optimizer.param_groups
+        steps.append((self.trainer.global_step, type(optimizer), [g["weight_decay"] for g in groups],
+                      [g["always_adapt"] for g in groups]))
+
+    monkeypatch.setattr(PretrainModule, "training_step", recording_training_step)
+    monkeypatch.setattr(PretrainModule, "optimizer_step", recording_optimizer_step)
+    manifest, root = curated
+    cfg = PretrainConfig(backbone=TINY, image_size=32, epochs=3, batch_size=8, optimizer="lars", lr=0.3,
+                         weight_decay=0.04, weight_decay_end=0.4, accumulate_grad_batches=2)
+    metrics = pretrain(manifest, root, cfg, tmp_path, seed=0)
+
+    assert metrics["steps"] == 6 and len(batches) == 12           # 4 batches per epoch -> 2 optimizer steps
+    assert batches == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert np.isfinite(metrics["loss_last_epoch"])
+    for step, (global_step, kind, decays, adapts) in enumerate(steps):
+        assert issubclass(kind, Lars) and global_step == step     # global_step counts optimizer steps only
+        expected = cosine_between(0.04, 0.4, step, 6)
+        assert sorted(set(decays)) == [0.0, pytest.approx(expected)]
+        assert all(adapt == (decay > 0) for decay, adapt in zip(decays, adapts))   # no trust ratio on biases/norms
+    assert steps[0][2].count(0.0) and max(steps[-1][2]) > max(steps[0][2])
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["derived"]["effective_batch_size"] == 16
+
+
+def test_cosine_between_runs_from_start_to_end() -> None:
+    from pas.ssl.module import cosine_between
+
+    assert cosine_between(0.04, 0.4, 0, 10) == pytest.approx(0.04)
+    assert cosine_between(0.04, 0.4, 5, 10) == pytest.approx(0.22)
+    assert cosine_between(0.04, 0.4, 10, 10) == pytest.approx(0.4)
+    assert cosine_between(0.04, 0.4, 20, 10) == pytest.approx(0.4)

@@ -102,3 +102,19 @@ def test_a_different_run_never_resumes_from_another_runs_checkpoint(tmp_path: Pa
     assert run_dir(tmp_path, {"config": {"lr": 0.2}, "seed": 0}) != first
     assert first.name == fingerprint({"seed": 0, "config": {"lr": 0.1}})   # key order does not matter
     assert json.loads((first / "run.json").read_text())["config"] == {"lr": 0.1}
+
+
+def test_step_checkpoints_are_taken_only_where_the_optimizer_stepped(tmp_path: Path) -> None:
+    """With 2 batches per step, a due step is saved after its second batch, never mid-accumulation."""
+    from types import SimpleNamespace
+
+    from pas.ssl.checkpoint import StepCheckpoint
+
+    saved: list[int] = []
+    trainer = SimpleNamespace(accumulate_grad_batches=2, num_training_batches=8, global_step=0)
+    trainer.save_checkpoint = lambda path: saved.append(trainer.global_step)
+    callback = StepCheckpoint(tmp_path, every_n_steps=2)
+    for batch_idx in range(7):                     # global_step as Lightning has it after each batch
+        trainer.global_step = (batch_idx + 1) // 2
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
+    assert saved == [2]                            # batch 3 stepped to 2; batch 4 (step still 2) did not step

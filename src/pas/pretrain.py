@@ -25,6 +25,9 @@ from pas.shards import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adamw", "lars")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -36,10 +39,16 @@ class PretrainConfig:
     image_size: int = 64
     epochs: int = 2
     batch_size: int = 64
+    optimizer: str = "adamw"                # adamw | lars
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    weight_decay_end: float | None = None   # cosine weight-decay schedule to this value (DINO: 0.04 -> 0.4)
+    momentum: float = 0.9                   # lars
+    trust_coeff: float = 0.001              # lars
     warmup_epochs: float = 0.0
     max_steps: int = -1
+    accumulate_grad_batches: int = 1        # batches per optimizer step (effective batch = batch_size x this x GPUs)
+    precision: str = "auto"                 # auto (bf16-mixed on GPUs that have it, else 16-mixed; 32 on CPU) | ...
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_images: int = 1000
@@ -59,13 +68,21 @@ class PretrainConfig:
             path = Path(self.init)
             require(path.suffix in WEIGHT_SUFFIXES and path.is_file(), f"{prefix}.init", self.init,
                     f"use 'random' or an existing weights file ({', '.join(WEIGHT_SUFFIXES)})")
-        for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2)):
+        require(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
+        require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                f"use one of {', '.join(PRECISIONS)}")
+        for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2),
+                          ("accumulate_grad_batches", 1)):
             value = getattr(self, name)
             require(value >= low, f"{prefix}.{name}", value, f"use an integer >= {low}")
         for name in ("lr", "knn_temperature"):
             value = getattr(self, name)
             require(value > 0, f"{prefix}.{name}", value, "use a positive number")
         require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
+        require(self.weight_decay_end is None or self.weight_decay_end >= 0, f"{prefix}.weight_decay_end",
+                self.weight_decay_end, "use null (constant weight decay) or a number >= 0")
+        require(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "use a number in [0, 1)")
+        require(self.trust_coeff > 0, f"{prefix}.trust_coeff", self.trust_coeff, "use a positive number")
         require(0 <= self.warmup_epochs <= self.epochs, f"{prefix}.warmup_epochs", self.warmup_epochs,
                 f"use a number between 0 and epochs ({self.epochs})")
         require(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps", self.max_steps,
@@ -76,6 +93,14 @@ class PretrainConfig:
             require(block is None or isinstance(block, dict), key, block, "use a mapping of that method's keys")
             args = method_args(name, block, key)
             METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
+
+    def optimizer_config(self) -> Any:
+        """The optimizer settings for PretrainModule."""
+        from pas.ssl.module import OptimizerConfig
+
+        return OptimizerConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                               weight_decay_end=self.weight_decay_end, momentum=self.momentum,
+                               trust_coeff=self.trust_coeff)
 
     def args(self) -> Any:
         """The selected method's frozen Args (paper defaults for keys not set)."""
@@ -98,6 +123,17 @@ def _trainer_devices(device: str) -> tuple[str, int | list[int]]:
     if kind == "cuda":
         return "cuda", [int(index)] if index else max(1, torch.cuda.device_count())
     return kind, 1
+
+
+def trainer_precision(wanted: str, accelerator: str) -> str:
+    """Lightning precision: `auto` is bf16-mixed on GPUs that support it, 16-mixed on older ones, 32 on CPU."""
+    import torch
+
+    if wanted != "auto":
+        return wanted
+    if accelerator != "cuda":
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:
@@ -168,19 +204,25 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             f"use at most {per_rank} (the images per device: {images} images on {world} device(s))")
     cls.check(args, cfg.image_size, cfg.batch_size * world, f"pretrain.method_args.{cfg.method}")
     workers = min(num_workers(), per_rank // cfg.batch_size // 8)   # >= 8 full batches per worker
-    steps_per_epoch = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
+    batches_per_epoch = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
+    accumulate = cfg.accumulate_grad_batches
+    require(batches_per_epoch >= accumulate, "pretrain.accumulate_grad_batches", accumulate,
+            f"use at most {batches_per_epoch} (the full batches per epoch and device)")
+    steps_per_epoch = batches_per_epoch // accumulate    # optimizer steps; a partial accumulation is not trained on
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_workers": workers,
-               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps,
+               "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
+               "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps, "warmup_steps": warmup_steps,
                "views": len(dataset.transforms)}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 
     backbone, feature_dim = create_backbone(cfg.backbone, cfg.init)
     method = cls(backbone, feature_dim, args)
-    module = PretrainModule(backbone, method, cfg.lr, cfg.weight_decay, warmup_steps, total_steps, steps_per_epoch)
+    module = PretrainModule(backbone, method, cfg.optimizer_config(), warmup_steps, total_steps,
+                            steps_per_epoch)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
     callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
     knn = None
@@ -201,8 +243,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     with tempfile.TemporaryDirectory(prefix="pas-lightning-") as scratch:
         trainer = L.Trainer(
             accelerator=accelerator, devices=devices,
-            precision="bf16-mixed" if accelerator == "cuda" else "32-true",
-            max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch,
+            precision=trainer_precision(cfg.precision, accelerator), accumulate_grad_batches=accumulate,
+            max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch * accumulate,
             logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
             callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
         )
@@ -214,7 +256,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
         seconds = time.perf_counter() - start
 
-    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images, cfg.batch_size * world, seconds)
+    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images,
+                       cfg.batch_size * accumulate * world, seconds)
     if trainer.is_global_zero:
         out_dir = Path(out_dir)
         export = method.export_backbone(backbone)

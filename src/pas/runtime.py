@@ -23,6 +23,21 @@ def num_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
+def configure_threads() -> int | None:
+    """Apply `PAS_NUM_THREADS` (torch intra-op CPU threads) if set; return it."""
+    value = os.environ.get("PAS_NUM_THREADS")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        from pas.config import PasError
+
+        raise PasError(f"PAS_NUM_THREADS={value!r} is not a positive integer; unset it or use e.g. 2")
+    import torch
+
+    torch.set_num_threads(int(value))
+    return int(value)
+
+
 def setup_logging() -> None:
     """Log INFO lines with the module name to stderr (called by stage entry points only)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

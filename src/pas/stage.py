@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pas.config import PasError, load_params
-from pas.runtime import setup_logging
+from pas.runtime import configure_threads, setup_logging
 from pas.shards import write_json
 from pas.tracking import StageRun, stage_run
 
@@ -30,6 +30,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
     setup_logging()
     args = parser.parse_args(argv)
     try:
+        configure_threads()
         everything = load_params(args.params)
         params = select(everything, keys)
         experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input

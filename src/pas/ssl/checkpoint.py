@@ -67,6 +67,8 @@ def last_checkpoint(path: Path) -> Path | None:
 class StepCheckpoint(Checkpoint):
     """Overwrite <dirpath>/last.ckpt every `every_n_steps` optimizer steps.
 
+    Only at the end of an accumulation window (the batch that stepped the optimizer), so a resumed
+    run never restarts with half-accumulated gradients.
     A due step that ends an epoch is saved after the epoch's end hooks (epoch means, kNN
     monitor), so a run resumed from it never misses them. Checkpoint callbacks run after the
     LightningModule's on_train_epoch_end.
@@ -81,7 +83,8 @@ class StepCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         ends_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if trainer.global_step % self.every_n_steps == 0 and not ends_epoch:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if stepped and trainer.global_step % self.every_n_steps == 0 and not ends_epoch:
             trainer.save_checkpoint(self.path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,4 +1,4 @@
-"""LightningModule: backbone + SSL method, AdamW with linear warmup then cosine decay per step.
+"""LightningModule: backbone + SSL method; AdamW or LARS, linear warmup then cosine decay per optimizer step.
 
 Per step it logs the loss, the method's terms and schedule values, the lr and images/s; per
 epoch their means and the collapse indicators of the method's embeddings. It calls the method's
@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -27,6 +28,37 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
+def cosine_between(start: float, end: float, step: int, total_steps: int) -> float:
+    """Cosine from `start` at step 0 to `end` at total_steps (DINO's weight-decay and momentum shape)."""
+    progress = min(1.0, max(0.0, step / max(1, total_steps)))
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and schedules: AdamW or LARS (SGD momentum with layer-wise trust ratios)."""
+
+    name: str = "adamw"                     # adamw | lars
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    weight_decay_end: float | None = None   # cosine from weight_decay to this over training (DINO: 0.04 -> 0.4)
+    momentum: float = 0.9                   # lars
+    trust_coeff: float = 0.001              # lars: the trust ratio's eta
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW, or timm's LARS: trust ratios on the groups with weight decay (matrices and kernels), plain SGD
+    momentum on biases and norms, as in SimCLR/BYOL."""
+    if cfg.name == "lars":
+        from timm.optim import Lars
+
+        groups = [{**group, "always_adapt": group["decay"]} for group in groups]
+        return Lars(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; use adamw or lars")
+
+
 def param_groups(module: nn.Module, weight_decay: float, lr: float,
                  lr_scales: dict[nn.Module, float] | None = None) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (lr scale, decay) in module order: weight decay on matrices and kernels only."""
@@ -35,20 +67,19 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float,
     for p in module.parameters():
         if p.requires_grad:
             groups.setdefault((scale_of.get(id(p), 1.0), p.ndim > 1), []).append(p)
-    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0, "decay": decay}
             for (scale, decay), params in groups.items()]
 
 
 class PretrainModule(L.LightningModule):
     """Trains `backbone` with `method`; keeps per-epoch means in `history` (saved in checkpoints)."""
 
-    def __init__(self, backbone: nn.Module, method: SSLMethod, lr: float, weight_decay: float,
+    def __init__(self, backbone: nn.Module, method: SSLMethod, optimizer: OptimizerConfig,
                  warmup_steps: int, total_steps: int, steps_per_epoch: int, monitor_rows: int = 1024) -> None:
         super().__init__()
         self.backbone = backbone
         self.method = method
-        self.lr = lr
-        self.weight_decay = weight_decay
+        self.optimizer_cfg = optimizer
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -64,6 +95,13 @@ class PretrainModule(L.LightningModule):
     def epoch_losses(self) -> list[float]:
         """Mean loss of every epoch so far (averaged over ranks)."""
         return [h["loss"] for h in self.history]
+
+    def weight_decay_at(self, step: int) -> float:
+        """Weight decay of the decayed groups before optimizer step `step` + 1 (constant unless weight_decay_end)."""
+        cfg = self.optimizer_cfg
+        if cfg.weight_decay_end is None:
+            return cfg.weight_decay
+        return cosine_between(cfg.weight_decay, cfg.weight_decay_end, step, self.total_steps)
 
     def progress(self, step: int) -> Progress:
         """Progress after `step` optimizer steps."""
@@ -84,6 +122,9 @@ class PretrainModule(L.LightningModule):
         for name, value in out.logs.items():
             self.log(name, value, on_step=True, on_epoch=False, batch_size=size)
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False, batch_size=size)
+        if self.optimizer_cfg.weight_decay_end is not None:
+            self.log("weight_decay", self.weight_decay_at(self.global_step), on_step=True, on_epoch=False,
+                     batch_size=size)
         for name, value in {"loss": out.loss, **out.logs}.items():
             value = value.detach().float() if isinstance(value, Tensor) else value
             self._sums[name] = self._sums.get(name, 0.0) + value
@@ -110,7 +151,10 @@ class PretrainModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Step, then the method's after-step hook (EMA teacher, queue, centre)."""
+        """Set this step's weight decay, step, then the method's after-step hook (EMA teacher, queue, centre)."""
+        weight_decay = self.weight_decay_at(self.trainer.global_step)
+        for group in optimizer.param_groups:
+            group["weight_decay"] = weight_decay if group.get("decay") else 0.0
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.method.after_optimizer_step(self.backbone, self.progress(self.trainer.global_step + 1))
 
@@ -142,9 +186,10 @@ class PretrainModule(L.LightningModule):
         self._sums, self._count = dict(state.get("sums", {})), int(state.get("count", 0))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW with a per-step warmup + cosine schedule (scaled groups keep their ratio)."""
-        groups = param_groups(self, self.weight_decay, self.lr, self.method.lr_scales())
-        optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        """The optimizer with a per-step warmup + cosine lr schedule (scaled groups keep their ratio)."""
+        cfg = self.optimizer_cfg
+        groups = param_groups(self, cfg.weight_decay, cfg.lr, self.method.lr_scales())
+        optimizer = make_optimizer(groups, cfg)
         schedule = functools.partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
