@@ -19,8 +19,11 @@ def body(args, params, run):
     pretrain = params.get("pretrain", {})
     coordinates = {"size": params.get("size"), "mix": params.get("mix"), "pretrain.method": pretrain.get("method"),
                    "pretrain.backbone": pretrain.get("backbone")}
+    index = load_index(args.finetune)
+    if index.get("pretrain_dataset"):
+        run.log_input_dataset(index["pretrain_dataset"])
     with atomic_path(args.report) as tmp:
-        tmp.write_text(render_report(metrics, load_index(args.finetune), cfg.reference, coordinates))
+        tmp.write_text(render_report(metrics, index, cfg.reference, coordinates))
     for path in [*sorted(Path(args.plots).glob("*.png")), Path(args.report)]:
         run.log_artifact(path)
     return metrics

@@ -26,7 +26,10 @@ def body(args, params, run):
     datasets = discover(args.downstream, cfg, seed)
     with atomic_dir(args.out) as out:
         metrics = run_finetune(datasets, params["pretrain"]["backbone"], args.pretrained, cfg, out, seed)
-    log_curves(run, load_index(args.out)["datasets"])
+    index = load_index(args.out)
+    if index.get("pretrain_dataset"):
+        run.log_input_dataset(index["pretrain_dataset"])
+    log_curves(run, index["datasets"])
     return metrics
 
 

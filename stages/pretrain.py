@@ -5,6 +5,7 @@ from pas.config import build
 from pas.pretrain import PretrainConfig, pretrain
 from pas.shards import atomic_dir, read_table
 from pas.stage import run_stage, stage_parser
+from pas.tracking import dataset_record
 
 KEYS = ("seed", "pretrain")
 
@@ -13,9 +14,12 @@ def body(args, params, run):
     cfg = build(PretrainConfig, params.get("pretrain"), "pretrain")
     manifest = read_table(args.curated)  # shard paths in it are relative to the repository root
     knn_val = Path(args.knn_val) if args.knn_val else None
+    dataset = dataset_record("curated", args.curated)
+    run.log_input_dataset(dataset)
     with atomic_dir(args.out) as out:
         return pretrain(manifest, Path("."), cfg, out, int(params.get("seed", 0)), loggers=[run.lightning_logger()],
-                        knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every)
+                        knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every,
+                        dataset=dataset)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,8 @@ def finetuned(tmp_path_factory):
         (root / "pretrain").mkdir()
         safetensors.torch.save_file(timm.create_model(TINY, pretrained=False, num_classes=0).state_dict(),
                                     root / "pretrain" / "backbone.safetensors")
+    card = {"dataset": {"name": "curated", "path": "data/curated/manifest.parquet", "md5": "0" * 32}}
+    (root / "pretrain" / "model_card.json").write_text(json.dumps(card))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAS_DEVICE", "cpu")
         with torch_threads(1):
@@ -210,6 +212,7 @@ def test_run_finetune_writes_features_scores_curves_and_index(finetuned):
     assert entry["train"] == {"items": 24, "images": 23} and entry["test"]["images"] == 12
     assert len(entry["problems"]) == 1 and "row 5" in entry["problems"][0]
     assert index["inits"]["random"]["source"]["kind"] == "random"
+    assert index["pretrain_dataset"] == {"name": "curated", "path": "data/curated/manifest.parquet", "md5": "0" * 32}
     assert len(index["inits"]["pas"]["source"]["sha256"]) == 64
     assert np.load(out / entry["train_labels"]).shape == (23,)
     expected = {"linear", "linear_elfis", "knn", "fewshot_1", "fewshot_2", "full", "full_elfis"}

@@ -68,7 +68,11 @@ def test_repro_runs_the_whole_dag_offline(repo):
     with sqlite3.connect(repo / "mlflow.db") as db:
         stages = {name for (name,) in db.execute("select value from tags where key = 'pas.stage'")}
         parents = db.execute("select count(*) from tags where key = 'pas.kind' and value = 'pipeline'").fetchone()[0]
+        datasets = set(db.execute("select name, digest from datasets"))
     assert {"models", "pretrain", "finetune"} <= stages and parents == 1
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (curated,) = [out["md5"] for out in lock["stages"]["dedup"]["outs"] if out["path"].startswith("data/curated")]
+    assert datasets == {("curated", curated)}       # MLflow's input dataset is the manifest DVC tracks
 
 
 def test_second_repro_does_nothing(repo):

@@ -36,3 +36,25 @@ def test_failed_stage_is_marked_failed(tracking_db):
     exp = client.get_experiment_by_name("pas-test")
     (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "dedup"]
     assert run.info.status == "FAILED"
+
+
+def test_curated_dataset_is_an_input_of_the_stage_and_pipeline_runs(tracking_db, tmp_path):
+    import hashlib
+
+    from pas.tracking import dataset_record
+
+    manifest = tmp_path / "manifest.parquet"
+    manifest.write_bytes(b"not really parquet, but bytes with a known md5")
+    record = dataset_record("curated", manifest)
+    assert record["md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()   # what dvc.lock holds for the file
+    with stage_run("pretrain", {}, "pas-test") as run:
+        run.log_input_dataset(record)
+    client = MlflowClient(tracking_uri=tracking_db)
+    exp = client.get_experiment_by_name("pas-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2                                                      # the stage run and its pipeline run
+    for found in runs:
+        (dataset_input,) = found.inputs.dataset_inputs
+        assert dataset_input.dataset.name == "curated" and dataset_input.dataset.digest == record["md5"]
+        assert str(manifest) in dataset_input.dataset.source
+        assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "training")}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -78,11 +79,41 @@ def _parent_run(client: Any, experiment_id: str, invocation: str) -> str:
     return run.info.run_id
 
 
-class StageRun:
-    """Handle given to a stage inside `stage_run`: log metrics and small artifacts."""
+def file_md5(path: str | Path) -> str:
+    """md5 of a file's bytes: the hash DVC records for it in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+
+def dataset_record(name: str, path: str | Path) -> dict[str, str]:
+    """{name, path, md5} of a dataset file, for model cards and MLflow inputs."""
+    return {"name": name, "path": str(path), "md5": file_md5(path)}
+
+
+class StageRun:
+    """Handle given to a stage inside `stage_run`: log metrics, small artifacts and input datasets."""
+
+    def __init__(self, client: Any, run_id: str, parent_id: str | None = None) -> None:
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+
+    def log_input_dataset(self, record: Mapping[str, str], context: str = "training") -> None:
+        """Record a dataset ({name, path, md5}: the md5 DVC has for it) as an input of this run and its pipeline run."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():   # a local path matches several equivalent local source types
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(record["path"]).absolute()))
+        dataset = MetaDataset(source, name=record["name"], digest=record["md5"])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+        for run_id in filter(None, (self.run_id, self.parent_id)):
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log every numeric leaf of a nested metrics dict (keys joined with dots)."""
@@ -120,7 +151,7 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
         client.log_param(run_id, key, value)
     status = "FAILED"
     try:
-        yield StageRun(client, run_id)
+        yield StageRun(client, run_id, parent)
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
