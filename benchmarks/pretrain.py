@@ -5,7 +5,7 @@
     python benchmarks/pretrain.py --backbone resnet50 --image-size 224 --methods all4one --paper-args
 
 A step is what the trainer does per batch: every view through the backbone and heads, backward,
-AdamW, the method's hooks (EMA teacher, queue, centre). Batches are synthetic tensors shaped like
+the optimizer (AdamW or LARS), the method's hooks (EMA teacher, queue, centre). Batches are synthetic tensors shaped like
 the method's views (so the figure is the model's speed, not the decoder's); the augmentation
 column times the method's view transforms on one core, the ceiling of one decode worker.
 Method hyperparameters come from params.yaml (pretrain.method_args) unless --paper-args.
@@ -25,7 +25,7 @@ from pas.runtime import pick_device
 from pas.ssl import METHODS, get_method, method_args
 from pas.ssl.backbones import create_backbone
 from pas.ssl.base import Progress
-from pas.ssl.module import param_groups
+from pas.ssl.module import OptimizerConfig, make_optimizer, param_groups
 
 
 def augment_rate(transforms: list, image: Image.Image, seconds: float = 1.0) -> float:
@@ -39,7 +39,7 @@ def augment_rate(transforms: list, image: Image.Image, seconds: float = 1.0) -> 
 
 
 def step_rate(name: str, overrides: dict, backbone_name: str, image_size: int, batch: int, steps: int, warmup: int,
-              device: str) -> dict[str, float]:
+              device: str, optimizer_name: str = "adamw") -> dict[str, float]:
     """Images/s and ms per optimizer step of method `name` on synthetic views."""
     args = method_args(name, overrides, f"pretrain.method_args.{name}")
     cls = get_method(name)
@@ -48,7 +48,8 @@ def step_rate(name: str, overrides: dict, backbone_name: str, image_size: int, b
     backbone, dim = create_backbone(backbone_name)
     method = cls(backbone, dim, args)
     model = torch.nn.ModuleList([backbone, method]).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-4, method.lr_scales()), lr=1e-4)
+    optimizer = make_optimizer(param_groups(model, 1e-4, 1e-4, method.lr_scales()),
+                               OptimizerConfig(name=optimizer_name, lr=1e-4, weight_decay=1e-4))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8))
     transforms = cls.view_transforms(args, image_size)
     views = [torch.randn(batch, *t(image).shape, device=device) for t in transforms]
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
     parser.add_argument("--params", default="params.yaml", help="method_args are read from its pretrain section")
     parser.add_argument("--paper-args", action="store_true", help="ignore params.yaml: the papers' head/queue sizes")
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "lars"])
     parser.add_argument("--device", default=None, help="default: PAS_DEVICE, else cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads on the CPU (0: torch's default)")
     flags = parser.parse_args()
@@ -99,11 +101,11 @@ def main() -> None:
         configured = (yaml.safe_load(Path(flags.params).read_text()).get("pretrain") or {}).get("method_args") or {}
     where = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"{flags.backbone} @ {flags.image_size}px, batch {flags.batch_size}, {where}, "
-          f"{'paper' if flags.paper_args else flags.params} method args")
+          f"{'paper' if flags.paper_args else flags.params} method args, {flags.optimizer}")
     print(f"{'method':<14}{'views':>6}{'img/s':>10}{'ms/step':>10}{'trainable M':>13}{'augment img/s':>15}")
     for name in flags.methods:
         r = step_rate(name, configured.get(name) or {}, flags.backbone, flags.image_size, flags.batch_size,
-                      flags.steps, flags.warmup, device)
+                      flags.steps, flags.warmup, device, flags.optimizer)
         print(f"{name:<14}{r['views']:>6}{r['images_per_s']:>10.1f}{r['ms_per_step']:>10.1f}"
               f"{r['trainable_M']:>13.1f}{r['augment_images_per_s']:>15.1f}", flush=True)
 

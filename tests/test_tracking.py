@@ -58,3 +58,15 @@ def test_curated_dataset_is_an_input_of_the_stage_and_pipeline_runs(tracking_db,
         assert dataset_input.dataset.name == "curated" and dataset_input.dataset.digest == record["md5"]
         assert str(manifest) in dataset_input.dataset.source
         assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "training")}
+
+
+def test_queued_experiments_log_into_the_repository_store(tmp_path, monkeypatch):
+    from pas.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp1a2b3c"
+    assert tracking_uri(workspace) == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    assert tracking_uri(workspace / "sub") == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    assert tracking_uri(tmp_path / "repo") == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri(workspace) == "http://mlflow:5000"

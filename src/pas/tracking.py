@@ -18,9 +18,22 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 INVOCATION_TAG = "pas.invocation"
 
 
-def tracking_uri() -> str:
-    """The tracking URI: MLFLOW_TRACKING_URI if set, else the SQLite file mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+EXP_WORKSPACE = (".dvc", "tmp", "exps")   # where DVC runs queued and --temp experiments: <repo>/.dvc/tmp/exps/<tmp>
+
+
+def tracking_uri(cwd: str | Path | None = None) -> str:
+    """The tracking URI: MLFLOW_TRACKING_URI if set, else the repository's SQLite file mlflow.db.
+
+    A queued (`dvc exp run --queue`) or `--temp` experiment runs in a throw-away copy under
+    <repo>/.dvc/tmp/exps/; it logs into <repo>/mlflow.db so that sweeps land in one store.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    parts = Path(cwd or os.getcwd()).absolute().parts
+    for i in range(len(parts) - len(EXP_WORKSPACE)):
+        if parts[i:i + len(EXP_WORKSPACE)] == EXP_WORKSPACE:
+            return f"sqlite:///{Path(*parts[:i]) / 'mlflow.db'}"
+    return DEFAULT_URI
 
 
 def invocation_id() -> str:
