@@ -19,7 +19,7 @@ def body(args, params, run):
     with atomic_dir(args.out) as out:
         return pretrain(manifest, Path("."), cfg, out, int(params.get("seed", 0)), loggers=[run.lightning_logger()],
                         knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every,
-                        dataset=dataset)
+                        source=dataset)
 
 
 if __name__ == "__main__":

@@ -126,8 +126,9 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     monkeypatch.setattr(PretrainModule, "training_step", recording_step)
     cfg = PretrainConfig(backbone=TINY, image_size=32, epochs=3, batch_size=8, warmup_epochs=0.5, max_steps=10)
     out = tmp_path / "out"
+    source = {"name": "curated", "path": "data/curated/manifest.parquet", "md5": "f" * 32}
     metrics = pretrain(manifest, root, cfg, out, seed=0, loggers=[CSVLogger(tmp_path / "csv", name="pretrain")],
-                       knn_val=labeled)
+                       knn_val=labeled, source=source)
 
     assert metrics["steps"] == 10 and metrics["images"] == 32         # 4 steps per epoch, cut at max_steps
     assert metrics["epochs"] == 3                                     # the cut third epoch counts
@@ -148,7 +149,7 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
 
     card = json.loads((out / "model_card.json").read_text())
     assert card["backbone"] == TINY and card["method"] == "simclr" and card["images"] == 32
-    assert card["manifest_keys_sha256"] == keys_digest(manifest)
+    assert card["manifest_keys_sha256"] == keys_digest(manifest) and card["dataset"] == source
     assert card["final_loss"] == metrics["loss_last_epoch"] and card["config"]["batch_size"] == 8
     assert card["method_args"] == {"temperature": 0.2, "proj_dim": 128}
     assert card["metrics"]["knn_top1"] == metrics["knn_top1"] and card["exported"] == "online backbone"

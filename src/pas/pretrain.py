@@ -172,12 +172,12 @@ def _metrics(module: Any, knn: Any, steps: int, start_step: int, images: int, im
 
 def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path, seed: int,
              loggers: list | None = None, knn_val: Path | None = None, checkpoint_dir: Path | None = None,
-             checkpoint_every: int = 100, dataset: dict[str, str] | None = None) -> dict[str, Any]:
+             checkpoint_every: int = 100, source: dict[str, str] | None = None) -> dict[str, Any]:
     """Train cfg.backbone with cfg.method on the manifest's images; write backbone + model card.
 
     With `knn_val` (a labeled downstream parquet) every epoch logs online kNN accuracy. With
     `checkpoint_dir` the run checkpoints every `checkpoint_every` optimizer steps and, when
-    started again with the same inputs, resumes from its last checkpoint. `dataset` ({name,
+    started again with the same inputs, resumes from its last checkpoint. `source` ({name,
     path, md5} of the manifest) goes into the model card, so later stages can name their data.
     """
     import lightning as L
@@ -276,7 +276,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             "steps": metrics["steps"],
             "images": images,
             "manifest_keys_sha256": digest,
-            "dataset": dataset,
+            "dataset": source,
             "final_loss": metrics["loss_last_epoch"],
             "knn_val": str(knn_val) if knn_val is not None else None,
             "metrics": metrics,
