@@ -40,3 +40,8 @@ def make_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
 def image_factory():
     """Make distinct test images by seed."""
     return make_image
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end tests first: under xdist one worker starts them at once while the other takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -94,6 +94,28 @@ def test_push_delete_pull_restores_everything(repo, tmp_path):
     assert ran(proc) == set()
 
 
+def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, tmp_path):
+    """The paper's scaling figure in miniature: two sizes queued, run in DVC's temp workspaces, compared."""
+    # commit the baseline results first, as a user would: queued runs start from the committed dvc.lock
+    run("git add -A && git commit -qm baseline", repo)
+    run("dvc exp run --queue -S size=300 && dvc exp run --queue -S size=400", repo)
+    proc = run("dvc exp run --run-all", repo)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    shown = json.loads(run("dvc exp show --json", repo).stdout)
+    revs = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
+    curated = {data["params"]["params.yaml"]["data"]["size"]: data["metrics"]["metrics/dedup.json"]["data"]["curated"]
+               for data in revs}
+    assert curated == {300: 300, 400: 400}
+    out = tmp_path / "compare"
+    run(f"pas compare --out {out}", repo)     # queued runs logged into the repository's mlflow.db
+    with open(out / "compare.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {int(row["size"]) for row in rows} == {300, 400}
+    assert {row["init"] for row in rows} >= {"pas", "random"}
+    assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
+    assert "| 400 |" in (out / "compare.md").read_text()
+
+
 def test_filter_threshold_change_reruns_only_filter_and_below(repo):
     # Targeting `dedup` keeps CI short; that DVC reruns everything below a changed stage is DVC's job.
     proc = run("dvc exp run -S filter.threshold=-0.9999 dedup", repo)
@@ -118,25 +140,3 @@ def test_missing_pool_folder_fails_naming_it(repo):
     proc = run("dvc exp run -S pool_index.source=data/no_such_pool", repo, check=False)
     assert proc.returncode != 0 and "data/no_such_pool" in proc.stdout + proc.stderr
     run("git checkout -q params.yaml", repo)
-
-
-def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, tmp_path):
-    """The paper's scaling figure in miniature: two sizes queued, run in DVC's temp workspaces, compared."""
-    # commit the baseline results first, as a user would: queued runs start from the committed dvc.lock
-    run("git checkout -q params.yaml && dvc repro && git add -A && git commit -qm baseline", repo)
-    run("dvc exp run --queue -S size=300 && dvc exp run --queue -S size=500", repo)
-    proc = run("dvc exp run --run-all", repo)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    shown = json.loads(run("dvc exp show --json", repo).stdout)
-    revs = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
-    curated = {data["params"]["params.yaml"]["data"]["size"]: data["metrics"]["metrics/dedup.json"]["data"]["curated"]
-               for data in revs}
-    assert curated == {300: 300, 500: 500}
-    out = tmp_path / "compare"
-    run(f"pas compare --out {out}", repo)     # queued runs logged into the repository's mlflow.db
-    with open(out / "compare.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert {int(row["size"]) for row in rows} == {300, 500}
-    assert {row["init"] for row in rows} >= {"pas", "random"}
-    assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
-    assert "| 500 |" in (out / "compare.md").read_text()
