@@ -3,7 +3,7 @@ from pathlib import Path
 
 from pas.config import build
 from pas.eval_report import render_report
-from pas.evaluate import EvaluateConfig, evaluate, load_index
+from pas.evaluate import EvaluateConfig, evaluate, load_index, pretrain_dataset
 from pas.shards import atomic_dir, atomic_path
 from pas.stage import run_stage, stage_parser
 
@@ -20,8 +20,8 @@ def body(args, params, run):
     coordinates = {"size": params.get("size"), "mix": params.get("mix"), "pretrain.method": pretrain.get("method"),
                    "pretrain.backbone": pretrain.get("backbone")}
     index = load_index(args.finetune)
-    if index.get("pretrain_dataset"):
-        run.log_input_dataset(index["pretrain_dataset"])
+    if dataset := pretrain_dataset(index):
+        run.log_input_dataset(dataset)
     with atomic_path(args.report) as tmp:
         tmp.write_text(render_report(metrics, index, cfg.reference, coordinates))
     for path in [*sorted(Path(args.plots).glob("*.png")), Path(args.report)]:

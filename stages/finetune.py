@@ -1,5 +1,5 @@
 """finetune: linear, kNN, few-shot, full fine-tune (and ELFIS) for each downstream dataset and init."""
-from pas.evaluate import load_index
+from pas.evaluate import load_index, pretrain_dataset
 from pas.finetune import discover, finetune_config, run_finetune
 from pas.shards import atomic_dir
 from pas.stage import run_stage, stage_parser
@@ -27,8 +27,8 @@ def body(args, params, run):
     with atomic_dir(args.out) as out:
         metrics = run_finetune(datasets, params["pretrain"]["backbone"], args.pretrained, cfg, out, seed)
     index = load_index(args.out)
-    if index.get("pretrain_dataset"):
-        run.log_input_dataset(index["pretrain_dataset"])
+    if dataset := pretrain_dataset(index):
+        run.log_input_dataset(dataset)
     log_curves(run, index["datasets"])
     return metrics
 

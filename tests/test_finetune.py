@@ -22,6 +22,7 @@ from pas.inits import InitSpec
 from pas.probe import LinearConfig, torch_threads
 from pas.protocols import FewshotConfig
 from pas.elfis import ElfisConfig
+from pas.evaluate import pretrain_dataset
 
 CLASSES = ("red_circle", "green_square", "blue_triangle")
 COLOURS = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
@@ -212,7 +213,8 @@ def test_run_finetune_writes_features_scores_curves_and_index(finetuned):
     assert entry["train"] == {"items": 24, "images": 23} and entry["test"]["images"] == 12
     assert len(entry["problems"]) == 1 and "row 5" in entry["problems"][0]
     assert index["inits"]["random"]["source"]["kind"] == "random"
-    assert index["pretrain_dataset"] == {"name": "curated", "path": "data/curated/manifest.parquet", "md5": "0" * 32}
+    assert pretrain_dataset(index) == {"name": "curated", "path": "data/curated/manifest.parquet", "md5": "0" * 32}
+    assert "dataset" not in index["inits"]["random"]["source"]
     assert len(index["inits"]["pas"]["source"]["sha256"]) == 64
     assert np.load(out / entry["train_labels"]).shape == (23,)
     expected = {"linear", "linear_elfis", "knn", "fewshot_1", "fewshot_2", "full", "full_elfis"}

@@ -102,6 +102,11 @@ def elfis_gains(dataset_metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def pretrain_dataset(index: dict[str, Any]) -> dict[str, str] | None:
+    """The dataset record ({name, path, md5}) a pretrained init of the finetune index was trained on, if any."""
+    return next((init["source"]["dataset"] for init in index["inits"].values() if "dataset" in init["source"]), None)
+
+
 def load_index(finetune_dir: str | Path) -> dict[str, Any]:
     """finetune's index.json, with a clear error when the stage has not run."""
     path = Path(finetune_dir) / "index.json"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -153,12 +152,6 @@ def _run_init(name: str, built: tuple[torch.nn.Module, InitInfo], dataset: Datas
     return record, metrics
 
 
-def _pretrain_dataset(pretrained: Path | None) -> dict[str, str] | None:
-    """The dataset record ({name, path, md5}) of the model card beside the pretrained backbone, if any."""
-    card = pretrained / "model_card.json" if pretrained is not None else None
-    return json.loads(card.read_text()).get("dataset") if card is not None and card.is_file() else None
-
-
 def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, pretrained: str | Path | None,
                  cfg: FinetuneConfig, out_dir: str | Path, seed: int) -> dict[str, Any]:
     """Every protocol for every (dataset, init); write out_dir (see module doc); return training metrics."""
@@ -172,7 +165,7 @@ def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, 
                              "inits": {spec.name: {"arch": info.arch, "weights": spec.weights, "mean": list(info.mean),
                                                    "std": list(info.std), "source": info.source}
                                        for spec, (_, info) in zip(cfg.inits, built.values())},
-                             "pretrain_dataset": _pretrain_dataset(pretrained), "datasets": {}}
+                             "datasets": {}}
     metrics: dict[str, Any] = {}
     for name, dataset in datasets.items():
         problems = list(dataset.problems)

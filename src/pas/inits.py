@@ -114,12 +114,14 @@ def _pretrain(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.
     path = pretrain_weights_file(pretrained_dir)
     model = _timm_model(arch, seed)
     _load_strict(model, safetensors.torch.load_file(path), path, arch)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    card = path.parent / "model_card.json"
-    if card.is_file():  # normalise as the pretraining did
-        pixels = json.loads(card.read_text()).get("input", {})
-        mean, std = tuple(pixels.get("mean", mean)), tuple(pixels.get("std", std))
-    return model, InitInfo(arch, mean, std, {"kind": "pretrain", "path": str(path), "sha256": sha256_file(path)})
+    card_path = path.parent / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    pixels = card.get("input", {})  # normalise as the pretraining did
+    mean, std = tuple(pixels.get("mean", IMAGENET_MEAN)), tuple(pixels.get("std", IMAGENET_STD))
+    source = {"kind": "pretrain", "path": str(path), "sha256": sha256_file(path)}
+    if card.get("dataset"):  # {name, path, md5} of the manifest it was pretrained on
+        source["dataset"] = card["dataset"]
+    return model, InitInfo(arch, mean, std, source)
 
 
 def _timm_pretrained(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.nn.Module, InitInfo]:
