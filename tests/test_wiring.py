@@ -1,6 +1,9 @@
-"""dvc.yaml, params.yaml and the stage scripts agree: one name per stage, declared keys = read keys."""
+"""dvc.yaml, params.yaml and the stage scripts agree: one name per stage, declared keys = read keys,
+and every pas module a stage runs is one of its deps (so editing it reruns exactly the stages using it)."""
+import ast
 import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +14,10 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 PATHS = DVC["vars"][0]["paths"]
 STAGES = DVC["stages"]
+# Plumbing every stage shares that does not shape a stage's outputs (params loading and checks, one-line errors,
+# MLflow, logging and machine settings): a dep of none, so editing it reruns nothing.
+PLUMBING = {"src/pas/__init__.py", "src/pas/stage.py", "src/pas/tracking.py", "src/pas/runtime.py",
+            "src/pas/config.py"}
 
 
 def render(text: str) -> str:
@@ -58,3 +65,44 @@ def test_every_path_in_the_command_is_a_declared_dep_or_out(name):
 def test_every_params_section_is_read_by_some_stage():
     read = {k.partition(".")[0] for s in STAGES.values() for k in s.get("params", [])}
     assert set(PARAMS) - read == set()
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO / "src" / Path(*name.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pas_imports(path: Path) -> set[str]:
+    """pas modules imported anywhere in a file (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pas":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "pas"}
+    return found
+
+
+def pas_files_run_by(script: Path) -> set[str]:
+    """Repository-relative files of every pas module the script imports, transitively."""
+    files, todo = set(), [script]
+    while todo:
+        for name in _pas_imports(todo.pop()):
+            path = _module_file(name)
+            if path is not None and path not in files:
+                files.add(path)
+                todo.append(path)
+    return {str(path.relative_to(REPO)) for path in files}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_pas_module_a_stage_runs_is_a_dep(name):
+    deps = [render(d) for d in STAGES[name].get("deps", []) if isinstance(d, str)]
+    covered = {f for f in pas_files_run_by(REPO / "stages" / f"{name}.py")
+               if any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+    missing = pas_files_run_by(REPO / "stages" / f"{name}.py") - covered - PLUMBING
+    assert not missing, f"add to the deps of stage {name}: {sorted(missing)}"

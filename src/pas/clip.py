@@ -1,13 +1,15 @@
 """CLIP image and text embeddings from a local open_clip directory (models/clip)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from pas.iterate import batched
 
 
 class ClipEncoder:
@@ -38,7 +40,7 @@ class ClipEncoder:
     def encode_images(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed") -> np.ndarray:
         """(N, D) float32 unit vectors for N PIL images, streamed in batches."""
         out = []
-        for batch in tqdm(_batches(images, self.batch_size), desc=desc, unit="batch",
+        for batch in tqdm(batched(images, self.batch_size), desc=desc, unit="batch",
                           total=None if total is None else -(-total // self.batch_size)):
             out.append(self.encode_pixels(torch.stack([self.preprocess(im.convert("RGB")) for im in batch])))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -48,14 +50,3 @@ class ClipEncoder:
         with torch.inference_mode():
             feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
-
-
-def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
-    batch: list[Image.Image] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pas.downstream import SplitInfo, iter_image_batches
+from pas.iterate import batched
 from pas.inits import IMAGENET_MEAN, IMAGENET_STD
 from pas.runtime import pick_device
 
@@ -71,23 +72,12 @@ def pixel_features(backbone: torch.nn.Module, pixels: np.ndarray, mean: Sequence
     return torch.cat(chunks).numpy().astype(np.float32)
 
 
-def _batches(images: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
-    batch: list[Image.Image] = []
-    for image in images:
-        batch.append(image)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def extract_features(backbone: torch.nn.Module, images: Iterable[Image.Image], image_size: int, batch_size: int,
                      device: str | None = None, total: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                      std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """Pooled backbone features of PIL `images` (a list or a stream), as L2-normalised float32 (N, D)."""
     chunks = [pixel_features(backbone, np.stack([preprocess(im, image_size) for im in batch]), mean, std,
-                             batch_size, device) for batch in _batches(images, batch_size)]
+                             batch_size, device) for batch in batched(images, batch_size)]
     if not chunks:
         return np.zeros((0, int(getattr(backbone, "num_features", 0))), dtype=np.float32)
     return np.concatenate(chunks)
