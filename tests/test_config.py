@@ -47,3 +47,14 @@ def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
         assert configure_threads() is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_require_fields_names_the_first_field_that_fails():
+    from types import SimpleNamespace
+
+    from pas.config import require_fields
+
+    section = SimpleNamespace(a=3, b=0, c=-1)
+    require_fields(section, "x", ("a",), lambda v: v >= 1, "use an integer >= 1")
+    with pytest.raises(ConfigError, match=r"^x\.b=0 is not allowed; use an integer >= 1$"):
+        require_fields(section, "x", ("a", "b", "c"), lambda v: v >= 1, "use an integer >= 1")

@@ -74,7 +74,8 @@ def test_repro_runs_the_whole_dag_offline(repo):
         datasets = set(db.execute("select name, digest from datasets"))
     assert {"models", "pretrain", "evaluate"} <= stages and parents == 1
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    (curated,) = [out["md5"] for out in lock["stages"]["dedup"]["outs"] if out["path"] == "data/curated/manifest.parquet"]
+    (curated,) = [out["md5"] for out in lock["stages"]["dedup"]["outs"]
+                  if out["path"] == "data/curated/manifest.parquet"]
     assert datasets == {("curated", curated)}       # MLflow's input dataset is the manifest DVC tracks
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,3 +137,10 @@ def require(condition: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a ConfigError naming key, value and what is allowed unless `condition` holds."""
     if not condition:
         raise ConfigError(f"{key}={value!r} is not allowed; {allowed}")
+
+
+def require_fields(section: Any, prefix: str, names: Iterable[str], ok: Callable[[Any], bool], allowed: str) -> None:
+    """`require` for each named field of a config section: the first field whose value fails `ok` is named."""
+    for name in names:
+        value = getattr(section, name)
+        require(ok(value), f"{prefix}.{name}", value, allowed)

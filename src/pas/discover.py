@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pas.concept_merge import ConceptIndex, Merge
-from pas.config import require
+from pas.config import require_fields
 from pas.llm import CachedChat, Reply
 from pas.llm_parse import ParseError, parse_names, parse_yes_no
 
@@ -32,10 +32,8 @@ class DiscoverConfig:
 
     def validate(self, prefix: str) -> None:
         """Check ranges."""
-        for name in ("per_request", "max_listed"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use a positive integer")
-        for name in ("max_rounds", "min_growth"):
-            require(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "use 0 or more")
+        require_fields(self, prefix, ("per_request", "max_listed"), lambda v: v >= 1, "use a positive integer")
+        require_fields(self, prefix, ("max_rounds", "min_growth"), lambda v: v >= 0, "use 0 or more")
 
 
 @dataclass(frozen=True)

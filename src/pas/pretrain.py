@@ -68,7 +68,8 @@ class PretrainConfig:
             path = Path(self.init)
             require(path.suffix in WEIGHT_SUFFIXES and path.is_file(), f"{prefix}.init", self.init,
                     f"use 'random' or an existing weights file ({', '.join(WEIGHT_SUFFIXES)})")
-        require(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
+        require(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer,
+                f"use one of {', '.join(OPTIMIZERS)}")
         require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
                 f"use one of {', '.join(PRECISIONS)}")
         for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pas import report_figures as figs
-from pas.config import require
+from pas.config import require_fields
 from pas.curate import STATUSES
 from pas.decontam import eval_splits
 from pas.diversity import diversity
@@ -41,8 +41,7 @@ class ReportConfig:
 
     def validate(self, prefix: str) -> None:
         """Positive counts."""
-        for name in ("samples", "groups", "max_concepts"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use a positive integer")
+        require_fields(self, prefix, ("samples", "groups", "max_concepts"), lambda v: v >= 1, "use a positive integer")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require
+from pas.config import require, require_fields
 from pas.ssl.augment import simclr_view
 from pas.ssl.barlow_twins import off_diagonal
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
@@ -48,19 +48,19 @@ class All4OneArgs:
 
     def validate(self, prefix: str) -> None:
         """Check ranges and that the heads split the embedding."""
-        for name in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "queue_size", "centroid_layers",
-                     "centroid_heads"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use an integer >= 1")
+        require_fields(self, prefix, ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "queue_size",
+                                      "centroid_layers", "centroid_heads"),
+                       lambda v: v >= 1, "use an integer >= 1")
         require(self.k >= 2, f"{prefix}.k", self.k, "use an integer >= 2 (the query keeps k - 1 neighbours)")
         require(self.k <= self.queue_size, f"{prefix}.k", self.k, f"use at most queue_size ({self.queue_size})")
         require(self.proj_output_dim % self.centroid_heads == 0, f"{prefix}.centroid_heads", self.centroid_heads,
                 f"use a divisor of proj_output_dim ({self.proj_output_dim})")
-        for name in ("temperature", "centroid_temperature", "centroid_lr_scale"):
-            require(getattr(self, name) > 0, f"{prefix}.{name}", getattr(self, name), "use a positive number")
-        for name in ("centroid_dropout", "base_momentum", "final_momentum"):
-            require(0 <= getattr(self, name) <= 1, f"{prefix}.{name}", getattr(self, name), "use a number in [0, 1]")
-        for name in ("feature_scale", "centroid_weight", "neighbour_weight", "feature_weight"):
-            require(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "use a number >= 0")
+        require_fields(self, prefix, ("temperature", "centroid_temperature", "centroid_lr_scale"),
+                       lambda v: v > 0, "use a positive number")
+        require_fields(self, prefix, ("centroid_dropout", "base_momentum", "final_momentum"),
+                       lambda v: 0 <= v <= 1, "use a number in [0, 1]")
+        require_fields(self, prefix, ("feature_scale", "centroid_weight", "neighbour_weight", "feature_weight"),
+                       lambda v: v >= 0, "use a number >= 0")
 
 
 def feature_contrast(z1_m: Tensor, z2_m: Tensor, z1: Tensor, z2: Tensor, scale: float = 10.0) -> Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pas.config import require
+from pas.config import require, require_fields
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks
@@ -23,8 +23,7 @@ class BarlowTwinsArgs:
 
     def validate(self, prefix: str) -> None:
         """Check ranges."""
-        for name in ("proj_hidden_dim", "proj_output_dim"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use an integer >= 1")
+        require_fields(self, prefix, ("proj_hidden_dim", "proj_output_dim"), lambda v: v >= 1, "use an integer >= 1")
         require(self.lambd >= 0, f"{prefix}.lambd", self.lambd, "use a number >= 0")
 
 

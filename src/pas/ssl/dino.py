@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require
+from pas.config import require, require_fields
 from pas.ssl.augment import simclr_view
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks
@@ -40,14 +40,15 @@ class DINOArgs:
 
     def validate(self, prefix: str) -> None:
         """Check ranges."""
-        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "local_crop_size"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use an integer >= 1")
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            require(getattr(self, name) > 0, f"{prefix}.{name}", getattr(self, name), "use a positive number")
-        for name in ("center_momentum", "base_momentum", "final_momentum"):
-            require(0 <= getattr(self, name) <= 1, f"{prefix}.{name}", getattr(self, name), "use a number in [0, 1]")
-        for name in ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "grad_clip", "local_crops"):
-            require(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "use a number >= 0")
+        require_fields(self, prefix, ("out_dim", "hidden_dim", "bottleneck_dim", "local_crop_size"),
+                       lambda v: v >= 1, "use an integer >= 1")
+        require_fields(self, prefix, ("student_temp", "teacher_temp", "warmup_teacher_temp"),
+                       lambda v: v > 0, "use a positive number")
+        require_fields(self, prefix, ("center_momentum", "base_momentum", "final_momentum"),
+                       lambda v: 0 <= v <= 1, "use a number in [0, 1]")
+        require_fields(self, prefix, ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "grad_clip",
+                                      "local_crops"),
+                       lambda v: v >= 0, "use a number >= 0")
         for name in ("global_crop_scale", "local_crop_scale"):
             low_high = getattr(self, name)
             require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),

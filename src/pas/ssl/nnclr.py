@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require
+from pas.config import require, require_fields
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import gather, rank
@@ -30,8 +30,8 @@ class NNCLRArgs:
     def validate(self, prefix: str) -> None:
         """Check ranges."""
         require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a positive number")
-        for name in ("queue_size", "proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
-            require(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "use an integer >= 1")
+        require_fields(self, prefix, ("queue_size", "proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"),
+                       lambda v: v >= 1, "use an integer >= 1")
 
 
 def check_queue(queue_size: int, global_batch: int, key: str) -> None:
