@@ -88,14 +88,15 @@ def _pas_imports(path: Path) -> set[str]:
 
 
 def pas_files_run_by(script: Path) -> set[str]:
-    """Repository-relative files of every pas module the script imports, transitively."""
+    """Repository-relative files of every pas module the script imports, transitively (not through PLUMBING)."""
     files, todo = set(), [script]
     while todo:
         for name in _pas_imports(todo.pop()):
             path = _module_file(name)
             if path is not None and path not in files:
                 files.add(path)
-                todo.append(path)
+                if str(path.relative_to(REPO)) not in PLUMBING:
+                    todo.append(path)
     return {str(path.relative_to(REPO)) for path in files}
 
 

