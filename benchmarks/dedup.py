@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from pas.config import parse_size
-from pas.dedup import find_duplicates
-from pas.neighbors import SearchConfig
+from pas.core.config import parse_size
+from pas.curation.duplicates import find_duplicates
+from pas.curation.neighbors import SearchConfig
 
 
 def make_embeddings(rows: int, dim: int, groups: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:

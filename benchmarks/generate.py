@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pas.generate import Sampling, load_pipeline, render
-from pas.presets import recommended
-from pas.runtime import pick_device
-from pas.tiny import _write_tokenizer, build_tiny_sd
+from pas.core.runtime import pick_device
+from pas.models.presets import recommended
+from pas.models.tiny import _write_tokenizer, build_tiny_sd
+from pas.sources.generate import Sampling, load_pipeline, render
 
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -41,8 +41,13 @@ SDXL_UNET = dict(sample_size=64, cross_attention_dim=2048, attention_head_dim=(5
 
 def build_random(preset: str, dest: Path) -> None:
     """Save a random-weight pipeline with the real architecture of `preset`."""
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     vocab = _write_tokenizer(dest.parent / "tok")

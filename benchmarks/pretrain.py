@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pas.runtime import pick_device
+from pas.core.runtime import pick_device
 from pas.ssl import METHODS, get_method, method_args
 from pas.ssl.backbones import create_backbone
 from pas.ssl.base import Progress

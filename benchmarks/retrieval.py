@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pas.pool import PoolIndexConfig, build_index, recall
+from pas.sources.pool_index import PoolIndexConfig, build_index, recall
 
 
 def random_chunks(n: int, dim: int, chunk: int, seed: int):
@@ -44,8 +44,8 @@ def clip_throughput(resolution: int, images: int = 256) -> float:
     """Images/s of the tiny CLIP image tower (offline) at a resolution."""
     import torch
 
-    from pas.clip import ClipEncoder
-    from pas.tiny import build_tiny_clip
+    from pas.models.clip import ClipEncoder
+    from pas.models.tiny import build_tiny_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_clip(Path(tmp) / "clip")

@@ -3,17 +3,18 @@ import json
 import tempfile
 from pathlib import Path
 
-from pas.concepts import ConceptsConfig, build_concepts, concept_metrics
-from pas.config import build
-from pas.shards import write_json
-from pas.stage import run_stage, stage_parser
+from pas.concepts.build import ConceptsConfig, build_concepts, concept_metrics
+from pas.core.config import build, top_level
+from pas.core.shards import write_json
+from pas.core.stage import run_stage, stage_parser
 
 KEYS = ("domain", "seed", "concepts")
 
 
 def body(args, params, run):
     cfg = build(ConceptsConfig, params.get("concepts"), "concepts")
-    document, report = build_concepts(str(params["domain"]), cfg, int(params.get("seed", 0)), args.llm_cache)
+    top = top_level(params)
+    document, report = build_concepts(top.domain, cfg, top.seed, args.llm_cache)
     write_json(document, args.out)
     Path(args.llm_cache).mkdir(parents=True, exist_ok=True)  # an out even when no LLM is asked
     with tempfile.TemporaryDirectory() as tmp:

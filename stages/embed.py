@@ -1,11 +1,11 @@
 """embed: CLIP embeddings and image statistics of every candidate (generated + retrieved), once."""
 from pathlib import Path
 
-from pas.clip import ClipEncoder
-from pas.embed import candidate_rows, stream_images
-from pas.runtime import pick_device
-from pas.shards import atomic_dir, read_table, save_embeddings, write_table
-from pas.stage import run_stage, stage_parser
+from pas.core.runtime import pick_device
+from pas.core.shards import atomic_dir, read_table, save_embeddings, write_table
+from pas.core.stage import run_stage, stage_parser
+from pas.curation.embed import candidate_rows, stream_images
+from pas.models.clip import ClipEncoder
 
 KEYS = ()
 

@@ -1,14 +1,14 @@
 """evaluate: top-1/top-5/per-class per dataset, init and protocol -> metrics/eval.json, report and plots."""
-from pathlib import Path
 
-from pas.config import build
-from pas.eval_report import render_report
-from pas.evaluate import EvaluateConfig, evaluate, load_index, pretrain_dataset
-from pas.shards import atomic_dir, atomic_path
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build
+from pas.core.shards import atomic_dir, atomic_path
+from pas.core.stage import run_stage, stage_parser
+from pas.evaluate.eval_md import render_eval_md
+from pas.evaluate.metrics import EvaluateConfig, evaluate
+from pas.transfer.index import pretrain_dataset, read_finetune_index
 
 # size, mix and pretrain.* are read only to label the results: MLflow then holds each result with the
-# experiment coordinates that `python -m pas.compare` plots against
+# experiment coordinates that `python -m pas.evaluate.compare` plots against
 KEYS = ("size", "mix", "pretrain.method", "pretrain.backbone", "evaluate")
 
 
@@ -19,13 +19,13 @@ def body(args, params, run):
     pretrain = params.get("pretrain", {})
     coordinates = {"size": params.get("size"), "mix": params.get("mix"), "pretrain.method": pretrain.get("method"),
                    "pretrain.backbone": pretrain.get("backbone")}
-    index = load_index(args.finetune)
+    index = read_finetune_index(args.finetune)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)
     with atomic_path(args.report) as tmp:
-        tmp.write_text(render_report(metrics, index, cfg.reference, coordinates))
-    for path in [*sorted(Path(args.plots).glob("*.png")), Path(args.report)]:
-        run.log_artifact(path)
+        tmp.write_text(render_eval_md(metrics, index, cfg.reference, coordinates))
+    run.log_figures(args.plots)
+    run.log_artifact(args.report)
     return metrics
 
 

@@ -1,8 +1,8 @@
 """finetune: linear, kNN, few-shot, full fine-tune (and ELFIS) for each downstream dataset and init."""
-from pas.evaluate import load_index, pretrain_dataset
-from pas.finetune import discover, finetune_config, run_finetune
-from pas.shards import atomic_dir
-from pas.stage import run_stage, stage_parser
+from pas.core.config import top_level
+from pas.core.shards import atomic_dir
+from pas.core.stage import run_stage, stage_parser
+from pas.transfer.finetune import finetune_config, pretrain_dataset, read_finetune_index, run_finetune, select_datasets
 
 KEYS = ("seed", "pretrain.backbone", "finetune")
 CURVE_POINTS = 10  # learning-curve points per result sent to MLflow (the full curves are in index.json)
@@ -22,11 +22,11 @@ def log_curves(run, index_datasets):
 
 def body(args, params, run):
     cfg = finetune_config(params.get("finetune"))
-    seed = int(params.get("seed", 0))
-    datasets = discover(args.downstream, cfg, seed)
+    seed = top_level(params).seed
+    datasets = select_datasets(args.downstream, cfg, seed)
     with atomic_dir(args.out) as out:
         metrics = run_finetune(datasets, params["pretrain"]["backbone"], args.pretrained, cfg, out, seed)
-    index = load_index(args.out)
+    index = read_finetune_index(args.out)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)
     log_curves(run, index["datasets"])

@@ -2,22 +2,22 @@
 import json
 from pathlib import Path
 
-from pas.config import build, parse_size
-from pas.models import read_entry
-from pas.generate import GenerateConfig, generate, plan_jobs
-from pas.plan import MixConfig, candidate_counts
-from pas.runtime import pick_device
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build, top_level
+from pas.core.runtime import pick_device
+from pas.core.stage import run_stage, stage_parser
+from pas.models.registry import read_entry
+from pas.sources.generate import GenerateConfig, generate, plan_jobs
+from pas.sources.plan import candidate_counts
 
 KEYS = ("size", "seed", "oversample", "mix", "generate")
 
 
 def body(args, params, run):
     cfg = build(GenerateConfig, params.get("generate"), "generate")
-    mix = build(MixConfig, params.get("mix"), "mix")
-    count = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["generated"]
+    top = top_level(params)
+    count = candidate_counts(top.size, top.oversample, top.mix)["generated"]
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
-    jobs = plan_jobs(concepts, count, int(params.get("seed", 0)))
+    jobs = plan_jobs(concepts, count, top.seed)
     return generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device(),
                     worker=args.worker, workers=args.workers, merge=not args.no_merge)
 

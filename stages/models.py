@@ -1,10 +1,10 @@
 """models: resolve every model named in params to a pinned local directory + models/lock.json."""
 from pathlib import Path
 
-from pas.config import build
-from pas.models import ROLES, ModelsConfig, check_names, resolve
-from pas.shards import atomic_dir, write_json
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build
+from pas.core.shards import atomic_dir, write_json
+from pas.core.stage import run_stage, stage_parser
+from pas.models.registry import ROLES, ModelsConfig, check_names, resolve
 
 KEYS = ("models",)
 

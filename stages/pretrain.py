@@ -1,11 +1,11 @@
 """pretrain: self-supervised pretraining of a timm backbone on the curated images (Lightning)."""
 from pathlib import Path
 
-from pas.config import build
-from pas.pretrain import PretrainConfig, pretrain
-from pas.shards import atomic_dir, read_table
-from pas.stage import run_stage, stage_parser
-from pas.tracking import dataset_record
+from pas.core.config import build, top_level
+from pas.core.shards import atomic_dir, read_table
+from pas.core.stage import run_stage, stage_parser
+from pas.core.tracking import dataset_record
+from pas.ssl.pretrain import PretrainConfig, pretrain
 
 KEYS = ("seed", "pretrain")
 
@@ -17,7 +17,7 @@ def body(args, params, run):
     dataset = dataset_record("curated", args.curated)
     run.log_input_dataset(dataset)
     with atomic_dir(args.out) as out:
-        return pretrain(manifest, Path("."), cfg, out, int(params.get("seed", 0)), loggers=[run.lightning_logger()],
+        return pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=[run.lightning_logger()],
                         knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every,
                         source=dataset)
 

@@ -1,10 +1,10 @@
 """report: the dataset report (HTML with embedded PNGs, and the PNGs as DVC plots) for the curated set."""
 from pathlib import Path
 
-from pas.config import build
-from pas.report import Inputs, ReportConfig, build_report
-from pas.shards import load_embeddings, read_table
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build
+from pas.core.shards import load_embeddings, read_table
+from pas.core.stage import run_stage, stage_parser
+from pas.curation.report import Inputs, ReportConfig, build_report
 
 THRESHOLDS = ("filter.threshold", "filter.concept_threshold", "dedup.threshold", "dedup.eval_threshold",
               "dedup.copy_threshold")
@@ -23,8 +23,7 @@ def body(args, params, run):
                     thresholds, Path(args.downstream))
     metrics = build_report(inputs, cfg, args.out, args.figures)
     run.log_artifact(args.out)
-    for png in sorted(Path(args.figures).glob("*.png")):
-        run.log_artifact(png)
+    run.log_figures(args.figures)
     return metrics
 
 

@@ -2,22 +2,22 @@
 import json
 from pathlib import Path
 
-from pas.clip import ClipEncoder
-from pas.config import build, parse_size
-from pas.plan import MixConfig, candidate_counts
-from pas.pool import PoolIndexConfig, load_index
-from pas.retrieve import RetrieveConfig, concept_queries, retrieve
-from pas.runtime import pick_device
-from pas.shards import atomic_dir, read_table, write_table
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build, top_level
+from pas.core.runtime import pick_device
+from pas.core.shards import atomic_dir, read_table, write_table
+from pas.core.stage import run_stage, stage_parser
+from pas.models.clip import ClipEncoder, concept_queries
+from pas.sources.plan import candidate_counts
+from pas.sources.pool_index import PoolIndexConfig, load_index
+from pas.sources.retrieve import RetrieveConfig, retrieve
 
 KEYS = ("size", "oversample", "mix", "pool_index.source", "retrieve")
 
 
 def body(args, params, run):
     cfg = build(RetrieveConfig, params.get("retrieve"), "retrieve")
-    mix = build(MixConfig, params.get("mix"), "mix")
-    total = candidate_counts(parse_size(params["size"]), float(params.get("oversample", 1.0)), mix)["retrieved"]
+    top = top_level(params)
+    total = candidate_counts(top.size, top.oversample, top.mix)["retrieved"]
     pool_source = Path(build(PoolIndexConfig, params.get("pool_index"), "pool_index").source)
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
     encoder = ClipEncoder(args.clip, pick_device())

@@ -1,10 +1,10 @@
 """sample_data: the offline default pool folder and downstream set, from images shipped in packages."""
 from pathlib import Path
 
-from pas.config import build
-from pas.sample_data import SampleDataConfig, build_sample_data
-from pas.shards import atomic_dir
-from pas.stage import run_stage, stage_parser
+from pas.core.config import build
+from pas.core.shards import atomic_dir
+from pas.core.stage import run_stage, stage_parser
+from pas.data.sample_data import SampleDataConfig, build_sample_data
 
 KEYS = ("sample_data",)
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """models/generator and models/clip built through the models registry (tiny://)."""
-    from pas.models import resolve
+    from pas.models.registry import resolve
 
     root = tmp_path_factory.mktemp("models")
     for role, name in (("generator", "tiny://sd"), ("clip", "tiny://clip")):

@@ -1,4 +1,4 @@
-"""pas.compare: evaluate runs of two sizes in a real (SQLite) MLflow store -> table rows, CSV and plot."""
+"""pas.evaluate.compare: evaluate runs of two sizes in a real (SQLite) MLflow store -> table rows, CSV and plot."""
 from __future__ import annotations
 
 import csv
@@ -6,8 +6,8 @@ import csv
 import pytest
 from PIL import Image
 
-from pas.compare import collect, main
-from pas.tracking import stage_run
+from pas.core.tracking import stage_run
+from pas.evaluate.compare import collect, main
 
 
 def _evaluate_run(size, linear: dict[str, float], method="simclr"):

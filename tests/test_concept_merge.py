@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pas.concept_merge import ConceptIndex, MergeConfig, clean_name, concept_key, siblings
-from pas.config import ConfigError, build
-from pas.text_embed import EMBEDDERS, load_embedder
+from pas.concepts.merge import ConceptIndex, MergeConfig, clean_name, concept_key, siblings
+from pas.core.config import ConfigError, build
+from pas.models.text_embed import EMBEDDERS, load_embedder
 
 # The threshold each registered embedder is used with (its cosine scale differs).
 THRESHOLDS = {"minilm": 0.85, "wordllama": 0.74}

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pas.concept_merge import concept_key
-from pas.concepts import ConceptsConfig, build_concepts, shipped_domains
-from pas.config import ConfigError, build
-from pas.diversify import template_prompts, with_article
+from pas.concepts.build import ConceptsConfig, build_concepts, shipped_domains
+from pas.concepts.diversify import template_prompts, with_article
+from pas.concepts.merge import concept_key
+from pas.core.config import ConfigError, build
 
 # Food-101 meta/classes.txt.
 FOOD101 = """

@@ -1,7 +1,7 @@
 import pytest
 
-from pas.config import ConfigError, build, parse_size
-from pas.generate import GenerateConfig
+from pas.core.config import ConfigError, build, parse_size
+from pas.sources.generate import GenerateConfig
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -33,8 +33,8 @@ def test_build_rejects_unknown_keys_and_wrong_types():
 def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
     import torch
 
-    from pas.config import PasError
-    from pas.runtime import configure_threads
+    from pas.core.config import PasError
+    from pas.core.runtime import configure_threads
 
     before = torch.get_num_threads()
     try:
@@ -52,7 +52,7 @@ def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
 def test_require_fields_names_the_first_field_that_fails():
     from types import SimpleNamespace
 
-    from pas.config import require_fields
+    from pas.core.config import require_fields
 
     section = SimpleNamespace(a=3, b=0, c=-1)
     require_fields(section, "x", ("a",), lambda v: v >= 1, "use an integer >= 1")

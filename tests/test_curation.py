@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from pas.balance import balance, cluster_balance, round_robin
-from pas.config import DataError
-from pas.curate import STATUSES, curate
-from pas.decontam import Contamination
-from pas.dedup import DedupConfig, duplicate_groups, find_duplicates, keep_one_per_group, source_breakdown
-from pas.embed import candidate_rows, pixel_hash, stream_images
-from pas.filter import FilterConfig, concept_scores, domain_scores, reasons
-from pas.shards import encode_jpeg, write_shard, write_table
+from pas.core.config import DataError
+from pas.core.shards import encode_jpeg, write_shard, write_table
+from pas.curation.balance import balance, cluster_balance, round_robin
+from pas.curation.decontam import Contamination
+from pas.curation.dedup import STATUSES, DedupConfig, curate
+from pas.curation.duplicates import duplicate_groups, find_duplicates, keep_one_per_group, source_breakdown
+from pas.curation.embed import candidate_rows, pixel_hash, stream_images
+from pas.curation.filter import FilterConfig, concept_scores, domain_scores, reasons
 
 
 def unit(x):
@@ -124,7 +124,7 @@ def test_balance_gives_exact_size_evenly_and_fills_short_concepts():
 
 
 def test_pixel_hash_survives_reencoding(image_factory):
-    from pas.shards import decode_image
+    from pas.core.shards import decode_image
 
     image = image_factory(3)
     assert pixel_hash(decode_image(encode_jpeg(image, 95))) == pixel_hash(image)

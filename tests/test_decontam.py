@@ -8,14 +8,13 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, make_image
-from pas.clip import ClipEncoder
-from pas.config import build
-from pas.curate import curate
-from pas.decontam import Thresholds, decontaminate, eval_splits
-from pas.dedup import DedupConfig
-from pas.embed import candidate_rows, stream_images
-from pas.fingerprint import read_fingerprints
-from pas.shards import decode_image, encode_jpeg, write_shard, write_table
+from pas.core.config import build
+from pas.core.shards import decode_image, encode_jpeg, write_shard, write_table
+from pas.curation.decontam import Thresholds, decontaminate, eval_splits
+from pas.curation.dedup import DedupConfig, curate
+from pas.curation.embed import candidate_rows, stream_images
+from pas.curation.fingerprints import read_fingerprints
+from pas.models.clip import ClipEncoder
 
 
 def png(image):

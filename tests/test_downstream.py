@@ -8,14 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pas.downstream import (DownstreamDataError, detect_format, find_datasets, iter_image_batches, load_dataset,
-                            load_split, stratified_split)
-from pas.elfis import ElfisConfig
-from pas.eval_report import render_report
-from pas.evaluate import EvaluateConfig, evaluate
-from pas.finetune import FinetuneConfig, run_finetune
-from pas.inits import InitSpec
-from pas.probe import LinearConfig, torch_threads
+from pas.data.downstream import (
+    DownstreamDataError,
+    detect_format,
+    find_datasets,
+    iter_image_batches,
+    load_dataset,
+    load_split,
+    stratified_split,
+)
+from pas.evaluate.eval_md import render_eval_md
+from pas.evaluate.metrics import EvaluateConfig, evaluate
+from pas.transfer.elfis import ElfisConfig
+from pas.transfer.finetune import FinetuneConfig, run_finetune
+from pas.transfer.inits import InitSpec
+from pas.transfer.probe import LinearConfig, torch_threads
 
 COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
 
@@ -160,4 +167,4 @@ def test_run_finetune_goes_through_datasets_with_problems(tmp_path, monkeypatch)
     assert metrics["dead"]["skipped"] == 1 and len(index["datasets"]["dead"]["problems"]) == 4  # 3 images + the skip
     results = evaluate(tmp_path / "out", EvaluateConfig(reference="random", confusion=()), tmp_path / "plots")
     assert set(results) == {"colours", "summary"} and 0 <= results["colours"]["random"]["linear"]["top1"] <= 1
-    assert "## dead: skipped" in render_report(results, index, "random")
+    assert "## dead: skipped" in render_eval_md(results, index, "random")

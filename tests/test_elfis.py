@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from pas.config import ConfigError, build
-from pas.elfis import (ElfisConfig, ElfisHead, class_affinity, cluster_classes, discover_meta_categories,
-                       elfis_loss, elfis_probe_scores, embed_class_names)
-from pas.probe import LinearConfig
+from pas.core.config import ConfigError, build
+from pas.transfer.elfis import (
+    ElfisConfig,
+    ElfisHead,
+    class_affinity,
+    cluster_classes,
+    discover_meta_categories,
+    elfis_loss,
+    elfis_probe_scores,
+    embed_class_names,
+)
+from pas.transfer.probe import LinearConfig
 
 
 def test_affinity_mixes_scaled_text_and_symmetrised_confusion():

@@ -14,15 +14,22 @@ import timm
 import torch
 from PIL import Image
 
-from pas.config import ConfigError, build
-from pas.elfis import ElfisConfig
-from pas.eval_report import render_report
-from pas.evaluate import (EvaluateConfig, elfis_gains, evaluate, gains, load_index, per_class_accuracy, result_metrics,
-                          topk_accuracy)
-from pas.finetune import FinetuneConfig, run_finetune
-from pas.inits import InitSpec
-from pas.probe import LinearConfig, knn_predict, torch_threads
-from pas.protocols import FewshotConfig
+from pas.core.config import ConfigError, build
+from pas.evaluate.eval_md import render_eval_md
+from pas.evaluate.metrics import (
+    EvaluateConfig,
+    elfis_gains,
+    evaluate,
+    gains,
+    per_class_accuracy,
+    result_metrics,
+    topk_accuracy,
+)
+from pas.transfer.elfis import ElfisConfig
+from pas.transfer.finetune import FinetuneConfig, read_finetune_index, run_finetune
+from pas.transfer.inits import InitSpec
+from pas.transfer.probe import LinearConfig, knn_predict, torch_threads
+from pas.transfer.protocols import FewshotConfig
 
 CLASSES = ("red", "green", "blue")
 TINY = "resnet10t"
@@ -171,8 +178,8 @@ def test_evaluate_writes_confusion_curve_fewshot_and_summary_pngs(finetuned):
 
 def test_report_lists_results_gains_and_meta_categories(finetuned):
     root, metrics = finetuned
-    index = load_index(root / "finetune")
-    report = render_report(metrics, index, "pas", {"size": "2k"})
+    index = read_finetune_index(root / "finetune")
+    report = render_eval_md(metrics, index, "pas", {"size": "2k"})
     assert "Experiment: size = 2k" in report
     assert "| result | pas | random | pas − random |" in report
     linear = metrics["colours"]["pas"]["linear"]["top1"]

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_image
-from pas.export import export, main
-from pas.shards import encode_jpeg, read_shard, write_shard, write_table
+from pas.core.shards import encode_jpeg, read_shard, write_shard, write_table
+from pas.curation.export import export, main
 
 
 @pytest.fixture

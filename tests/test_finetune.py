@@ -14,15 +14,21 @@ import timm
 import torch
 from PIL import Image, ImageDraw
 
-from pas.config import ConfigError
-from pas.downstream import DownstreamDataError, iter_image_batches, load_split, read_split_info
-from pas.finetune import FinetuneConfig, extract_features, finetune_config, run_finetune, train_linear_probe
-from pas.fulltune import FullConfig
-from pas.inits import InitSpec
-from pas.probe import LinearConfig, torch_threads
-from pas.protocols import FewshotConfig
-from pas.elfis import ElfisConfig
-from pas.evaluate import pretrain_dataset
+from pas.core.config import ConfigError
+from pas.data.downstream import DownstreamDataError, iter_image_batches, load_split, read_split_info
+from pas.transfer.elfis import ElfisConfig
+from pas.transfer.finetune import (
+    FinetuneConfig,
+    extract_features,
+    finetune_config,
+    pretrain_dataset,
+    run_finetune,
+    train_linear_probe,
+)
+from pas.transfer.fulltune import FullConfig
+from pas.transfer.inits import InitSpec
+from pas.transfer.probe import LinearConfig, torch_threads
+from pas.transfer.protocols import FewshotConfig
 
 CLASSES = ("red_circle", "green_square", "blue_triangle")
 COLOURS = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
@@ -79,7 +85,7 @@ def test_load_split_returns_rgb_images_labels_and_names_by_label(tmp_path):
 def test_undecodable_rows_are_skipped_reported_and_counted(tmp_path, caplog):
     path = tmp_path / "train.parquet"
     write_split(path, per_class=4, seed=0, bad_rows={3: b"not an image", 7: None})
-    with caplog.at_level(logging.WARNING, logger="pas.downstream"):
+    with caplog.at_level(logging.WARNING, logger="pas.data.downstream"):
         images, labels, _ = load_split(path)
     assert len(images) == len(labels) == 10
     assert "row 3" in caplog.text and "row 7" in caplog.text and "skipped 2 undecodable" in caplog.text

@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from pas.config import ConfigError, build
-from pas.fulltune import FullConfig, NormalisedHead, finetune_full, layer_decay_groups, predict_full, subset_positions
-from pas.inits import IMAGENET_MEAN, IMAGENET_STD, InitInfo
-from pas.probe import torch_threads
+from pas.core.config import ConfigError, build
+from pas.transfer.fulltune import (
+    FullConfig,
+    NormalisedHead,
+    finetune_full,
+    layer_decay_groups,
+    predict_full,
+    subset_positions,
+)
+from pas.transfer.inits import InitInfo
+from pas.transfer.probe import torch_threads
 
 TINY = "resnet10t"
 
@@ -50,7 +58,7 @@ def test_short_full_finetune_learns_colour_classes():
     torch.manual_seed(0)
     backbone = timm.create_model(TINY, pretrained=False, num_classes=0)
     head = NormalisedHead(torch.nn.Linear(backbone.num_features, 3))
-    init = InitInfo(TINY, IMAGENET_MEAN, IMAGENET_STD, {"kind": "random"})
+    init = InitInfo(TINY, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, {"kind": "random"})
     cfg = FullConfig(epochs=6, batch_size=8, lr=0.01, layer_decay=0.8, weight_decay=0.0)
     history = finetune_full(backbone, head, lambda out, y: (torch.nn.functional.cross_entropy(out, y), out),
                             pixels, labels, init, cfg, seed=0, device="cpu")
@@ -68,15 +76,15 @@ def test_config_is_validated_by_key():
 
 def test_probe_started_head_reproduces_the_linear_probe_before_training():
     """LP-FT: backbone + NormalisedHead(probe) give the probe's logits on the frozen features."""
-    from pas.features import pixel_features
-    from pas.probe import LinearConfig, fit_standardised_probe, train_linear_probe
+    from pas.transfer.features import pixel_features
+    from pas.transfer.probe import LinearConfig, fit_standardised_probe, train_linear_probe
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, size=(30, 3, 16, 16), dtype=np.uint8)
     labels = np.arange(30) % 3
     torch.manual_seed(0)
     backbone = timm.create_model(TINY, pretrained=False, num_classes=0)
-    init = InitInfo(TINY, IMAGENET_MEAN, IMAGENET_STD, {"kind": "random"})
+    init = InitInfo(TINY, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, {"kind": "random"})
     feats = pixel_features(backbone, pixels, init.mean, init.std, batch_size=16, device="cpu")
     cfg = LinearConfig(epochs=10, batch_size=16)
     probe = fit_standardised_probe(feats, labels, 3, cfg, seed=0, device="cpu")

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pas.config import DataError
-from pas.generate import GenerateConfig, effective_sampling, generate, merge_manifest, plan_jobs, shard_ranges
-from pas.models import read_entry
-from pas.plan import MixConfig, candidate_counts, per_concept_quota
-from pas.presets import PRESETS, recommended
-from pas.shards import decode_image, read_shard
+from pas.core.config import DataError, MixConfig
+from pas.core.shards import decode_image, read_shard
+from pas.models.presets import PRESETS, recommended
+from pas.models.registry import read_entry
+from pas.sources.generate import GenerateConfig, effective_sampling, generate, merge_manifest, plan_jobs, shard_ranges
+from pas.sources.plan import candidate_counts, per_concept_quota
 
 CONCEPTS = [{"name": n, "prompts": [f"a {n}", f"a photo of a {n}"], "negative_prompt": "blurry"} for n in ("cat", "dog", "cow")]
 FAST = GenerateConfig(steps=1, batch_size=4, shard_size=4)
@@ -126,8 +126,8 @@ def test_merge_refuses_when_a_worker_has_not_finished(tiny_models, tmp_path):
 KILLABLE = """
 import json, sys
 from pathlib import Path
-from pas.generate import GenerateConfig, generate, plan_jobs
-from pas.models import read_entry
+from pas.sources.generate import GenerateConfig, generate, plan_jobs
+from pas.models.registry import read_entry
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 concepts = json.loads(sys.argv[3])
 generate(model_dir, read_entry(model_dir), plan_jobs(concepts, 24, 0), GenerateConfig(steps=1, batch_size=2, shard_size=4), out)

@@ -10,8 +10,8 @@ import timm
 import torch
 from PIL import Image
 
-from pas.config import ConfigError, build
-from pas.inits import WEIGHT_SOURCES, InitSpec, build_init, map_by_position
+from pas.core.config import ConfigError, build
+from pas.transfer.inits import WEIGHT_SOURCES, InitSpec, build_init, map_by_position
 
 TINY = "resnet10t"
 

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pas.concepts import ConceptsConfig, build_concepts
-from pas.config import ConfigError, build
-from pas.llm import LLMConfig, LLMError, OpenAIChat, create_chat
-from pas.llm_cache import ResponseCache
+from pas.concepts.build import ConceptsConfig, build_concepts
+from pas.concepts.llm import LLMConfig, LLMError, OpenAIChat, create_chat
+from pas.concepts.llm_cache import ResponseCache
+from pas.core.config import ConfigError, build
 
 SECRET = "sk-test-0123456789abcdef"
 SPEC = """name: dishes

@@ -1,7 +1,7 @@
 """Parsing LLM answers: lists in every usual shape, prose rejected, yes/no judgements."""
 import pytest
 
-from pas.llm_parse import ParseError, parse_captions, parse_names, parse_yes_no
+from pas.concepts.llm_parse import ParseError, parse_captions, parse_names, parse_yes_no
 
 LISTS = {
     "json array": ('["Pad Thai", "Green curry", "Massaman Curry"]', ["Pad Thai", "Green curry", "Massaman Curry"]),

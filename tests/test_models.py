@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from pas.clip import ClipEncoder
-from pas.config import ConfigError
-from pas.models import ModelsConfig, check_names, content_hash, read_entry, resolve, scheme_of
+from pas.core.config import ConfigError
+from pas.models.clip import ClipEncoder
+from pas.models.registry import ModelsConfig, check_names, content_hash, read_entry, resolve, scheme_of
 
 
 def test_tiny_models_load_through_the_real_local_dir_paths(tiny_models, image_factory):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pas.config import ConfigError, build
-from pas.dedup import DedupConfig
-from pas.neighbors import SearchConfig, choose_method, similar_pairs
+from pas.core.config import ConfigError, build
+from pas.curation.dedup import DedupConfig
+from pas.curation.neighbors import SearchConfig, choose_method, similar_pairs
 
 
 def clustered(n, d=64, clusters=40, planted=60, seed=0):

@@ -7,14 +7,22 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pas.clip import ClipEncoder
-from pas.config import ConfigError
-from pas.models import read_entry
-from pas.pool import (PoolIndexConfig, build_index, check_source, choose_index, chunk_embeddings, embed_pool,
-                      load_index, save_index)
-from pas.pool_sources import iter_pool, load_items
-from pas.retrieve import RetrieveConfig, assign, concept_queries, retrieve
-from pas.shards import read_shard
+from pas.core.config import ConfigError
+from pas.core.shards import read_shard
+from pas.models.clip import ClipEncoder, concept_queries
+from pas.models.registry import read_entry
+from pas.sources.pool_index import (
+    PoolIndexConfig,
+    build_index,
+    check_source,
+    choose_index,
+    chunk_embeddings,
+    embed_pool,
+    load_index,
+    save_index,
+)
+from pas.sources.pool_sources import iter_pool, load_items
+from pas.sources.retrieve import RetrieveConfig, assign, retrieve
 
 
 def png(image) -> bytes:
@@ -121,7 +129,7 @@ def test_indexes_reach_target_recall_from_chunks_and_survive_save_load(kind, tmp
 
 
 def test_auto_falls_back_to_exact_when_data_has_no_cluster_structure(monkeypatch):
-    from pas import pool
+    from pas.sources import pool_index as pool
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20_000, 256)).astype(np.float32)  # isotropic: no cluster structure

@@ -1,4 +1,4 @@
-"""pas.pretrain: config validation and an end-to-end run on tiny shards."""
+"""pas.ssl.pretrain: config validation and an end-to-end run on tiny shards."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-
-from pas.config import ConfigError, build
-from pas.pretrain import PretrainConfig, keys_digest, pretrain
-from pas.shards import encode_jpeg, write_shard
 from test_ssl import one_thread  # noqa: F401  (fixture)
+
+from pas.core.config import ConfigError, build
+from pas.core.shards import encode_jpeg, write_shard
+from pas.ssl.pretrain import PretrainConfig, keys_digest, pretrain
 
 TINY = "test_resnet"
 
@@ -166,9 +166,9 @@ def test_pretrain_runs_teacher_and_queue_methods(name: str, curated: tuple[pa.Ta
     """Lightning calls the after-step hook once per optimizer step; DINO exports its teacher."""
     import timm
     from safetensors.torch import load_file
+    from test_ssl import TINY_ARGS
 
     from pas.ssl import METHODS
-    from test_ssl import TINY_ARGS
 
     seen: list[int] = []
     hook = METHODS[name].after_optimizer_step

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from conftest import REPO
-from pas.pretrain import PretrainConfig, pretrain
-from pas.shards import write_table
-from pas.ssl.checkpoint import fingerprint, run_dir
-from pas.ssl.module import PretrainModule
 from test_pretrain import TINY, cpu, curated  # noqa: F401  (fixtures)
 from test_ssl import one_thread  # noqa: F401  (fixture)
+
+from conftest import REPO
+from pas.core.shards import write_table
+from pas.ssl.checkpoint import run_digest, run_dir
+from pas.ssl.module import PretrainModule
+from pas.ssl.pretrain import PretrainConfig, pretrain
 
 CFG = {"backbone": TINY, "image_size": 32, "epochs": 3, "batch_size": 8}     # 4 steps per epoch, 12 in all
 CRASH_AFTER_STEP = 5     # early in epoch 2; the last checkpoint is step 4, taken at the end of epoch 1
@@ -30,8 +30,8 @@ CHILD = """
 import json, os, signal, sys
 from pathlib import Path
 import torch
-from pas.pretrain import PretrainConfig, pretrain
-from pas.shards import read_table
+from pas.ssl.pretrain import PretrainConfig, pretrain
+from pas.core.shards import read_table
 from pas.ssl.module import PretrainModule
 
 torch.set_num_threads(1)
@@ -100,7 +100,7 @@ def test_a_different_run_never_resumes_from_another_runs_checkpoint(tmp_path: Pa
     first = run_dir(tmp_path, {"config": {"lr": 0.1}, "seed": 0})
     assert run_dir(tmp_path, {"config": {"lr": 0.1}, "seed": 0}) == first
     assert run_dir(tmp_path, {"config": {"lr": 0.2}, "seed": 0}) != first
-    assert first.name == fingerprint({"seed": 0, "config": {"lr": 0.1}})   # key order does not matter
+    assert first.name == run_digest({"seed": 0, "config": {"lr": 0.1}})   # key order does not matter
     assert json.loads((first / "run.json").read_text())["config"] == {"lr": 0.1}
 
 

@@ -8,12 +8,11 @@ import pytest
 from PIL import Image
 
 from conftest import make_image
-from pas.curate import curate
-from pas.decontam import Contamination
-from pas.dedup import DedupConfig
-from pas.diversity import diversity, mean_cosine_distance, vendi_score
-from pas.report import Inputs, ReportConfig, accounting, build_report
-from pas.shards import encode_jpeg, write_shard
+from pas.core.shards import encode_jpeg, write_shard
+from pas.curation.decontam import Contamination
+from pas.curation.dedup import DedupConfig, curate
+from pas.curation.diversity import diversity, mean_cosine_distance, vendi_score
+from pas.curation.report import Inputs, ReportConfig, accounting, build_report
 
 FIGURES = ["concepts.png", "contaminated.png", "diversity.png", "duplicates.png", "funnel.png", "samples.png",
            "scores.png", "sources.png"]

@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pas.config import ConfigError, build
-from pas.sample_data import ANIMAL_CLASSES, SampleDataConfig, build_sample_data, load_animal_shapes
+from pas.core.config import ConfigError, build
+from pas.data.sample_data import ANIMAL_CLASSES, SampleDataConfig, build_sample_data, load_animal_shapes
 
 
 def test_animal_shapes_ship_in_the_package():

@@ -12,16 +12,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pas.config import ConfigError
-from pas.shards import encode_jpeg, write_shard
+from pas.core.config import ConfigError
+from pas.core.shards import encode_jpeg, write_shard
 from pas.ssl import METHODS, get_method, method_args
 from pas.ssl.augment import simclr_view
 from pas.ssl.backbones import create_backbone
-from pas.ssl.data import ViewStream, round_robin_skips
-from pas.ssl.module import warmup_cosine
-from pas.ssl.simclr import nt_xent
 from pas.ssl.base import Progress, SSLMethod
-from pas.ssl.module import param_groups
+from pas.ssl.data import ViewStream, round_robin_skips
+from pas.ssl.module import param_groups, warmup_cosine
+from pas.ssl.simclr import nt_xent
 
 TINY = "test_resnet"   # timm's 370k-parameter ResNet: a fast real backbone on the CPU
 TINY_ARGS = {          # small heads and queues so every method trains in seconds (other keys: paper values)

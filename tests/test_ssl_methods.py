@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ssl import build_method, one_thread  # noqa: F401  (fixture)
 from torchvision.transforms import v2
 
-from pas.config import ConfigError
+from pas.core.config import ConfigError
 from pas.ssl import METHODS, method_args
 from pas.ssl.all4one import All4One, feature_contrast
 from pas.ssl.barlow_twins import barlow_twins_loss
@@ -21,7 +22,6 @@ from pas.ssl.heads import cosine_momentum
 from pas.ssl.module import param_groups
 from pas.ssl.monitor import effective_rank, embedding_std, knn_accuracy
 from pas.ssl.support import SupportQueue
-from test_ssl import build_method, one_thread  # noqa: F401  (fixture)
 
 
 def test_support_queue_is_fifo_in_whole_batches() -> None:

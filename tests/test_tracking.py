@@ -1,7 +1,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pas.tracking import stage_run
+from pas.core.tracking import stage_run
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_failed_stage_is_marked_failed(tracking_db):
 def test_curated_dataset_is_an_input_of_the_stage_and_pipeline_runs(tracking_db, tmp_path):
     import hashlib
 
-    from pas.tracking import dataset_record
+    from pas.core.tracking import dataset_record
 
     manifest = tmp_path / "manifest.parquet"
     manifest.write_bytes(b"not really parquet, but bytes with a known md5")
@@ -61,7 +61,7 @@ def test_curated_dataset_is_an_input_of_the_stage_and_pipeline_runs(tracking_db,
 
 
 def test_queued_experiments_log_into_the_repository_store(tmp_path, monkeypatch):
-    from pas.tracking import tracking_uri
+    from pas.core.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp1a2b3c"

@@ -14,16 +14,20 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 PATHS = DVC["vars"][0]["paths"]
 STAGES = DVC["stages"]
-# Plumbing every stage shares that does not shape a stage's outputs (params loading and checks, one-line errors,
-# MLflow, logging and machine settings): a dep of none, so editing it reruns nothing.
-PLUMBING = {"src/pas/__init__.py", "src/pas/stage.py", "src/pas/tracking.py", "src/pas/runtime.py",
-            "src/pas/config.py"}
+# The ground every stage stands on (src/pas/core: params loading and checks, one-line errors, MLflow, machine
+# settings, shard I/O, hashing): a dep of none, so editing it reruns nothing (DESIGN.md "Layout").
+PLUMBING_DIR = "src/pas/core/"
+
+
+def is_plumbing(path: str) -> bool:
+    """Files exempt from stage deps: the core/ ground and the package's own __init__."""
+    return path.startswith(PLUMBING_DIR) or path == "src/pas/__init__.py"
 
 
 def render(text: str) -> str:
     def value(match):
         head, _, leaf = match.group(1).partition(".")
-        return str(PATHS[leaf] if head == "paths" else PARAMS[head][leaf])
+        return str(PATHS[leaf] if head == "paths" else PARAMS[head][leaf] if leaf else PARAMS[head])
     return re.sub(r"\$\{([\w.]+)\}", value, text)
 
 
@@ -56,7 +60,7 @@ def test_every_path_in_the_command_is_a_declared_dep_or_out(name):
     for entry in stage.get("deps", []) + stage.get("outs", []) + stage.get("plots", []) + stage.get("metrics", []):
         declared.add(render(next(iter(entry)) if isinstance(entry, dict) else entry))
     args = render(stage["cmd"]).split()[2:]
-    paths = [a for a in args if not a.startswith("--")]
+    paths = [a for i, a in enumerate(args) if not a.startswith("--") and args[i - 1] != "--size"]
     assert paths and set(paths) <= declared, set(paths) - declared
     metrics_file = "metrics/eval.json" if name == "evaluate" else f"metrics/{name}.json"
     assert metrics_file in declared
@@ -95,7 +99,7 @@ def pas_files_run_by(script: Path) -> set[str]:
             path = _module_file(name)
             if path is not None and path not in files:
                 files.add(path)
-                if str(path.relative_to(REPO)) not in PLUMBING:
+                if not is_plumbing(str(path.relative_to(REPO))):
                     todo.append(path)
     return {str(path.relative_to(REPO)) for path in files}
 
@@ -105,5 +109,12 @@ def test_every_pas_module_a_stage_runs_is_a_dep(name):
     deps = [render(d) for d in STAGES[name].get("deps", []) if isinstance(d, str)]
     covered = {f for f in pas_files_run_by(REPO / "stages" / f"{name}.py")
                if any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
-    missing = pas_files_run_by(REPO / "stages" / f"{name}.py") - covered - PLUMBING
+    missing = {f for f in pas_files_run_by(REPO / "stages" / f"{name}.py") - covered if not is_plumbing(f)}
     assert not missing, f"add to the deps of stage {name}: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_a_stage_that_reads_size_has_it_in_its_command(name):
+    """DVC's run-cache key drops `size` params (treeverse/dvc#10296); the cmd is in the key, so size goes there."""
+    reads_size = "size" in STAGES[name].get("params", [])
+    assert ("--size ${size}" in STAGES[name]["cmd"]) == reads_size

@@ -5,8 +5,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("pas.export", "export the curated dataset (HF parquet, ImageFolder, WebDataset)"),
-    "compare": ("pas.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
+    "export": ("pas.curation.export", "export the curated dataset (HF parquet, ImageFolder, WebDataset)"),
+    "compare": ("pas.evaluate.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pas.config import ConfigError, build
+from pas.core.config import ConfigError, build
 from pas.ssl.all4one import All4One
 from pas.ssl.barlow_twins import BarlowTwins
 from pas.ssl.base import SSLMethod

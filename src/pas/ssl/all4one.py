@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require, require_fields
+from pas.core.config import require, require_fields
 from pas.ssl.augment import simclr_view
 from pas.ssl.barlow_twins import off_diagonal
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform

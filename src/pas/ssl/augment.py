@@ -10,10 +10,8 @@ from collections.abc import Callable
 
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def blur_kernel(size: int) -> int:
@@ -35,7 +33,7 @@ def simclr_view(size: int, scale: tuple[float, float] = (0.08, 1.0), blur: float
     steps.append(v2.PILToTensor())
     if solarize > 0:
         steps.append(v2.RandomSolarize(threshold=128, p=solarize))   # on uint8: invert pixels >= 128
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
     return v2.Compose(steps)
 
 
@@ -51,6 +49,6 @@ def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 def normalize_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """(N, 3, S, S) uint8 -> ImageNet-normalised float32 on the same device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD, device=pixels.device).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - mean) / std

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pas.config import ConfigError
+from pas.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 

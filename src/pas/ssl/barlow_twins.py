@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pas.config import require, require_fields
+from pas.core.config import require, require_fields
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks

@@ -42,7 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def fingerprint(run: dict[str, Any]) -> str:
+def run_digest(run: dict[str, Any]) -> str:
     """A short sha256 of everything that determines a run's trajectory (JSON, sorted keys)."""
     return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -50,7 +50,7 @@ def fingerprint(run: dict[str, Any]) -> str:
 def run_dir(root: str | Path, run: dict[str, Any]) -> Path:
     """<root>/<fingerprint of run>, created with run.json; root gets a '*' .gitignore."""
     root = Path(root)
-    path = root / fingerprint(run)
+    path = root / run_digest(run)
     path.mkdir(parents=True, exist_ok=True)
     if not (root / ".gitignore").exists():
         (root / ".gitignore").write_text("# pretraining checkpoints: resumable state, never committed\n*\n")

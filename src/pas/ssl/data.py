@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pas.shards import decode_image
+from pas.core.shards import decode_image
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require, require_fields
+from pas.core.config import require, require_fields
 from pas.ssl.augment import simclr_view
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks

@@ -54,7 +54,7 @@ class LabeledSet:
 
 def load_labeled_set(path: str | Path, image_size: int, max_images: int, seed: int) -> LabeledSet:
     """Read a downstream parquet split (image, label, label_name); keep a seeded sample of max_images."""
-    from pas.downstream import load_split
+    from pas.data.downstream import load_split
 
     images, labels, _ = load_split(path)
     if len(images) < 2:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require, require_fields
+from pas.core.config import require, require_fields
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import gather, rank

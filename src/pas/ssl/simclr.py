@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.config import require
+from pas.core.config import require
 from pas.ssl.base import MethodOutput, SSLMethod
 
 

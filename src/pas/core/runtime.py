@@ -1,0 +1,45 @@
+"""Machine settings (device, loader workers) read from the environment, never from params."""
+from __future__ import annotations
+
+import logging
+import os
+
+
+def pick_device() -> str:
+    """`PAS_DEVICE` if set, else cuda when available, else cpu."""
+    import torch
+
+    wanted = os.environ.get("PAS_DEVICE")
+    if wanted:
+        return wanted
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def num_workers() -> int:
+    """Decode workers for DataLoaders: `PAS_NUM_WORKERS`, else 0 on <=2 cores, else cores - 1 (max 8)."""
+    if "PAS_NUM_WORKERS" in os.environ:
+        return int(os.environ["PAS_NUM_WORKERS"])
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def configure_threads() -> int | None:
+    """Apply `PAS_NUM_THREADS` (torch intra-op CPU threads) if set; return it."""
+    value = os.environ.get("PAS_NUM_THREADS")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        from pas.core.config import PasError
+
+        raise PasError(f"PAS_NUM_THREADS={value!r} is not a positive integer; unset it or use e.g. 2")
+    import torch
+
+    torch.set_num_threads(int(value))
+    return int(value)
+
+
+def setup_logging() -> None:
+    """Log INFO lines with the module name to stderr (called by stage entry points only)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("pas").setLevel(os.environ.get("PAS_LOG_LEVEL", "INFO"))

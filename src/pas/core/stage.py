@@ -1,0 +1,79 @@
+"""What every stage entry point shares: params loading, one-line errors, metrics and MLflow."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pas.core.config import ConfigError, PasError, load_params, parse_size
+from pas.core.runtime import configure_threads, setup_logging
+from pas.core.shards import write_json
+from pas.core.tracking import StageRun, stage_run
+
+log = logging.getLogger(__name__)
+
+Body = Callable[[argparse.Namespace, dict[str, Any], StageRun], dict[str, Any]]
+
+
+def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, body: Body,
+              argv: Sequence[str] | None = None, metrics_name: str | None = None) -> None:
+    """Parse paths, load only the declared params `keys`, run `body`, write metrics/<stage>.json.
+
+    `metrics_name` overrides the metrics file's stem (evaluate writes the contract file eval.json).
+
+    `body(args, params, run)` returns the stage's metrics. A PasError (bad param, missing or
+    unusable input) is printed as one line naming what is wrong, and the process exits with 2.
+    """
+    setup_logging()
+    args = parser.parse_args(argv)
+    try:
+        configure_threads()
+        everything = load_params(args.params)
+        params = select(everything, keys)
+        check_command_size(getattr(args, "size", None), everything, args.params)
+        experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input
+        with stage_run(stage, params, experiment) as run:
+            metrics = body(args, params, run)
+            write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
+            run.log_metrics(metrics)
+    except PasError as err:
+        print(f"pas {stage}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("%s done: %s", stage, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+
+
+def check_command_size(size: str | None, everything: dict[str, Any], source: str) -> None:
+    """The `--size` dvc.yaml puts in a command must be the params size (a stale or hand-edited command is refused)."""
+    if size is not None and parse_size(size, "--size") != parse_size(everything.get("size"), "size"):
+        raise ConfigError(f"--size {size} differs from size={everything.get('size')!r} in {source}; run the stage "
+                          "through dvc repro (dvc.yaml passes --size ${size})")
+
+
+def select(everything: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The sub-dict of params named by `keys` (dotted keys pick one leaf: pool_index.source)."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        head, _, leaf = key.partition(".")
+        if head not in everything:
+            continue
+        if leaf:
+            section = everything[head] or {}
+            if leaf in section:
+                picked.setdefault(head, {})[leaf] = section[leaf]
+        else:
+            picked[head] = everything[head]
+    return picked
+
+
+def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage has (params file, metrics folder)."""
+    parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--metrics-dir", default="metrics", help="where metrics/<stage>.json goes")
+    parser.add_argument("--size", default=None,
+                        help="the params size, repeated in dvc.yaml's cmd so DVC's run cache keys on it "
+                             "(treeverse/dvc#10296); checked against params")
+    return parser

@@ -1,0 +1,93 @@
+"""Trim the survivors to exactly `size` images, evenly across concepts or across k-means clusters."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from pas.core.config import DataError
+
+log = logging.getLogger(__name__)
+
+
+def round_robin(labels: Sequence[Hashable], scores: Sequence[float], keys: Sequence[str], size: int,
+                order: Sequence[Hashable] = ()) -> list[int]:
+    """Exactly `size` indices, taking the best-scored remaining item of each label in turn.
+
+    Items are ranked by score within a label (ties: key); labels are visited in `order` (labels not
+    named there follow, sorted), so a label short of its share leaves room the others fill, deterministically.
+    """
+    if len(labels) < size:
+        raise DataError(f"only {len(labels)} images survived filter and dedup but size={size}; raise oversample, "
+                        "lower filter.threshold or raise dedup.threshold")
+    visit = list(dict.fromkeys([*order, *sorted(set(labels) - set(order), key=str)]))
+    ranked: dict[Hashable, list[int]] = {label: [] for label in visit}
+    for i in sorted(range(len(labels)), key=lambda i: (-scores[i], keys[i])):
+        ranked[labels[i]].append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < size:
+        for label in visit:
+            if len(picked) == size:
+                break
+            if depth < len(ranked[label]):
+                picked.append(ranked[label][depth])
+        depth += 1
+    return sorted(picked)
+
+
+def balance(rows: list[dict[str, Any]], size: int, concepts: list[str]) -> list[int]:
+    """Pick exactly `size` row indices, as even across concepts as the survivors allow (ranked by domain score)."""
+    return round_robin([r["concept"] for r in rows], [r["domain_score"] for r in rows], [r["key"] for r in rows],
+                       size, concepts)
+
+
+def default_clusters(size: int) -> int:
+    """k for cluster balancing when params say 0: about sqrt(size), at least 2."""
+    return max(2, round(math.sqrt(size)))
+
+
+def cluster_labels(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(N,) k-means cluster of every unit embedding (spherical, faiss), clusters numbered by size, largest first."""
+    k = max(1, min(k, len(embeddings)))
+    data = np.ascontiguousarray(embeddings, dtype=np.float32)
+    kmeans = faiss.Kmeans(data.shape[1], k, niter=20, spherical=True, seed=seed, max_points_per_centroid=256,
+                          min_points_per_centroid=1)
+    kmeans.train(data)
+    labels = kmeans.index.search(data, 1)[1][:, 0]
+    counts = np.bincount(labels, minlength=k)
+    rank = np.empty(k, np.int64)
+    rank[np.lexsort((np.arange(k), -counts))] = np.arange(k)
+    return rank[labels]
+
+
+def cluster_balance(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, k: int, seed: int = 0
+                    ) -> tuple[list[int], np.ndarray]:
+    """Exactly `size` indices sampled evenly across k-means clusters of the embeddings; also the labels."""
+    labels = cluster_labels(embeddings, k, seed) if len(rows) else np.zeros(0, np.int64)
+    log.info("balancing over %d clusters (sizes %s)", len(set(labels.tolist())), np.bincount(labels).tolist())
+    picked = round_robin(labels.tolist(), [r["domain_score"] for r in rows], [r["key"] for r in rows], size,
+                         sorted(set(labels.tolist())))
+    return picked, labels
+
+
+Balancer = Callable[[list[dict[str, Any]], np.ndarray, int, list[str], int, int], tuple[list[int], np.ndarray]]
+
+
+def by_concepts(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
+                seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`balance` over concepts; no cluster labels (-1)."""
+    return balance(rows, size, concepts), np.full(len(rows), -1, np.int64)
+
+
+def by_clusters(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
+                seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`cluster_balance` with k = clusters (0: about sqrt(size))."""
+    return cluster_balance(rows, embeddings, size, clusters or default_clusters(size), seed)
+
+
+BALANCERS: dict[str, Balancer] = {"concepts": by_concepts, "clusters": by_clusters}

@@ -1,0 +1,157 @@
+"""From filtered candidates to the curated set: one decision per candidate, exactly `size` kept.
+
+Every candidate the filter kept gets one status, in this order of precedence:
+  contaminated  too close to an evaluation image (pas.curation.decontam);
+  duplicate     in a near-duplicate group whose kept member is another candidate (pas.curation.duplicates);
+  trimmed       a unique, clean survivor left out by balancing (pas.curation.balance);
+  curated       in the final dataset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pas.core.config import require
+from pas.core.runtime import pick_device
+from pas.core.shards import load_embeddings, read_table
+from pas.curation.balance import BALANCERS
+from pas.curation.decontam import Contamination, Thresholds, decontaminate, eval_splits
+from pas.curation.duplicates import SOURCES, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
+from pas.curation.fingerprints import read_fingerprints
+from pas.curation.neighbors import SearchConfig
+from pas.models.clip import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("curated", "trimmed", "duplicate", "contaminated")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """params.dedup: thresholds, the keep rule, the balancing mode and the pair search."""
+
+    threshold: float = 0.95  # CLIP cosine at or above which two candidates are near-duplicates
+    eval_threshold: float = 0.95  # CLIP cosine to an evaluation image at or above which a candidate goes
+    copy_threshold: float = 0.97  # thumbnail correlation with a crop of an evaluation image (0: off)
+    copy_max_crop: float = 0.10  # largest share of a side a copy may have lost to cropping
+    prefer_source: str = "none"  # none | generated | retrieved: which member of a mixed group to keep
+    balance: str = "concepts"  # concepts | clusters
+    clusters: int = 0  # k for balance=clusters; 0: about sqrt(size)
+    index: str = "auto"  # pair search: auto | exact | ivf (see pas.curation.neighbors)
+    exact_max: int = 50_000
+    nlist: int = 0
+    nprobe: int = 8
+    reduce_dim: int = 128
+    margin: float = 0.05
+
+    def validate(self, prefix: str) -> None:
+        """Check thresholds, names and the pair-search settings."""
+        for name in ("threshold", "eval_threshold"):
+            value = getattr(self, name)
+            require(0.0 < value <= 1.0, f"{prefix}.{name}", value, "use a cosine similarity in (0, 1]")
+        require(0.0 <= self.copy_threshold <= 1.0, f"{prefix}.copy_threshold", self.copy_threshold,
+                "use a correlation in (0, 1], or 0 to turn the copy check off")
+        require(0.0 <= self.copy_max_crop < 0.5, f"{prefix}.copy_max_crop", self.copy_max_crop,
+                "use a share in [0, 0.5)")
+        require(self.prefer_source in ("none", *SOURCES), f"{prefix}.prefer_source", self.prefer_source,
+                f"use one of none, {', '.join(SOURCES)}")
+        require(self.balance in BALANCERS, f"{prefix}.balance", self.balance, f"use one of {', '.join(BALANCERS)}")
+        require(self.clusters >= 0, f"{prefix}.clusters", self.clusters, "use 0 (auto) or a positive integer")
+        self.search().validate(prefix)
+
+    def search(self) -> SearchConfig:
+        """The pair-search settings."""
+        return SearchConfig(self.index, self.exact_max, self.nlist, self.nprobe, self.reduce_dim, self.margin)
+
+
+@dataclass
+class Curation:
+    """The curated rows, one decision row per input candidate, and the stage metrics."""
+
+    curated: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, concepts: str | Path,
+          clip: str | Path, size: int, cfg: DedupConfig) -> Curation:
+    """The stage: filter-kept candidates -> decontaminated, de-duplicated, balanced to exactly `size`."""
+    rows = read_table(filtered).to_pylist()
+    kept = [i for i, r in enumerate(rows) if r["kept"]]
+    rows, embeddings = [rows[i] for i in kept], load_embeddings(Path(candidates) / "embeddings.npy")[kept]
+    content, thumbs = read_fingerprints(rows)
+    encoder = ClipEncoder(clip, pick_device())
+    dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(downstream), encoder,
+                          Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())
+    names = [c["name"] for c in json.loads(Path(concepts).read_text())["concepts"]]
+    return curate(rows, embeddings, content, dirty, size, names, cfg)
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str], dirty: Contamination,
+           size: int, concepts: list[str], cfg: DedupConfig, seed: int = 0) -> Curation:
+    """Group duplicates, drop contaminated candidates, balance the rest to exactly `size`."""
+    keys = [r["key"] for r in rows]
+    sources = [r["source"] for r in rows]
+    dups = find_duplicates(embeddings, [r["pixel_hash"] for r in rows], cfg.threshold, content, cfg.search())
+    preferred = np.array([s == cfg.prefer_source for s in sources], bool)
+    unique = keep_one_per_group(dups.groups, np.array([r["domain_score"] for r in rows], float), keys, preferred)
+    survivors = np.flatnonzero(unique & ~dirty.mask)
+    survivor_rows = [rows[i] for i in survivors]
+    clusters = np.full(len(rows), -1, np.int64)
+    picked, labels = BALANCERS[cfg.balance](survivor_rows, embeddings[survivors], size, concepts, cfg.clusters, seed)
+    clusters[survivors] = labels
+    chosen = np.zeros(len(rows), bool)
+    chosen[survivors[picked]] = True
+
+    representative = {int(g): i for i, g in enumerate(dups.groups) if unique[i]}
+    sizes = np.bincount(dups.groups) if len(rows) else np.zeros(0, np.int64)
+    decisions = []
+    for i, row in enumerate(rows):
+        status = ("contaminated" if dirty.mask[i] else "duplicate" if not unique[i]
+                  else "curated" if chosen[i] else "trimmed")
+        rep = representative[int(dups.groups[i])]
+        decisions.append({
+            "key": row["key"], "shard": row["shard"], "source": row["source"], "concept": row["concept"],
+            "domain_score": float(row["domain_score"]), "concept_score": float(row["concept_score"]),
+            "status": status, "group": int(dups.groups[i]), "group_size": int(sizes[dups.groups[i]]),
+            "duplicate_of": "" if rep == i else keys[rep], "nearest": _nan_to_none(dups.nearest[i]),
+            "eval_set": dirty.sets[dirty.set_index[i]] if dirty.set_index[i] >= 0 else "",
+            "eval_item": int(dirty.item[i]), "eval_signal": dirty.signal[i],
+            "eval_nearest": _nan_to_none(dirty.nearest[i]),
+            "copy_score": _nan_to_none(dirty.copy_score[i]), "cluster": int(clusters[i]),
+        })
+    curated = [rows[i] for i in np.flatnonzero(chosen)]
+    return Curation(curated, decisions, _metrics(rows, decisions, curated, dups, unique, dirty, concepts, cfg))
+
+
+def _metrics(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], curated: list[dict[str, Any]],
+             dups: Duplicates, unique: np.ndarray, dirty: Contamination, concepts: list[str], cfg: DedupConfig) -> dict[str, Any]:
+    """Counts that add up: input == sum(status); per concept, per source, per evaluation set, per signal."""
+    status = {s: sum(d["status"] == s for d in decisions) for s in STATUSES}
+    signals = {s: sum(d["eval_signal"] == s for d in decisions) for s in ("hash", "copy", "embedding")}
+    group_sizes = np.bincount(dups.groups) if len(rows) else np.zeros(0, np.int64)
+    metrics: dict[str, Any] = {
+        "input": len(rows), "status": status, "curated": len(curated),
+        "duplicate_groups": int((group_sizes > 1).sum()), "duplicates_removed": int((~unique).sum()),
+        "duplicate_edges": dups.edges, "pair_search": dups.method,
+        **source_breakdown(dups.groups, unique, [r["source"] for r in rows]),
+        "contaminated_removed": int(dirty.mask.sum()), "contaminated_by_set": dirty.per_set,
+        "contaminated_by_signal": signals, "eval_images": dirty.sizes,
+        "survivors": status["curated"] + status["trimmed"], "balance": cfg.balance,
+        "per_concept": {c: sum(r["concept"] == c for r in curated) for c in concepts},
+        "by_source": {s: sum(r["source"] == s for r in curated) for s in SOURCES},
+    }
+    if any(d["cluster"] >= 0 for d in decisions):
+        counts = Counter(d["cluster"] for d in decisions if d["status"] == "curated")
+        metrics["per_cluster"] = {str(k): v for k, v in sorted(counts.items())}
+    return metrics

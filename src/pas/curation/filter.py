@@ -1,0 +1,98 @@
+"""Domain relevance and quality rules: every candidate is kept or rejected with a reason."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pas.core.config import require
+from pas.core.runtime import pick_device
+from pas.core.shards import load_embeddings, read_table
+from pas.models.clip import ClipEncoder, concept_queries
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """params.filter: score thresholds and quality rules."""
+
+    threshold: float = -1.0  # domain score (softmax margin, -1..1) an image must reach
+    concept_threshold: float = 0.0  # probability of its own concept among all concepts
+    logit_scale: float = 100.0
+    min_side: int = 16
+    max_aspect: float = 3.0
+    min_pixel_std: float = 2.0
+
+    def validate(self, prefix: str) -> None:
+        """Check ranges."""
+        require(-1.0 <= self.threshold <= 1.0, f"{prefix}.threshold", self.threshold, "use a number in -1..1")
+        require(0.0 <= self.concept_threshold <= 1.0, f"{prefix}.concept_threshold", self.concept_threshold, "use 0..1")
+        require(self.max_aspect >= 1.0, f"{prefix}.max_aspect", self.max_aspect, "use a number >= 1")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def domain_scores(images: np.ndarray, positive: np.ndarray, negatives: np.ndarray, scale: float) -> np.ndarray:
+    """Softmax margin of the domain prompt (mean of positives) over the strongest negative prompt.
+
+    images: (N, D) unit vectors; positive: (P, D); negatives: (M, D). Returns (N,) in -1..1.
+    """
+    anchor = positive.mean(axis=0)
+    anchor = anchor / max(np.linalg.norm(anchor), 1e-12)
+    probs = _softmax(scale * images @ np.vstack([anchor[None], negatives]).T)
+    return probs[:, 0] - probs[:, 1:].max(axis=1)
+
+
+def concept_scores(images: np.ndarray, concept_index: np.ndarray, concept_queries: np.ndarray, scale: float) -> np.ndarray:
+    """Probability each image gives its own concept among all concepts: (N,) in 0..1."""
+    probs = _softmax(scale * images @ concept_queries.T)
+    return probs[np.arange(len(images)), concept_index]
+
+
+def reasons(rows: list[dict[str, Any]], domain: np.ndarray, concept: np.ndarray, cfg: FilterConfig) -> list[str]:
+    """The first failing rule per candidate ('' when kept), in a fixed rule order."""
+    out = []
+    for row, d, c in zip(rows, domain, concept):
+        side, long_side = min(row["width"], row["height"]), max(row["width"], row["height"])
+        if not row["decodable"]:
+            out.append("undecodable")
+        elif side < cfg.min_side:
+            out.append("too_small")
+        elif long_side / max(side, 1) > cfg.max_aspect:
+            out.append("aspect_ratio")
+        elif row["pixel_std"] < cfg.min_pixel_std:
+            out.append("near_constant")
+        elif d < cfg.threshold:
+            out.append("out_of_domain")
+        elif c < cfg.concept_threshold:
+            out.append("concept_mismatch")
+        else:
+            out.append("")
+    return out
+
+
+def filter_candidates(candidates: str | Path, concepts: str | Path, clip: str | Path,
+                      cfg: FilterConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The stage: every candidate of the embed output scored and kept or rejected; (rows, metrics)."""
+    document = json.loads(Path(concepts).read_text())
+    rows = read_table(Path(candidates) / "manifest.parquet").to_pylist()
+    images = load_embeddings(Path(candidates) / "embeddings.npy")
+    encoder = ClipEncoder(clip, pick_device())
+    domain = domain_scores(images, encoder.encode_texts(document["positive_prompts"]),
+                           encoder.encode_texts(document["negative_prompts"]), cfg.logit_scale)
+    names = [c["name"] for c in document["concepts"]]
+    own = np.array([names.index(r["concept"]) for r in rows], dtype=np.int64)
+    concept = concept_scores(images, own, concept_queries(encoder, document["concepts"]), cfg.logit_scale)
+    why = reasons(rows, domain, concept, cfg)
+    out = [{**r, "domain_score": float(d), "concept_score": float(c), "kept": not w, "reason": w}
+           for r, d, c, w in zip(rows, domain, concept, why)]
+    metrics = {"candidates": len(out), "kept": sum(r["kept"] for r in out), "rejected": dict(Counter(filter(None, why))),
+               "domain_score_mean": float(domain.mean()) if len(domain) else 0.0}
+    return out, metrics

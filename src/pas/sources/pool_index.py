@@ -1,0 +1,323 @@
+"""Index an unlabeled pool: stream it, embed it with CLIP in resumable chunks, build a faiss index.
+
+Chunks (`chunk-NNNNNN.npy` float16 embeddings + `.parquet` item table) are written atomically
+and fingerprinted, so a killed run resumes at the first unfinished chunk. The index is built
+from the chunks one at a time (never all embeddings in RAM) and its type follows the pool size
+and a memory budget; nprobe / efSearch are tuned until recall@10 against exact search on
+held-out queries reaches the target.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from pas.core.config import ConfigError, require
+from pas.core.runtime import num_workers, pick_device
+from pas.core.shards import atomic_path, save_embeddings, write_table
+from pas.models.clip import ClipEncoder
+from pas.models.registry import read_entry
+from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolIndexConfig:
+    """params.pool_index: the pool, the screening rule, chunking and the index choice."""
+
+    source: str = "data/pool"
+    min_side: int = 8
+    index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
+    memory_budget_mb: int = 4096
+    target_recall: float = 0.95
+    chunk_size: int = 4096
+    batch_size: int = 64
+
+    def validate(self, prefix: str) -> None:
+        """Check the index type and ranges."""
+        require(self.index in INDEXES or self.index == "auto", f"{prefix}.index", self.index,
+                f"use auto or one of {', '.join(INDEXES)}")
+        require(self.min_side >= 1, f"{prefix}.min_side", self.min_side, "use a positive integer")
+        require(self.chunk_size >= 1, f"{prefix}.chunk_size", self.chunk_size, "use a positive integer")
+        require(0 < self.target_recall <= 1, f"{prefix}.target_recall", self.target_recall, "use 0..1")
+
+
+def check_source(source: str) -> Path:
+    """Fail at once, naming the param, when the pool path is missing."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"pool_index.source={source!r}: not found; point it at a folder (images, tar shards, "
+                          "parquet, .lst lists) or one such file (the offline default is made by sample_data)")
+    return path
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decode + preprocess a chunk's items (run in DataLoader workers)."""
+
+    def __init__(self, items: list[PoolItem], preprocess: Callable, min_side: int) -> None:
+        self.items, self.preprocess, self.min_side = items, preprocess, min_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
+        item = self.items[i]
+        image, reason = (None, item.reason) if item.reason else decode_checked(item.data, self.min_side)
+        row = {"id": item.id, "kind": item.kind, "reason": reason, "usable": image is not None,
+               "width": image.width if image else 0, "height": image.height if image else 0}
+        return (self.preprocess(image) if image is not None else None), row
+
+
+def _collate(batch: list[tuple[Any, dict[str, Any]]]) -> tuple[torch.Tensor | None, list[dict[str, Any]]]:
+    pixels = [p for p, _ in batch if p is not None]
+    return (torch.stack(pixels) if pixels else None), [row for _, row in batch]
+
+
+def _chunk_digest(base: str, items: list[PoolItem]) -> str:
+    digest = hashlib.sha256(base.encode())
+    for item in items:
+        digest.update(f"{item.id}:{len(item.data or b'')}:{item.reason}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _chunks(source: Path, size: int) -> Iterator[list[PoolItem]]:
+    stream = iter_pool(source)
+    while chunk := list(islice(stream, size)):
+        yield chunk
+
+
+def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
+               loader_workers: int = 0, worker: int = 0, workers: int = 1) -> int:
+    """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks.
+
+    With `workers` > 1, this process embeds only chunks i with i % workers == worker (the
+    others are streamed past, not decoded); a final single run finds every chunk done.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = json.dumps([model_sha, cfg.min_side, str(source)])
+    count, reused = 0, 0
+    for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
+        count += 1
+        if index % workers != worker:
+            continue
+        table_path, emb_path = chunk_paths(out_dir, index)
+        digest = _chunk_digest(base, items)
+        if table_path.exists() and emb_path.exists():
+            meta = pq.read_schema(table_path).metadata or {}
+            if meta.get(b"pas.fingerprint", b"").decode() == digest:
+                reused += 1
+                continue
+        loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
+                                             batch_size=cfg.batch_size, num_workers=loader_workers,
+                                             collate_fn=_collate)
+        rows, embeddings = [], []
+        for pixels, batch_rows in loader:
+            rows.extend(batch_rows)
+            if pixels is not None:
+                embeddings.append(encoder.encode_pixels(pixels))
+        matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
+        save_embeddings(matrix, emb_path)
+        table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": digest})
+        write_table(table, table_path)  # written last: it marks the chunk complete
+    for stale in sorted(out_dir.glob("chunk-*")):
+        if workers == 1 and int(stale.stem.split("-")[1]) >= count:
+            stale.unlink()
+    log.info("pool: %d chunks (%d reused from an earlier run)", count, reused)
+    return count
+
+
+def chunk_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
+    """(file table, embeddings) of chunk `index`: the one place their names are spelled."""
+    return out_dir / f"chunk-{index:06d}.parquet", out_dir / f"chunk-{index:06d}.npy"
+
+
+def chunk_embeddings(out_dir: Path, count: int) -> Iterator[np.ndarray]:
+    """Yield each chunk's embeddings (float32, memory-mapped from float16) in order."""
+    for index in range(count):
+        array = np.load(chunk_paths(out_dir, index)[1], mmap_mode="r")
+        if array.size:
+            yield np.asarray(array, dtype=np.float32)
+
+
+def _flat(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexFlatIP(dim)
+
+
+def _nlist(n: int) -> int:
+    # sqrt(n) lists: k-means training stays minutes on a few CPU cores at 1M vectors;
+    # recall is then bought with nprobe, which `tune` sets.
+    return int(max(1, min(65536, np.sqrt(n), n // 39)))
+
+
+def _ivf_flat(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.METRIC_INNER_PRODUCT)
+
+
+def _ivf_sq8(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.ScalarQuantizer.QT_8bit,
+                                         faiss.METRIC_INNER_PRODUCT)
+
+
+def _ivf_pq(dim: int, n: int) -> faiss.Index:
+    m = next(m for m in (dim // 8, dim // 16, 8, 4, 2, 1) if m >= 1 and dim % m == 0)
+    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, _nlist(n), m, 8, faiss.METRIC_INNER_PRODUCT)
+
+
+def _hnsw(dim: int, n: int) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 80
+    return index
+
+
+INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {
+    "flat": _flat, "ivf_flat": _ivf_flat, "ivf_sq8": _ivf_sq8, "ivf_pq": _ivf_pq, "hnsw": _hnsw}
+
+
+def choose_index(n: int, dim: int, budget_mb: int) -> str:
+    """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget."""
+    budget = budget_mb * 2**20
+    if n < 200_000 and n * dim * 4 <= budget:
+        return "flat"
+    if n * dim * 4 <= budget:
+        return "ivf_flat"
+    if n * dim <= budget:
+        return "ivf_sq8"
+    return "ivf_pq"
+
+
+def held_out_queries(sample: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Queries near the data but not in it: sampled vectors plus noise, renormalised."""
+    rng = np.random.default_rng(seed)
+    picked = sample[rng.choice(len(sample), size=min(count, len(sample)), replace=False)]
+    noisy = picked + rng.normal(scale=0.5 / np.sqrt(sample.shape[1]), size=picked.shape).astype(np.float32)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_neighbours(chunks: Callable[[], Iterator[np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids over all chunks, merging per-chunk results (memory flat in pool size)."""
+    best_d = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    offset = 0
+    for block in chunks():
+        flat = faiss.IndexFlatIP(block.shape[1])
+        flat.add(block)
+        d, i = flat.search(queries, min(k, len(block)))
+        all_d, all_i = np.hstack([best_d, d]), np.hstack([best_i, i + offset])
+        order = np.argsort(-all_d, axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)
+        offset += len(block)
+    return best_i
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-k found."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[dict[str, int], float]:
+    """Raise nprobe (IVF) or efSearch (HNSW) until recall@k reaches `target`; return settings + recall."""
+    k = truth.shape[1]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        knob, values, apply = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+                                         if v < ivf.nlist] + [ivf.nlist], lambda v: setattr(ivf, "nprobe", v)
+    elif isinstance(index, faiss.IndexHNSW):
+        knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(index.hnsw, "efSearch", v)
+    else:
+        return {}, recall(index.search(queries, k)[1], truth)
+    for value in values:
+        apply(value)
+        achieved = recall(index.search(queries, k)[1], truth)
+        if achieved >= target:
+            break
+    return {knob: value}, achieved
+
+
+def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cfg: PoolIndexConfig,
+                seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train on a sample, add chunk by chunk, tune for the target recall; return index + description."""
+    kind = choose_index(n, dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
+    index = INDEXES[kind](dim, n)
+    rng = np.random.default_rng(seed)
+    sample_size = min(n, 10_000 if index.is_trained else 39 * index.nlist)  # faiss wants >= 39 per list
+    keep = np.sort(rng.choice(n, size=sample_size, replace=False))
+    sample, offset = [], 0
+    for block in chunks():
+        local = keep[(keep >= offset) & (keep < offset + len(block))] - offset
+        sample.append(block[local])
+        offset += len(block)
+    sample_matrix = np.concatenate(sample)
+    if not index.is_trained:
+        index.train(sample_matrix)
+    for block in chunks():
+        index.add(block)
+    queries = held_out_queries(sample_matrix, 200, seed)
+    truth = exact_neighbours(chunks, queries, min(10, n))
+    settings, achieved = tune(index, queries, truth, cfg.target_recall)
+    nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+    description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved}
+    if cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist and n * dim * 4 <= cfg.memory_budget_mb * 2**20:
+        # Data without cluster structure: the target recall needs most lists, so exact search is faster.
+        log.info("%s needs nprobe %d of %d for recall %.2f: using exact search instead", kind,
+                 settings["nprobe"], nlist, cfg.target_recall)
+        index = faiss.IndexFlatIP(dim)
+        for block in chunks():
+            index.add(block)
+        description = {"index": "flat", "vectors": n, "dim": dim, "recall_at_10": 1.0,
+                       "fallback_from": {"index": kind, "nlist": nlist, **settings, "recall_at_10": achieved}}
+    return index, description
+
+
+def save_index(index: faiss.Index, description: dict[str, Any], folder: Path) -> None:
+    """Write index.faiss and index.json (type, tuned search settings, measured recall) atomically."""
+    with atomic_path(folder / "index.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(folder / "index.json") as tmp:
+        tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
+
+
+def load_index(folder: Path) -> faiss.Index:
+    """Memory-map a saved index and apply its tuned search settings."""
+    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    description = json.loads((folder / "index.json").read_text())
+    if "nprobe" in description:
+        faiss.extract_index_ivf(index).nprobe = description["nprobe"]
+    if "efSearch" in description:
+        index.hnsw.efSearch = description["efSearch"]
+    return index
+
+
+def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, worker: int = 0,
+               workers: int = 1) -> dict[str, Any]:
+    """The stage: embed the pool into resumable chunks, then (one worker) write files.parquet and the index."""
+    source = check_source(cfg.source)
+    encoder = ClipEncoder(clip, pick_device(), cfg.batch_size)
+    chunks_dir = out / "chunks"
+    count = embed_pool(source, encoder, cfg, chunks_dir, read_entry(clip)["sha256"], num_workers(), worker, workers)
+    if workers > 1:
+        return {"chunks": count, "worker": worker, "workers": workers}
+    items = pa.concat_tables([pq.read_table(chunk_paths(chunks_dir, i)[0]) for i in range(count)])
+    usable = items.filter(items.column("usable"))
+    if usable.num_rows == 0:
+        raise ConfigError(f"pool_index.source={cfg.source!r} holds no usable images")
+    write_table(usable.replace_schema_metadata(None), out / "files.parquet")  # row i = index id i
+    dim = next(chunk_embeddings(chunks_dir, count)).shape[1]
+    index, description = build_index(lambda: chunk_embeddings(chunks_dir, count), usable.num_rows, dim, cfg, seed)
+    save_index(index, description, out)
+    reasons = Counter(items.column("reason").to_pylist())
+    return {"items": items.num_rows, "indexed": usable.num_rows, "skipped": items.num_rows - usable.num_rows,
+            "reasons": dict(reasons), **description}

@@ -1,0 +1,293 @@
+"""Self-supervised pretraining of a timm backbone on the curated shards (stage `pretrain`).
+
+    metrics = pretrain(read_table("data/curated/manifest.parquet"), Path("."), cfg, Path("data/pretrain"), seed=0,
+                       knn_val=Path("data/downstream/animal_shapes/train.parquet"),
+                       checkpoint_dir=Path("checkpoints/pretrain"))
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pas.core.config import require
+from pas.core.runtime import num_workers, pick_device
+from pas.core.shards import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "lars")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """params.pretrain: SSL method (+ per-method args), backbone, optimisation and the kNN monitor."""
+
+    method: str = "simclr"
+    backbone: str = "resnet18"
+    init: str = "random"
+    image_size: int = 64
+    epochs: int = 2
+    batch_size: int = 64
+    optimizer: str = "adamw"                # adamw | lars
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    weight_decay_end: float | None = None   # cosine weight-decay schedule to this value (DINO: 0.04 -> 0.4)
+    momentum: float = 0.9                   # lars
+    trust_coeff: float = 0.001              # lars
+    warmup_epochs: float = 0.0
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1        # batches per optimizer step (effective batch = batch_size x this x GPUs)
+    precision: str = "auto"                 # auto (bf16-mixed on GPUs that have it, else 16-mixed; 32 on CPU) | ...
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_images: int = 1000
+    method_args: dict[str, Any] = field(default_factory=dict)   # method name -> its Args keys
+
+    def validate(self, prefix: str) -> None:
+        """Check names against the registries, numbers against their ranges, and every method_args block."""
+        import timm
+
+        from pas.ssl import METHODS, method_args
+        from pas.ssl.backbones import WEIGHT_SUFFIXES, backbone_hint
+
+        require(self.method in METHODS, f"{prefix}.method", self.method, f"use one of {', '.join(sorted(METHODS))}")
+        if not timm.is_model(self.backbone):
+            require(False, f"{prefix}.backbone", self.backbone, backbone_hint(self.backbone))
+        if self.init != "random":
+            path = Path(self.init)
+            require(path.suffix in WEIGHT_SUFFIXES and path.is_file(), f"{prefix}.init", self.init,
+                    f"use 'random' or an existing weights file ({', '.join(WEIGHT_SUFFIXES)})")
+        require(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer,
+                f"use one of {', '.join(OPTIMIZERS)}")
+        require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                f"use one of {', '.join(PRECISIONS)}")
+        for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2),
+                          ("accumulate_grad_batches", 1)):
+            value = getattr(self, name)
+            require(value >= low, f"{prefix}.{name}", value, f"use an integer >= {low}")
+        for name in ("lr", "knn_temperature"):
+            value = getattr(self, name)
+            require(value > 0, f"{prefix}.{name}", value, "use a positive number")
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
+        require(self.weight_decay_end is None or self.weight_decay_end >= 0, f"{prefix}.weight_decay_end",
+                self.weight_decay_end, "use null (constant weight decay) or a number >= 0")
+        require(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "use a number in [0, 1)")
+        require(self.trust_coeff > 0, f"{prefix}.trust_coeff", self.trust_coeff, "use a positive number")
+        require(0 <= self.warmup_epochs <= self.epochs, f"{prefix}.warmup_epochs", self.warmup_epochs,
+                f"use a number between 0 and epochs ({self.epochs})")
+        require(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps", self.max_steps,
+                "use -1 (no limit) or a positive integer")
+        for name, block in self.method_args.items():
+            key = f"{prefix}.method_args.{name}"
+            require(name in METHODS, key, block, f"unknown method; use one of {', '.join(sorted(METHODS))}")
+            require(block is None or isinstance(block, dict), key, block, "use a mapping of that method's keys")
+            args = method_args(name, block, key)
+            METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
+
+    def optimizer_config(self) -> Any:
+        """The optimizer settings for PretrainModule."""
+        from pas.ssl.module import OptimizerConfig
+
+        return OptimizerConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                               weight_decay_end=self.weight_decay_end, momentum=self.momentum,
+                               trust_coeff=self.trust_coeff)
+
+    def args(self) -> Any:
+        """The selected method's frozen Args (paper defaults for keys not set)."""
+        from pas.ssl import method_args
+
+        return method_args(self.method, self.method_args.get(self.method), f"pretrain.method_args.{self.method}")
+
+
+def keys_digest(manifest: pa.Table) -> str:
+    """sha256 of the manifest's sorted keys: which images the backbone was trained on."""
+    keys = sorted(manifest.column("key").to_pylist())
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def _trainer_devices(device: str) -> tuple[str, int | list[int]]:
+    """Lightning accelerator and devices for a device string: all visible GPUs for 'cuda'."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        return "cuda", [int(index)] if index else max(1, torch.cuda.device_count())
+    return kind, 1
+
+
+def trainer_precision(wanted: str, accelerator: str) -> str:
+    """Lightning precision: `auto` is bf16-mixed on GPUs that support it, 16-mixed on older ones, 32 on CPU."""
+    import torch
+
+    if wanted != "auto":
+        return wanted
+    if accelerator != "cuda":
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:
+    """Write the backbone's state_dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(save(state, metadata=metadata))
+
+
+def _metrics(module: Any, knn: Any, steps: int, start_step: int, images: int, images_per_step: int,
+             seconds: float) -> dict[str, Any]:
+    """metrics/pretrain.json: losses, the last epoch's monitor values and method terms, speed."""
+    history = module.history
+    if not history or not math.isfinite(history[-1]["loss"]):
+        raise FloatingPointError(f"pretraining produced no finite loss (epoch losses: {module.epoch_losses})")
+    last = dict(history[-1])
+    monitor = {name: last.pop(name) for name in ("embedding_std", "embedding_rank")}
+    metrics: dict[str, Any] = {
+        "loss_first_epoch": history[0]["loss"],
+        "loss_last_epoch": last.pop("loss"),
+        "epochs": len(history),
+        "steps": steps,
+        "resumed_at_step": start_step,
+        "images": images,
+        "images_per_second": (steps - start_step) * images_per_step / max(seconds, 1e-9),
+    }
+    if knn is not None and knn.history:
+        metrics["knn_top1"] = knn.history[-1]["knn_top1"]
+        monitor.update({k: v for k, v in knn.history[-1].items() if k != "knn_top1"})
+    metrics["monitor"] = monitor
+    metrics["terms"] = last
+    return metrics
+
+
+def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path, seed: int,
+             loggers: list | None = None, knn_val: Path | None = None, checkpoint_dir: Path | None = None,
+             checkpoint_every: int = 100, source: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train cfg.backbone with cfg.method on the manifest's images; write backbone + model card.
+
+    With `knn_val` (a labeled downstream parquet) every epoch logs online kNN accuracy. With
+    `checkpoint_dir` the run checkpoints every `checkpoint_every` optimizer steps and, when
+    started again with the same inputs, resumes from its last checkpoint. `source` ({name,
+    path, md5} of the manifest) goes into the model card, so later stages can name their data.
+    """
+    import lightning as L
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from pas.ssl import get_method
+    from pas.ssl.backbones import create_backbone
+    from pas.ssl.checkpoint import AtomicCheckpointIO, StepCheckpoint, finish, last_checkpoint, run_dir
+    from pas.ssl.data import StreamSync, ViewStream, make_loader
+    from pas.ssl.module import PretrainModule
+    from pas.ssl.monitor import KnnMonitor, load_labeled_set
+
+    L.seed_everything(seed, workers=True)
+    device = pick_device()
+    accelerator, devices = _trainer_devices(device)
+    world = devices if isinstance(devices, int) else len(devices)
+    cls, args = get_method(cfg.method), cfg.args()
+
+    dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed)
+    images = dataset.num_images
+    if images == 0:
+        raise ValueError("the manifest lists no images to pretrain on")
+    per_rank = images // world
+    require(per_rank >= cfg.batch_size, "pretrain.batch_size", cfg.batch_size,
+            f"use at most {per_rank} (the images per device: {images} images on {world} device(s))")
+    cls.check(args, cfg.image_size, cfg.batch_size * world, f"pretrain.method_args.{cfg.method}")
+    workers = min(num_workers(), per_rank // cfg.batch_size // 8)   # >= 8 full batches per worker
+    batches_per_epoch = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
+    accumulate = cfg.accumulate_grad_batches
+    require(batches_per_epoch >= accumulate, "pretrain.accumulate_grad_batches", accumulate,
+            f"use at most {batches_per_epoch} (the full batches per epoch and device)")
+    steps_per_epoch = batches_per_epoch // accumulate    # optimizer steps; a partial accumulation is not trained on
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps > 0:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_workers": workers,
+               "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
+               "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps,
+               "warmup_steps": warmup_steps,
+               "views": len(dataset.transforms)}
+    log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
+
+    backbone, feature_dim = create_backbone(cfg.backbone, cfg.init)
+    method = cls(backbone, feature_dim, args)
+    module = PretrainModule(backbone, method, cfg.optimizer_config(), warmup_steps, total_steps,
+                            steps_per_epoch)
+    loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
+    callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
+    knn = None
+    if knn_val is not None:
+        knn = KnnMonitor(load_labeled_set(knn_val, cfg.image_size, cfg.knn_images, seed), cfg.knn_k,
+                         cfg.knn_temperature)
+        callbacks.append(knn)
+    digest = keys_digest(manifest)
+    resume, run_path = None, None
+    if checkpoint_dir is not None:
+        run = {"config": dataclasses.asdict(cfg), "seed": seed, "manifest_keys_sha256": digest, "derived": derived}
+        run_path = run_dir(checkpoint_dir, run)
+        resume = last_checkpoint(run_path)
+        callbacks.append(StepCheckpoint(run_path, checkpoint_every))
+        log.info("checkpoints every %d steps in %s%s", checkpoint_every, run_path,
+                 f"; resuming from {resume}" if resume else "")
+
+    with tempfile.TemporaryDirectory(prefix="pas-lightning-") as scratch:
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=devices,
+            precision=trainer_precision(cfg.precision, accelerator), accumulate_grad_batches=accumulate,
+            max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch * accumulate,
+            logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
+            callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
+        )
+        for logger in trainer.loggers:
+            logger.log_hyperparams({f"derived.{k}": v for k, v in derived.items()})
+        start = time.perf_counter()
+        with warnings.catch_warnings():   # StreamSync's checkpointed state resumes the stream mid-epoch
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+        seconds = time.perf_counter() - start
+
+    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images,
+                       cfg.batch_size * accumulate * world, seconds)
+    if trainer.is_global_zero:
+        out_dir = Path(out_dir)
+        export = method.export_backbone(backbone)
+        save_backbone(export, out_dir / "backbone.safetensors", {"backbone": cfg.backbone, "method": cfg.method})
+        card = {
+            "backbone": cfg.backbone,
+            "method": cfg.method,
+            "method_args": dataclasses.asdict(args),
+            "weights": "backbone.safetensors",
+            "exported": "ema teacher" if export is not backbone else "online backbone",
+            "timm": {"model_name": cfg.backbone, "num_classes": 0},
+            "feature_dim": feature_dim,
+            "input": {"image_size": cfg.image_size, "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)},
+            "epochs": metrics["epochs"],
+            "steps": metrics["steps"],
+            "images": images,
+            "manifest_keys_sha256": digest,
+            "dataset": source,
+            "final_loss": metrics["loss_last_epoch"],
+            "knn_val": str(knn_val) if knn_val is not None else None,
+            "metrics": metrics,
+            "seed": seed,
+            "config": dataclasses.asdict(cfg),
+            "derived": derived,
+        }
+        write_json(card, out_dir / "model_card.json")
+        if run_path is not None:
+            finish(run_path)
+    log.info("pretrain done: %s", metrics)
+    return metrics

