@@ -17,7 +17,7 @@ def body(args, params, run):
     dataset = dataset_record("curated", args.curated)
     run.log_input_dataset(dataset)
     with atomic_dir(args.out) as out:
-        return pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=[run.lightning_logger()],
+        return pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=run.lightning_loggers(),
                         knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every,
                         source=dataset)
 

@@ -36,6 +36,18 @@ def make_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(array).convert(mode)
 
 
+def write_image_shards(root: Path, shards: list[list[tuple[str, Image.Image]]], stem: str = "curated") -> list[dict]:
+    """Write `<root>/curated/<stem>-NNNNNN.tar` shards of (key, image) JPEGs; one {key, shard} row per image."""
+    from pas.core.shards import encode_jpeg, write_shard
+
+    rows = []
+    for index, images in enumerate(shards):
+        shard = f"curated/{stem}-{index:06d}.tar"
+        write_shard(root / shard, [(key, encode_jpeg(image), {}) for key, image in images])
+        rows += [{"key": key, "shard": shard} for key, _ in images]
+    return rows
+
+
 @pytest.fixture
 def image_factory():
     """Make distinct test images by seed."""

@@ -6,7 +6,7 @@ from pas.sources.generate import GenerateConfig
 
 @pytest.mark.parametrize("value, expected", [
     (2000, 2000), ("2000", 2000), ("2_000", 2000), ("500k", 500_000), ("1.2M", 1_200_000), ("1k", 1000),
-    ("3B", 3_000_000_000), (" 10K ", 10_000),
+    ("3B", 3_000_000_000), (" 10K ", 10_000), ("2.01k", 2010), ("1.15M", 1_150_000), ("10B", 10_000_000_000),
 ])
 def test_parse_size_accepts_documented_forms(value, expected):
     assert parse_size(value) == expected
@@ -58,3 +58,9 @@ def test_require_fields_names_the_first_field_that_fails():
     require_fields(section, "x", ("a",), lambda v: v >= 1, "use an integer >= 1")
     with pytest.raises(ConfigError, match=r"^x\.b=0 is not allowed; use an integer >= 1$"):
         require_fields(section, "x", ("a", "b", "c"), lambda v: v >= 1, "use an integer >= 1")
+
+
+@pytest.mark.parametrize("value", [1e12, "20B", 10_000_000_001])
+def test_parse_size_refuses_sizes_beyond_the_bound_in_one_line(value):
+    with pytest.raises(ConfigError, match=r"^size=.* is more than 10,000,000,000 images; use a size of at most 10B$"):
+        parse_size(value)

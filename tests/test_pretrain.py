@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from test_ssl import one_thread  # noqa: F401  (fixture)
 
+from conftest import write_image_shards
 from pas.core.config import ConfigError, build
-from pas.core.shards import encode_jpeg, write_shard
+from pas.core.shards import encode_jpeg
 from pas.ssl.pretrain import PretrainConfig, keys_digest, pretrain
 
 TINY = "test_resnet"
@@ -24,15 +25,12 @@ def curated(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, Path]:
     """32 small JPEGs in 2 shards and their manifest."""
     root = tmp_path_factory.mktemp("curated")
     rng = np.random.default_rng(0)
-    rows = []
-    for s in range(2):
-        shard = f"curated/curated-{s:06d}.tar"
-        records = []
-        for i in range(16):
-            array = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            records.append((f"k{s}{i:02d}", encode_jpeg(Image.fromarray(array)), {}))
-        write_shard(root / shard, records)
-        rows += [{"key": key, "shard": shard, "source": "generated"} for key, _, _ in records]
+
+    def image() -> Image.Image:
+        return Image.fromarray(np.clip(rng.integers(0, 256, 3) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8))
+
+    shards = [[(f"k{s}{i:02d}", image()) for i in range(16)] for s in range(2)]
+    rows = [{**row, "source": "generated"} for row in write_image_shards(root, shards)]
     return pa.Table.from_pylist(rows), root
 
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from conftest import write_image_shards
 from pas.core.config import ConfigError
-from pas.core.shards import encode_jpeg, write_shard
 from pas.ssl import METHODS, get_method, method_args
 from pas.ssl.augment import simclr_view
 from pas.ssl.backbones import create_backbone
@@ -87,12 +87,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, Path]:
     """3 listed shards of 12 images (11 listed each) + an unlisted shard that is not a tar."""
     root = tmp_path_factory.mktemp("ssl-data")
     rng = np.random.default_rng(0)
-    rows = []
-    for s in range(3):
-        shard = f"curated/c-{s:06d}.tar"
-        records = [(f"s{s}-{i:02d}", encode_jpeg(make_image(rng)), {"i": i}) for i in range(12)]
-        write_shard(root / shard, records)
-        rows += [{"key": key, "shard": shard} for key, _, _ in records[1:]]
+    shards = [[(f"s{s}-{i:02d}", make_image(rng)) for i in range(12)] for s in range(3)]
+    rows = [row for row in write_image_shards(root, shards, "c") if not row["key"].endswith("-00")]
     (root / "curated" / "c-000099.tar").write_bytes(b"not a tar: opening it would fail")
     return pa.Table.from_pylist(rows), root
 

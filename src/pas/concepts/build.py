@@ -12,7 +12,7 @@ import yaml
 from pas.concepts.discover import DiscoverConfig, Discovery
 from pas.concepts.diversify import diversify, llm_captions
 from pas.concepts.llm import LLMConfig, create_chat
-from pas.concepts.merge import ConceptIndex, MergeConfig, clean_name, concept_key
+from pas.concepts.merge import ConceptIndex, MergeConfig, clean_name, concept_key, unsafe_name
 from pas.core.config import ConfigError, build, require
 from pas.models.text_embed import lazy_embedder
 
@@ -94,6 +94,9 @@ def bank_entries(spec: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(raw, dict) or not str(raw.get("name", "")).strip():
             raise ConfigError(f"domain spec {spec['name']!r}: concepts[{i}]={item!r} needs a name "
                               "(a string, or a mapping with name and optional hypernym/label/definition/negative)")
+        if reason := unsafe_name(raw["name"]):
+            raise ConfigError(f"domain spec {spec['name']!r}: concepts[{i}] name {raw['name']!r} {reason}; "
+                              "rename it (concept names become prompts, folder names and MLflow keys)")
         name = clean_name(raw["name"])
         if not concept_key(name) or concept_key(name) in seen:
             continue

@@ -11,7 +11,7 @@ import numpy as np
 
 from pas.concepts.llm import CachedChat, Reply
 from pas.concepts.llm_parse import ParseError, parse_names, parse_yes_no
-from pas.concepts.merge import ConceptIndex, Merge
+from pas.concepts.merge import ConceptIndex, Merge, unsafe_name
 from pas.core.config import require_fields
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,10 @@ class Discovery:
         counts.proposed += len(names)
         source = "generated" if step == "generate" else "expanded"
         before = len(self.found)
+        for name in [n for n in names if unsafe_name(n)]:
+            counts.rejected += 1
+            self._reject(name, source, round_, f"name {unsafe_name(name)}")
+        names = [n for n in names if not unsafe_name(n)]
         for name, vector in self.index.prepare(names):
             merge = self.index.match(name, vector)
             if merge is not None and merge.kept in self.refused:

@@ -1,14 +1,16 @@
 """LLM back ends chosen in params (none | openai | transformers), with retries and a response cache."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import os
 import re
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,8 @@ class LLMConfig:
     api_key_env: str = ""  # NAME of the environment variable holding the API key ("" = no key)
     temperature: float = 0.7
     max_tokens: int = 1024
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # total deadline per request (connect, send, the whole reply), not an idle timeout
+    max_reply_mb: float = 8.0  # a longer reply is refused, not read whole
     retries: int = 3
     backoff_s: float = 2.0
 
@@ -58,6 +61,7 @@ class LLMConfig:
         require(0.0 <= self.temperature <= 2.0, f"{prefix}.temperature", self.temperature, "use 0..2")
         require(self.max_tokens >= 1, f"{prefix}.max_tokens", self.max_tokens, "use a positive integer")
         require(self.timeout_s > 0, f"{prefix}.timeout_s", self.timeout_s, "use a positive number of seconds")
+        require(self.max_reply_mb > 0, f"{prefix}.max_reply_mb", self.max_reply_mb, "use a positive number of MB")
         require(self.retries >= 0, f"{prefix}.retries", self.retries, "use 0 or more")
         require(self.backoff_s >= 0, f"{prefix}.backoff_s", self.backoff_s, "use 0 or more seconds")
 
@@ -116,37 +120,80 @@ class OpenAIChat:
             if attempt + 1 == attempts:
                 break
             delay = wait if wait else min(60.0, self.cfg.backoff_s * 2**attempt)
-            log.warning("LLM request to %s failed (%s); retry %d/%d in %.1fs", self.url, result, attempt + 1,
+            log.warning("LLM request to %s failed (%s); retry %d/%d in %.1fs", self.url, self._redact(result), attempt + 1,
                         self.cfg.retries, delay)
             self.sleep(delay)
-        raise LLMError(f"LLM request to {self.url} failed after {attempts} attempts: {result}")
+        raise LLMError(f"LLM request to {self.url} failed after {attempts} attempts: {self._redact(result)}")
 
     def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[str, float | None]:
         """(content, None) on success, (description, seconds to wait or 0.0) on a retryable failure."""
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode("utf-8", "replace")
-            if err.code not in RETRY_STATUS:
-                raise LLMError(f"LLM server {self.url} answered HTTP {err.code}: {detail}") from None
-            retry_after = (err.headers or {}).get("Retry-After", "")
-            wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
-            return f"HTTP {err.code}", min(wait, 60.0)
+            status, reply_headers, raw = self._post(body, headers)
         except TimeoutError:
-            return f"timed out after {self.cfg.timeout_s}s", 0.0
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, TimeoutError):
-                return f"timed out after {self.cfg.timeout_s}s", 0.0
-            return f"connection failed: {err.reason}", 0.0
-        except (OSError, http.client.HTTPException) as err:  # reset, refused, truncated reply
-            return f"connection failed: {err}", 0.0
+            return f"no complete reply within the {self.cfg.timeout_s}s deadline", 0.0
+        except (OSError, http.client.HTTPException) as err:  # refused, reset, truncated reply
+            return self._redact(f"connection failed: {err}"), 0.0
+        detail = self._redact(raw[:300].decode("utf-8", "replace"))
+        if 300 <= status < 400:  # never follow: the key must not reach another origin, nor its replies the cache
+            raise LLMError(f"LLM server {self.url} redirected (HTTP {status}) to "
+                           f"{self._redact(reply_headers.get('Location', '?'))}; redirects are not followed "
+                           "(the API key would go along); set concepts.llm.base_url to the final address")
+        if status != 200:
+            if status not in RETRY_STATUS:
+                raise LLMError(f"LLM server {self.url} answered HTTP {status}: {detail}")
+            retry_after = reply_headers.get("Retry-After", "")
+            wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
+            return f"HTTP {status}", min(wait, 60.0)
         try:
             return json.loads(raw)["choices"][0]["message"]["content"] or "", None
         except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError(f"LLM server {self.url} sent a reply that is not a chat completion: "
-                           f"{raw[:300].decode('utf-8', 'replace')}") from None
+            raise LLMError(f"LLM server {self.url} sent a reply that is not a chat completion: {detail}") from None
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """One POST with a total deadline (timeout_s, however slowly the server trickles) and a size cap."""
+        parts = urllib.parse.urlsplit(self.url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(parts.hostname, parts.port, timeout=self.cfg.timeout_s)
+        expired, sockets = threading.Event(), []
+
+        def expire() -> None:  # unblocks a connect or recv stuck on a slow or trickling server
+            expired.set()
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.cfg.timeout_s, expire)
+        watchdog.start()
+        try:
+            conn.connect()
+            sockets.append(conn.sock)  # kept: http.client hands the socket to the response and forgets it
+            if expired.is_set():
+                raise TimeoutError
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path, body=body, headers={**headers, "Content-Length": str(len(body))})
+            response = conn.getresponse()
+            limit, chunks, size = int(self.cfg.max_reply_mb * 1_000_000), [], 0
+            while chunk := response.read(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise LLMError(f"LLM server {self.url} sent more than concepts.llm.max_reply_mb="
+                                   f"{self.cfg.max_reply_mb} MB; raise it if the server is right")
+                chunks.append(chunk)
+            if expired.is_set():
+                raise TimeoutError
+            return response.status, {k.title(): v for k, v in response.getheaders()}, b"".join(chunks)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError from None
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+    def _redact(self, text: str) -> str:
+        """`text` with the API key (if any) replaced: server messages may echo the Authorization header."""
+        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        return text.replace(key, "***") if key else text
 
 
 @register_backend("openai")

@@ -17,6 +17,19 @@ log = logging.getLogger(__name__)
 _KEEP_S = ("ss", "us", "is")  # glass, hummus, ibis: not plurals
 
 
+def unsafe_name(text: str) -> str | None:
+    """Why a proposed concept name cannot be a concept (control or bidi characters, a path separator, only dots),
+    or None. Concept names become prompts, MLflow keys and folder names; these would corrupt or escape them."""
+    text = str(text)
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in text):
+        return "contains control or bidi formatting characters"
+    if any(sep in text for sep in ("/", "\\")):
+        return "contains a path separator (/ or \\)"
+    if text.strip(" .") == "" and text.strip():
+        return "is only dots"
+    return None
+
+
 def clean_name(text: str) -> str:
     """Display form of a name: NFKC, lower case, straight quotes, single spaces, no edge punctuation."""
     text = unicodedata.normalize("NFKC", str(text)).replace("\u2019", "'").replace("\u2018", "'")

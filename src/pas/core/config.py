@@ -103,7 +103,7 @@ def top_level(params: dict[str, Any]) -> TopLevel:
         if not isinstance(data["mix"], dict):
             raise ConfigError(f"mix={data['mix']!r} must be a mapping: {{generated: 0.5, retrieved: 0.5}}")
         data["mix"] = build(MixConfig, data["mix"], "mix")
-    return build(TopLevel, data, "params")
+    return build(TopLevel, data, "")
 
 
 def check_keys(params: dict[str, Any], source: str = "params.yaml") -> None:
@@ -189,7 +189,7 @@ def build(cls: type[T], data: dict[str, Any] | None, prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, field in fields.items():
-        key = f"{prefix}.{name}"
+        key = f"{prefix}.{name}" if prefix else name  # prefix "": top-level keys
         if name not in data:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key {key} in params.yaml")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pas.core.config import ConfigError, PasError, load_params, parse_size
+from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level
 from pas.core.runtime import configure_threads, setup_logging
 from pas.core.shards import write_json
 from pas.core.tracking import StageRun, stage_run
@@ -33,6 +33,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
         configure_threads()
         everything = load_params(args.params)
         params = select(everything, keys)
+        top_level(params)  # a bad size/seed/domain/oversample/mix stops here, before any work or tracking
         check_command_size(getattr(args, "size", None), everything, args.params)
         experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input
         with stage_run(stage, params, experiment) as run:

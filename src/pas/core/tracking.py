@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from pas.core.hashing import file_digest
+from pas.core.names import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,13 @@ def invocation_id() -> str:
 
 
 def _flatten(tree: Mapping[str, Any], leaf: Callable[[Any], Any | None], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested mapping; `leaf` maps each leaf value to what is kept (None: dropped)."""
+    """Dotted keys of a nested mapping; `leaf` maps each leaf value to what is kept (None: dropped).
+
+    Each key goes through safe_name: concept and class names ("brewer's blackbird") are valid MLflow keys.
+    """
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{safe_name(str(key))}"
         if isinstance(value, Mapping):
             flat.update(_flatten(value, leaf, f"{name}."))
         elif (kept := leaf(value)) is not None:
@@ -96,14 +100,73 @@ def dataset_record(name: str, path: str | Path) -> dict[str, str]:
     return {"name": name, "path": str(path), "md5": file_digest(path, "md5")}
 
 
-class StageRun:
-    """Handle given to a stage inside `stage_run`: log metrics, small artifacts and input datasets."""
+class TrackingGuard:
+    """Best-effort MLflow: retry a failing call (a locked SQLite file, a server restart) for up to
+    PAS_TRACKING_PATIENCE seconds (default 30), then warn once and skip tracking for the rest of the stage.
 
-    def __init__(self, client: Any, run_id: str, parent_id: str | None = None) -> None:
+    Tracking never fails a stage whose outputs are complete, and never aborts training: the numbers are in
+    metrics/<stage>.json and DVC either way.
+    """
+
+    def __init__(self, stage: str, patience: float | None = None) -> None:
+        self.stage, self.down = stage, False
+        self.patience = patience if patience is not None else tracking_patience()
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), retried with backoff; None once tracking is given up."""
+        if self.down:
+            return None
+        deadline, wait = time.monotonic() + self.patience, 0.25
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any tracking failure: retry, then give up tracking only
+                if time.monotonic() + wait > deadline:
+                    self.down = True
+                    log.warning("MLflow tracking failed for stage %s (%s: %s); going on without tracking — the "
+                                "stage's outputs and metrics/%s.json are unaffected",
+                                self.stage, type(err).__name__, str(err).splitlines()[0][:200], self.stage)
+                    return None
+                time.sleep(wait)
+                wait = min(wait * 2, 4.0)
+
+
+def tracking_patience() -> float:
+    """PAS_TRACKING_PATIENCE: seconds a failing MLflow call is retried before tracking is given up (default 30)."""
+    raw = os.environ.get("PAS_TRACKING_PATIENCE", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        from pas.core.config import ConfigError
+
+        raise ConfigError(f"PAS_TRACKING_PATIENCE={raw!r} is not allowed; use a number of seconds >= 0")
+    return value
+
+
+class StageRun:
+    """Handle given to a stage inside `stage_run`: log metrics, small artifacts and input datasets.
+
+    Every call is best-effort (TrackingGuard): with no tracking (run_id None) they do nothing.
+    """
+
+    def __init__(self, client: Any, run_id: str | None, parent_id: str | None = None,
+                 guard: TrackingGuard | None = None) -> None:
         self.client, self.run_id, self.parent_id = client, run_id, parent_id
+        self.guard = guard or TrackingGuard("stage")
+
+    @property
+    def active(self) -> bool:
+        """Whether tracking still works for this run."""
+        return self.run_id is not None and not self.guard.down
 
     def log_input_dataset(self, record: Mapping[str, str], context: str = "training") -> None:
         """Record a dataset ({name, path, md5}: the md5 DVC has for it) as an input of this run and its pipeline run."""
+        if self.active:
+            self.guard.call(self._log_input_dataset, record, context)
+
+    def _log_input_dataset(self, record: Mapping[str, str], context: str) -> None:
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -119,19 +182,45 @@ class StageRun:
             self.client.log_inputs(run_id, datasets=inputs)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log every numeric leaf of a nested metrics dict (keys joined with dots)."""
-        for key, value in _flatten(metrics, _metric_value).items():
-            self.client.log_metric(self.run_id, key, value, step=step or 0)
+        """Log every numeric leaf of a nested metrics dict (keys joined with dots, each key a safe_name)."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
 
-    def lightning_logger(self) -> Any:
-        """A Lightning MLFlowLogger writing per-step/epoch metrics into this stage run."""
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, value, stamp, step or 0) for key, value in _flatten(metrics, _metric_value).items()]
+        for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
+            self.guard.call(self.client.log_batch, self.run_id, metrics=batch[start:start + 1000])
+
+    def lightning_loggers(self) -> list[Any]:
+        """[a Lightning MLFlowLogger into this stage run, best-effort like the rest], or [] without tracking."""
+        if not self.active:
+            return []
         from lightning.pytorch.loggers import MLFlowLogger
 
-        return MLFlowLogger(tracking_uri=tracking_uri(), run_id=self.run_id)
+        guard = self.guard
+
+        class GuardedMLFlowLogger(MLFlowLogger):
+            """MLFlowLogger whose calls go through the stage's TrackingGuard: a locked store never aborts training."""
+
+            def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+                guard.call(super().log_metrics, metrics, step)
+
+            def log_hyperparams(self, params: Any) -> None:
+                guard.call(super().log_hyperparams, params)
+
+            def finalize(self, status: str = "success") -> None:
+                guard.call(super().finalize, status)
+
+            def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+                guard.call(super().after_save_checkpoint, checkpoint_callback)
+
+        return [GuardedMLFlowLogger(tracking_uri=tracking_uri(), run_id=self.run_id)]
 
     def log_artifact(self, path: str | Path) -> None:
         """Attach a small file (report, plot) to the stage run."""
-        self.client.log_artifact(self.run_id, str(path))
+        if self.active:
+            self.guard.call(self.client.log_artifact, self.run_id, str(path))
 
     def log_figures(self, folder: str | Path) -> None:
         """Attach every PNG of a folder (sorted by name) to the stage run."""
@@ -139,29 +228,42 @@ class StageRun:
             self.log_artifact(png)
 
 
+def _open_run(client: Any, guard: TrackingGuard, stage: str, params: Mapping[str, Any],
+              experiment: str) -> tuple[str | None, str | None]:
+    """(run id, parent run id) of a new stage run with its params, each call guarded; (None, None) on failure."""
+    from mlflow.entities import Param
+
+    def experiment_id() -> str:
+        existing = client.get_experiment_by_name(experiment)
+        return existing.experiment_id if existing else client.create_experiment(experiment)
+
+    exp_id = guard.call(experiment_id)
+    parent = guard.call(_parent_run, client, exp_id, invocation_id()) if exp_id else None
+    tags = {"mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()}
+    run = guard.call(client.create_run, exp_id, run_name=stage, tags=tags) if parent else None
+    if run is None:
+        return None, None
+    params_list = [Param(key, value) for key, value in _flatten(params, _param_value).items()]
+    for start in range(0, len(params_list), 100):  # MLflow's log_batch limit for params
+        guard.call(client.log_batch, run.info.run_id, params=params_list[start:start + 100])
+    return run.info.run_id, parent
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
-    """Open the nested MLflow run `stage` under this execution's parent run in `experiment`."""
+    """Open the nested MLflow run `stage` under this execution's parent run in `experiment` (best-effort)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
+    guard = TrackingGuard(stage)
     client = MlflowClient(tracking_uri=tracking_uri())
-    existing = client.get_experiment_by_name(experiment)
-    experiment_id = existing.experiment_id if existing else client.create_experiment(experiment)
-    parent = _parent_run(client, experiment_id, invocation_id())
-    run = client.create_run(
-        experiment_id,
-        run_name=stage,
-        tags={"mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()},
-    )
-    run_id = run.info.run_id
-    for key, value in _flatten(params, _param_value).items():
-        client.log_param(run_id, key, value)
+    run_id, parent = _open_run(client, guard, stage, params, experiment)
     status = "FAILED"
     try:
-        yield StageRun(client, run_id, parent)
+        yield StageRun(client, run_id, parent, guard)
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status)
-        client.set_terminated(parent, "FINISHED" if status == "FINISHED" else "FAILED")
-        log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run_id, tracking_uri())
+        if run_id is not None:
+            guard.call(client.set_terminated, run_id, status)
+            guard.call(client.set_terminated, parent, "FINISHED" if status == "FINISHED" else "FAILED")
+            log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run_id, tracking_uri())

@@ -31,8 +31,8 @@ class SampleDataConfig:
     """params.sample_data: how many packaged images go to the pool and the downstream splits."""
 
     pool_animals: int = 3000
-    downstream_train: int = 2000
-    downstream_test: int = 1000
+    downstream_train: int = 1000
+    downstream_test: int = 500
     image_size: int = 64
     seed: int = 0  # the split's own seed, so changing the run seed does not rebuild the data
 

@@ -37,7 +37,7 @@ class GenerateConfig:
     guidance: float | None = None
     resolution: int | None = None
     output_size: int = 64
-    batch_size: int = 8
+    batch_size: int = 16
     shard_size: int = 1000
     jpeg_quality: int = 90
 

@@ -88,9 +88,11 @@ def _collate(batch: list[tuple[Any, dict[str, Any]]]) -> tuple[torch.Tensor | No
 
 
 def _chunk_digest(base: str, items: list[PoolItem]) -> str:
+    """Content address of a chunk: its items' ids, bytes (sha256) and skip reasons, and what embeds them."""
     digest = hashlib.sha256(base.encode())
     for item in items:
-        digest.update(f"{item.id}:{len(item.data or b'')}:{item.reason}".encode())
+        content = hashlib.sha256(item.data).hexdigest() if item.data else "-"
+        digest.update(f"{item.id}:{content}:{item.reason}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -2,7 +2,9 @@
 HF-style parquet files with image bytes, and file lists (`*.lst`), in any mixture under one root.
 
 Nothing is held in memory beyond one item; every item gets a stable id and, when unusable, a
-reason (undecodable, too_small, duplicate_path, missing_file) instead of stopping the run.
+reason instead of stopping the run: undecodable, too_small, duplicate_path, missing_file, bad_file_name
+(not UTF-8), outside_pool (a `.lst` entry outside the pool folder: not a DVC dep, so never read),
+not_image_bytes (a parquet image column of another type), unreadable_container (a damaged parquet or list).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -33,9 +36,26 @@ class PoolItem:
     reason: str = ""
 
 
+def _item_id(path: Path, root: Path) -> str:
+    """The id of a path: relative to the pool root when inside it; undecodable bytes escaped (\\xNN)."""
+    text = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _file_items(path: Path, root: Path, seen: set[Path]) -> Iterator[PoolItem]:
     real = path.resolve()
-    item_id = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    item_id = _item_id(path, root)
+    if not _utf8(str(path)):
+        yield PoolItem(item_id, "file", None, "bad_file_name")
+        return
     if real in seen:
         yield PoolItem(item_id, "file", None, "duplicate_path")
         return
@@ -47,7 +67,7 @@ def _file_items(path: Path, root: Path, seen: set[Path]) -> Iterator[PoolItem]:
 
 
 def _tar_items(path: Path, root: Path) -> Iterator[PoolItem]:
-    prefix = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    prefix = _item_id(path, root)
     try:
         with tarfile.open(path) as tar:
             for member in tar:
@@ -57,30 +77,46 @@ def _tar_items(path: Path, root: Path) -> Iterator[PoolItem]:
         log.warning("tar shard %s is damaged (%s); its remaining members are skipped", path, err)
 
 
-def _parquet_column(path: Path) -> str | None:
-    names = pq.read_schema(path).names
-    return next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
-
-
 def _parquet_items(path: Path, root: Path) -> Iterator[PoolItem]:
-    prefix = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-    column = _parquet_column(path)
-    if column is None:
-        log.warning("%s has no image column (%s); skipped", path, ", ".join(PARQUET_IMAGE_COLUMNS))
-        return
+    prefix = _item_id(path, root)
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=256):
-        for value in batch.column(0).to_pylist():
-            data = value.get("bytes") if isinstance(value, dict) else value  # HF `image` struct or raw bytes
-            yield PoolItem(f"{prefix}#{row}", "parquet", data, "" if data else "undecodable")
-            row += 1
+    try:
+        names = pq.read_schema(path).names
+        column = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
+        if column is None:
+            log.warning("%s has no image column (%s); skipped", path, ", ".join(PARQUET_IMAGE_COLUMNS))
+            return
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=256):
+            for value in batch.column(0).to_pylist():
+                data = value.get("bytes") if isinstance(value, dict) else value  # HF `image` struct or raw bytes
+                if not isinstance(data, (bytes, bytearray)):
+                    yield PoolItem(f"{prefix}#{row}", "parquet", None, "not_image_bytes" if data else "undecodable")
+                else:
+                    yield PoolItem(f"{prefix}#{row}", "parquet", bytes(data), "" if data else "undecodable")
+                row += 1
+    except (pa.ArrowException, OSError) as err:
+        log.warning("%s is not a readable parquet file (%s); its remaining rows are skipped", path, err)
+        yield PoolItem(f"{prefix}#{row}", "parquet", None, "unreadable_container")
 
 
 def _list_items(path: Path, root: Path, seen: set[Path]) -> Iterator[PoolItem]:
-    for line in path.read_text().splitlines():
-        entry = line.strip()
+    inside = root.resolve()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        yield PoolItem(_item_id(path, root), "list", None, "unreadable_container")
+        return
+    for number, raw in enumerate(lines, 1):
+        try:
+            entry = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            yield PoolItem(f"{_item_id(path, root)}:{number}", "list", None, "bad_file_name")
+            continue
         if entry and not entry.startswith("#"):
             target = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+            if not target.resolve().is_relative_to(inside):
+                yield PoolItem(entry, "file", None, "outside_pool")
+                continue
             yield from _file_items(target, root, seen)
 
 

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 class FullConfig:
     """params.finetune.full: end-to-end fine-tuning settings."""
 
-    epochs: int = 2
-    max_train_images: int = 300  # stratified subset of the train split; 0 = all of it
+    epochs: int = 1
+    max_train_images: int = 200  # stratified subset of the train split; 0 = all of it
     batch_size: int = 64
     lr: float = 0.0001  # the head's; backbone layers get lr * layer_decay ** depth-from-top
     layer_decay: float = 0.65

@@ -50,7 +50,7 @@ class FewshotConfig:
     """params.finetune.fewshot: linear probes on `shots` images per class, `seeds` draws each."""
 
     shots: tuple[int, ...] = (1, 5, 10)
-    seeds: int = 3
+    seeds: int = 2
 
     def validate(self, prefix: str) -> None:
         """Raise a ConfigError naming the first out-of-range value."""
