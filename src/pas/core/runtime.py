@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
 
 
 def pick_device() -> str:
@@ -43,3 +50,30 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("pas").setLevel(os.environ.get("PAS_LOG_LEVEL", "INFO"))
+
+
+def dvc_ancestor() -> psutil.Process | None:
+    """The nearest ancestor process running dvc (`dvc repro`, `dvc exp run`), or None for a stage run by hand."""
+    for parent in psutil.Process().parents():
+        try:
+            cmdline = " ".join(parent.cmdline())
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if "dvc" in Path(cmdline.split(" ")[0]).name or " -m dvc" in cmdline or "/dvc " in cmdline + " ":
+            return parent
+    return None
+
+
+def stop_when_orphaned(parent: psutil.Process, interval: float = 2.0) -> threading.Thread:
+    """Exit this process (status 3) once `parent` is gone: a stage whose dvc was killed must not go on and later
+    overwrite outputs that dvc no longer tracks (outputs are written atomically, so nothing is left half-written)."""
+    def watch() -> None:
+        while parent.is_running():  # pid and start time: a reused pid is not mistaken for dvc
+            time.sleep(interval)
+        log.error("the dvc process %d that started this stage is gone; stopping without writing outputs", parent.pid)
+        logging.shutdown()
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="pas-orphan-guard", daemon=True)
+    thread.start()
+    return thread

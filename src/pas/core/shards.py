@@ -12,10 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.<name>.tmp-<pid>` siblings left by a killed process (pid no longer running)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -23,6 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level
-from pas.core.runtime import configure_threads, setup_logging
+from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.shards import write_json
 from pas.core.tracking import StageRun, stage_run
 
@@ -29,6 +29,8 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
     """
     setup_logging()
     args = parser.parse_args(argv)
+    if (dvc := dvc_ancestor()) is not None:
+        stop_when_orphaned(dvc)
     try:
         configure_threads()
         everything = load_params(args.params)

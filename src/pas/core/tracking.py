@@ -13,6 +13,7 @@ import psutil
 
 from pas.core.hashing import file_digest
 from pas.core.names import safe_name
+from pas.core.runtime import dvc_ancestor
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,10 @@ def invocation_id() -> str:
     nearest ancestor running dvc (pid + start time) names the execution. A stage run by hand
     is its own execution.
     """
+    parent = dvc_ancestor()
+    if parent is not None:
+        return f"dvc-{parent.pid}-{int(parent.create_time())}"
     proc = psutil.Process()
-    for parent in proc.parents():
-        try:
-            cmdline = " ".join(parent.cmdline())
-        except (psutil.AccessDenied, psutil.NoSuchProcess):
-            continue
-        if "dvc" in Path(cmdline.split(" ")[0]).name or " -m dvc" in cmdline or "/dvc " in cmdline + " ":
-            return f"dvc-{parent.pid}-{int(parent.create_time())}"
     return f"proc-{proc.pid}-{int(proc.create_time())}"
 
 

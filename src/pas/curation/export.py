@@ -6,16 +6,16 @@
 <out>/parquet/data/train-00000-of-0000N.parquet   image {bytes, path}, image_name, concept, source
                                                  (as the PaS releases; `datasets.load_dataset("parquet", ...)`
                                                  decodes `image` as an Image feature) + README.md card
-<out>/imagefolder/<concept>/<image_name>          the stored JPEG bytes, one folder per concept
+<out>/imagefolder/<safe concept>/<image_name>     the stored JPEG bytes, one folder per concept (core.names)
 <out>/webdataset/pas-000000.tar                  key.jpg + key.json (concept, source, prompt, scores)
-Each format is written to a temporary folder and renamed when complete. Images are copied byte for byte.
+Each format is written to a temporary folder; all are renamed into place only when every one is complete. Images are copied byte for byte.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pas.core.names import safe_name
 from pas.core.shards import atomic_dir, read_table, shard_name, write_shard
 from pas.curation.fingerprints import read_bytes
 
@@ -37,11 +38,6 @@ META = ("key", "source", "concept", "prompt", "seed", "width", "height", "domain
 def image_name(row: dict[str, Any]) -> str:
     """The exported file name of a row: <key>.jpg."""
     return f"{row['key']}.jpg"
-
-
-def _safe(name: str) -> str:
-    """A concept name usable as a folder name."""
-    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "unnamed"
 
 
 def _images(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
@@ -90,7 +86,7 @@ def export_imagefolder(rows: list[dict[str, Any]], out: Path) -> int:
     """out/<concept>/<key>.jpg with the stored bytes; returns the image count."""
     count = 0
     for row, data in _images(rows):
-        folder = out / _safe(row["concept"])
+        folder = out / safe_name(row["concept"])  # distinct names never share a folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / image_name(row)).write_bytes(data)
         count += 1
@@ -122,10 +118,11 @@ def export(curated: str | Path, out: str | Path, formats: Sequence[str] = tuple(
         raise ValueError(f"unknown export format {unknown[0]!r}; use one of {', '.join(FORMATS)}")
     rows = read_table(curated).to_pylist()
     written = {}
-    for name in formats:
-        with atomic_dir(Path(out) / name) as tmp:
+    with contextlib.ExitStack() as stack:  # every format renamed into place only when all of them succeeded
+        for name in formats:
+            tmp = stack.enter_context(atomic_dir(Path(out) / name))
             written[name] = FORMATS[name](rows, tmp)
-        log.info("exported %d images as %s to %s", written[name], name, Path(out) / name)
+            log.info("exported %d images as %s to %s", written[name], name, Path(out) / name)
     if any(n != len(rows) for n in written.values()):
         log.warning("the manifest lists %d images but %s were exported (missing from their shards)", len(rows), written)
     return written

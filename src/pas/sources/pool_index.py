@@ -54,6 +54,9 @@ class PoolIndexConfig:
         require(self.min_side >= 1, f"{prefix}.min_side", self.min_side, "use a positive integer")
         require(self.chunk_size >= 1, f"{prefix}.chunk_size", self.chunk_size, "use a positive integer")
         require(0 < self.target_recall <= 1, f"{prefix}.target_recall", self.target_recall, "use 0..1")
+        require(self.memory_budget_mb >= 1, f"{prefix}.memory_budget_mb", self.memory_budget_mb,
+                "use a positive number of MB (the index must fit in it)")
+        require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use a positive integer")
 
 
 def check_source(source: str) -> Path:
@@ -281,6 +284,12 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
             index.add(block)
         description = {"index": "flat", "vectors": n, "dim": dim, "recall_at_10": 1.0,
                        "fallback_from": {"index": kind, "nlist": nlist, **settings, "recall_at_10": achieved}}
+    description["target_recall"] = cfg.target_recall
+    description["recall_met"] = description["recall_at_10"] >= cfg.target_recall
+    if not description["recall_met"]:
+        log.warning("pool index %s reaches recall@10 %.3f, below pool_index.target_recall %.2f: retrieval will miss "
+                    "some true neighbours; raise pool_index.memory_budget_mb or choose index: flat",
+                    description["index"], description["recall_at_10"], cfg.target_recall)
     return index, description
 
 

@@ -117,6 +117,10 @@ def _decode(dataset: Dataset, image_size: int, problems: list[str]) -> tuple[dic
                  time.perf_counter() - start)
         if not len(kept):
             raise DownstreamDataError(f"dataset {dataset.name!r}: no readable image in its {split} split ({info.path})")
+    present = np.unique(labels["train"])
+    if len(present) < 2:  # one class: any score is 100%, and a gain over another init means nothing
+        raise DownstreamDataError(f"dataset {dataset.name!r}: its train split has images of {len(present)} class(es) "
+                                  f"({', '.join(dataset.class_names[i] for i in present)}); classification needs 2 or more")
     return pixels, labels
 
 
