@@ -1,11 +1,14 @@
 """embed: CLIP embeddings and image statistics of every candidate (generated + retrieved), once."""
+from collections import Counter
 from pathlib import Path
 
 from pas.core.runtime import pick_device
 from pas.core.shards import atomic_dir, read_table, save_embeddings, write_table
 from pas.core.stage import run_stage, stage_parser
-from pas.curation.embed import candidate_rows, stream_images
+from pas.curation.embed import candidate_rows, embed_candidates
 from pas.models.clip import ClipEncoder
+from pas.models.registry import read_entry
+from pas.sources.pool_index import pool_embeddings
 
 KEYS = ()
 
@@ -13,22 +16,24 @@ KEYS = ()
 def body(args, params, run):
     sources = [(read_table(Path(folder) / "manifest.parquet"), Path(folder)) for folder in args.sources]
     rows = candidate_rows(sources)
-    encoder = ClipEncoder(args.clip, pick_device())
-    stats = []
-    embeddings = encoder.encode_images(stream_images(rows, stats), total=len(rows), desc="embed")
+    reuse = [i for i, row in enumerate(rows) if row["source"] == "retrieved" and row.get("pool_row") is not None]
+    vectors = pool_embeddings(Path(args.pool_index), [rows[i]["pool_row"] for i in reuse],
+                              read_entry(args.clip)["sha256"]) if reuse else None
+    known = dict(zip(reuse, vectors)) if vectors is not None else {}
+    embeddings, stats = embed_candidates(rows, ClipEncoder(args.clip, pick_device()), known)
     rows = [{**row, **stat} for row, stat in zip(rows, stats)]
     with atomic_dir(args.out) as out:
         save_embeddings(embeddings, out / "embeddings.npy")
         write_table(rows, out / "manifest.parquet")
-    by_source = {}
-    for row in rows:
-        by_source[row["source"]] = by_source.get(row["source"], 0) + 1
-    return {"candidates": len(rows), "by_source": by_source, "undecodable": sum(not r["decodable"] for r in rows)}
+    return {"candidates": len(rows), "by_source": dict(Counter(row["source"] for row in rows)),
+            "undecodable": sum(not r["decodable"] for r in rows), "reused_pool_embeddings": len(known)}
 
 
 if __name__ == "__main__":
     parser = stage_parser("embed", __doc__)
     parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--sources", nargs="+", required=True, help="stage folders holding manifest.parquet + shards")
+    parser.add_argument("--pool-index", required=True,
+                        help="pool_index output: retrieved images reuse its vectors when the CLIP model is the same")
     parser.add_argument("--out", required=True, help="folder for the candidate manifest and embeddings")
     run_stage("embed", KEYS, parser, body)

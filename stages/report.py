@@ -1,4 +1,5 @@
 """report: the dataset report (HTML with embedded PNGs, and the PNGs as DVC plots) for the curated set."""
+import json
 from pathlib import Path
 
 from pas.core.config import build
@@ -18,9 +19,11 @@ def body(args, params, run):
         head, _, leaf = key.partition(".")
         if leaf in params.get(head, {}):
             thresholds[key] = float(params[head][leaf])
+    shortfall = Path(args.retrieved) / "shortfall.json"
+    missing = json.loads(shortfall.read_text())["missing"] if shortfall.is_file() else {}
     inputs = Inputs(read_table(args.filtered).to_pylist(), read_table(args.decisions).to_pylist(),
                     read_table(args.curated).to_pylist(), load_embeddings(Path(args.candidates) / "embeddings.npy"),
-                    thresholds, Path(args.downstream))
+                    thresholds, Path(args.downstream), missing)
     metrics = build_report(inputs, cfg, args.out, args.figures)
     run.log_artifact(args.out)
     run.log_figures(args.figures)
@@ -33,6 +36,7 @@ if __name__ == "__main__":
     parser.add_argument("--candidates", required=True, help="embed output folder (embeddings.npy)")
     parser.add_argument("--decisions", required=True, help="dedup decisions (one row per filter-kept candidate)")
     parser.add_argument("--curated", required=True, help="curated manifest")
+    parser.add_argument("--retrieved", required=True, help="retrieve output (shortfall.json: what the pool lacked)")
     parser.add_argument("--downstream", required=True, help="evaluation sets (to show what removed images matched)")
     parser.add_argument("--out", required=True, help="HTML report to write")
     parser.add_argument("--figures", required=True, help="folder for the PNG figures (DVC plots)")

@@ -43,9 +43,9 @@ def test_every_format_holds_every_image_byte_for_byte(curated, tmp_path):
     assert "7 images in 1 parquet file" in (tmp_path / "out" / "parquet" / "README.md").read_text()
 
     folder = tmp_path / "out" / "imagefolder"
-    assert sorted(p.name for p in folder.iterdir()) == ["cat", "snow_leopard"]
+    assert sorted(p.name for p in folder.iterdir()) == ["cat", "snow leopard"]
     assert len(list((folder / "cat").glob("*.jpg"))) == 4
-    assert (folder / "snow_leopard" / "k01.jpg").read_bytes() == payload["k01"]
+    assert (folder / "snow leopard" / "k01.jpg").read_bytes() == payload["k01"]
 
     shards = sorted((tmp_path / "out" / "webdataset").glob("*.tar"))
     records = [r for shard in shards for r in read_shard(shard)]

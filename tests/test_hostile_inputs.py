@@ -150,10 +150,12 @@ HOSTILE_NAMES = ["brewer's blackbird", "chuck-will's-widow", "a/b", "..", "x" * 
 def test_safe_name_is_stable_collision_free_capped_and_keeps_plain_names():
     from pas.core.names import safe_name
 
-    names = [safe_name(n) for n in HOSTILE_NAMES + ["a_b", "a b", "a-b"]]
+    names = [safe_name(n) for n in HOSTILE_NAMES + ["a_b", "a b", "a-b", " a b"]]
     assert len(set(names)) == len(names)  # "a/b", "a_b" and "a b" stay apart
-    assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", n) and not n.startswith(".") and ".." not in n for n in names)
-    assert safe_name("cat") == "cat" and safe_name("a_b") == "a_b" and safe_name("a/b") == safe_name("a/b")
+    assert all(re.fullmatch(r"[A-Za-z0-9 _.-]{1,64}", n) and not n.startswith((".", " ")) and ".." not in n
+               for n in names)
+    assert safe_name("cat") == "cat" and safe_name("snow leopard") == "snow leopard"
+    assert safe_name("a/b") == safe_name("a/b") != safe_name("a_b")
 
 
 def test_metrics_keyed_by_hostile_concept_names_land_in_mlflow(tmp_path, monkeypatch):

@@ -1,14 +1,16 @@
 import io
 import json
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pas.core.config import ConfigError
-from pas.core.shards import read_shard
+from pas.core.config import ConfigError, DataError
+from pas.core.shards import encode_jpeg, read_shard, write_shard
+from pas.curation.embed import embed_candidates
 from pas.models.clip import ClipEncoder, concept_queries
 from pas.models.registry import read_entry
 from pas.sources.pool_index import (
@@ -18,11 +20,13 @@ from pas.sources.pool_index import (
     choose_index,
     chunk_embeddings,
     embed_pool,
+    index_pool,
     load_index,
+    pool_embeddings,
     save_index,
 )
 from pas.sources.pool_sources import iter_pool, load_items
-from pas.sources.retrieve import RetrieveConfig, assign, retrieve
+from pas.sources.retrieve import RetrieveConfig, assign, retrieve, select
 
 
 def png(image) -> bytes:
@@ -161,10 +165,79 @@ def test_retrieve_copies_images_into_shards_with_provenance(tiny_models, tmp_pat
     index, _ = build_index(lambda: chunk_embeddings(tmp_path / "chunks", count), len(ids), 64, cfg)
     concepts = [{"name": n, "prompts": [f"a {n}", f"the {n}"]} for n in ("cat", "dog")]
     got, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, ids, tmp_path / "pool", 6,
-                            RetrieveConfig(k=15, shard_size=4), tmp_path / "ret")
+                            RetrieveConfig(shard_size=4), tmp_path / "ret")
     assert metrics["images"] == 6 and metrics["shards"] == 2
     assert len({r["pool_id"] for r in got}) == 6  # never the same image under two concepts
     assert sorted(r["concept"] for r in got) == ["cat"] * 3 + ["dog"] * 3
     keys = [k for shard in sorted((tmp_path / "ret").glob("*.tar")) for k, _, _ in read_shard(shard)]
     assert keys == [r["key"] for r in got]
     assert {"pool_source", "pool_id", "similarity", "rank", "prompt"} <= set(got[0])
+
+
+def _two_concept_pool(n_a: int, n_b: int, dim: int = 16, seed: int = 0):
+    """An exact index over n_a images near concept A's query and n_b near B's, and the two unit queries."""
+    rng = np.random.default_rng(seed)
+    queries = np.eye(dim, dtype=np.float32)[:2]
+    vectors = np.concatenate([queries[0] + 0.3 * rng.normal(size=(n_a, dim)),
+                              queries[1] + 0.3 * rng.normal(size=(n_b, dim))]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    return index, queries
+
+
+def test_quotas_come_from_the_plan_and_the_search_deepens_until_they_are_met():
+    rng = np.random.default_rng(0)
+    queries = np.eye(16, dtype=np.float32)[:2]
+    vectors = ((queries[0] + queries[1]) / np.sqrt(2) + 0.3 * rng.normal(size=(600, 16))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(16)
+    index.add(vectors)  # both concepts want the same images: the first 250 of each overlap
+    selection = select(index, queries, [250, 250], RetrieveConfig(search_factor=1.0))
+    counts = np.bincount([c["concept_index"] for c in selection.chosen], minlength=2)
+    assert counts.tolist() == [250, 250] and selection.shortfall == {} and selection.depth > 250
+    assert len({c["pool_row"] for c in selection.chosen}) == 500
+
+
+def test_a_short_concept_is_filled_by_the_others_next_best_and_reported():
+    index, queries = _two_concept_pool(100, 3)
+    floor = float(np.sort(index.search(queries[1:], 103)[0][0])[::-1][2]) - 1e-6  # B has 3 images at the floor
+    cfg = RetrieveConfig(min_similarity=min(floor, 0.5), shortfall="fill")
+    selection = select(index, queries, [10, 10], cfg)
+    b_images = sum(c["concept_index"] == 1 for c in selection.chosen)
+    assert selection.shortfall == {1: 10 - b_images} and selection.filled == 10 - b_images > 0
+    assert len(selection.chosen) == 20 and len({c["pool_row"] for c in selection.chosen}) == 20
+
+
+def test_shortfall_error_stops_naming_the_concept(tmp_path):
+    index, queries = _two_concept_pool(100, 3)
+    concepts = [{"name": "apple pie", "prompts": ["x"]}, {"name": "rare bird", "prompts": ["y"]}]
+    cfg = RetrieveConfig(min_similarity=0.5, shortfall="error")
+    with pytest.raises(DataError, match=r"cannot fill the retrieval quota of 1 concept\(s\) \(missing 'rare bird': "):
+        retrieve(index, queries, concepts, [str(i) for i in range(103)], tmp_path, 20, cfg, tmp_path / "out")
+
+
+def test_retrieved_images_reuse_the_pool_vectors_of_the_same_clip_and_only_those(tmp_path, image_factory, tiny_models):
+    make_mixed_pool(tmp_path / "pool", image_factory)
+    sha = read_entry(tiny_models["clip"])["sha256"]
+    out = tmp_path / "pool_index"
+    index_pool(PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=4), tiny_models["clip"], out, 0)
+    everything = np.concatenate(list(chunk_embeddings(out / "chunks", json.loads((out / "index.json").read_text())
+                                                      ["chunks"])))
+    picked = [5, 0, len(everything) - 1]
+    assert np.array_equal(pool_embeddings(out, picked, sha), everything[picked])
+    assert pool_embeddings(out, picked, "another-model") is None
+
+    shard = tmp_path / "cand" / "c-000000.tar"
+    write_shard(shard, [(f"k{i}", encode_jpeg(image_factory(300 + i)), {}) for i in range(3)])
+    rows = [{"key": f"k{i}", "shard": str(shard), "source": "retrieved" if i else "generated"} for i in range(3)]
+    encoder = ClipEncoder(tiny_models["clip"])
+    calls = []
+    original = encoder.encode_pixels
+    encoder.encode_pixels = lambda pixels: calls.append(len(pixels)) or original(pixels)
+    known = {1: everything[5], 2: everything[0]}
+    embeddings, stats = embed_candidates(rows, encoder, known)
+    assert calls == [1] and len(stats) == 3 and all(s["decodable"] for s in stats)  # one CLIP pass, not three
+    assert np.array_equal(embeddings[1], everything[5]) and np.array_equal(embeddings[2], everything[0])
+    alone, _ = embed_candidates(rows[:1], ClipEncoder(tiny_models["clip"]))
+    assert np.allclose(embeddings[0], alone[0], atol=1e-5)

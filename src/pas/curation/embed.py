@@ -14,7 +14,7 @@ from pas.core.shards import decode_image, read_shard
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("key", "shard", "source", "concept", "prompt", "seed", "width", "height", "similarity")
+COLUMNS = ("key", "shard", "source", "concept", "prompt", "seed", "width", "height", "similarity", "pool_row")
 
 
 def pixel_hash(image: Image.Image) -> str:
@@ -55,3 +55,23 @@ def stream_images(rows: list[dict[str, Any]], stats: list[dict[str, Any]]) -> It
             gray = np.asarray(image.convert("L"), dtype=np.float32)
             stats.append({"decodable": True, "pixel_std": float(gray.std()), "pixel_hash": pixel_hash(image)})
         yield image
+
+
+def embed_candidates(rows: list[dict[str, Any]], encoder: Any,
+                     known: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(N, D) CLIP embeddings of every candidate and per-image stats; rows whose position is in `known` reuse
+    that vector (a retrieved image the pool already embedded with this model) instead of a second CLIP pass."""
+    known = known or {}
+    stats: list[dict[str, Any]] = []
+    images = (image for i, image in enumerate(stream_images(rows, stats)) if i not in known)
+    fresh = encoder.encode_images(images, total=len(rows) - len(known), desc="embed")
+    if not known:
+        return fresh, stats
+    dim = fresh.shape[1] if fresh.size else len(next(iter(known.values())))
+    out = np.zeros((len(rows), dim), np.float32)
+    others = [i for i in range(len(rows)) if i not in known]
+    if others:
+        out[others] = fresh
+    for i, vector in known.items():
+        out[i] = vector
+    return out, stats

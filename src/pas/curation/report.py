@@ -54,6 +54,7 @@ class Inputs:
     embeddings: np.ndarray  # (N candidates, D)
     thresholds: dict[str, float]  # filter.threshold, filter.concept_threshold, dedup.threshold, ...
     downstream: Path | None = None  # evaluation sets, to show what each removed candidate matched
+    retrieval_missing: dict[str, int] | None = None  # concept -> images the pool could not give (retrieve)
 
 
 def accounting(inputs: Inputs) -> dict[str, Any]:
@@ -230,8 +231,10 @@ def _concept_table(inputs: Inputs, concepts: list[str]) -> str:
         mine = [r for r in inputs.curated if r["concept"] == c]
         passed = sum(d["concept"] == c for d in inputs.decisions)
         by_source = [sum(r["source"] == s for r in mine) for s in ("generated", "retrieved")]
-        rows.append([c, sum(r["concept"] == c for r in inputs.filtered), passed, len(mine), *by_source])
-    return _table(["concept", "candidates", "passed filter", "curated", "generated", "retrieved"], rows)
+        missing = (inputs.retrieval_missing or {}).get(c, 0)
+        rows.append([c, sum(r["concept"] == c for r in inputs.filtered), passed, len(mine), *by_source, missing])
+    return _table(["concept", "candidates", "passed filter", "curated", "generated", "retrieved",
+                   "missing from the pool"], rows)
 
 
 def _contamination_table(decisions: list[dict[str, Any]]) -> str:

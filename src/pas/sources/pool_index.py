@@ -318,7 +318,8 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
     source = check_source(cfg.source)
     encoder = ClipEncoder(clip, pick_device(), cfg.batch_size)
     chunks_dir = out / "chunks"
-    count = embed_pool(source, encoder, cfg, chunks_dir, read_entry(clip)["sha256"], num_workers(), worker, workers)
+    model_sha = read_entry(clip)["sha256"]
+    count = embed_pool(source, encoder, cfg, chunks_dir, model_sha, num_workers(), worker, workers)
     if workers > 1:
         return {"chunks": count, "worker": worker, "workers": workers}
     items = pa.concat_tables([pq.read_table(chunk_paths(chunks_dir, i)[0]) for i in range(count)])
@@ -328,7 +329,30 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
     write_table(usable.replace_schema_metadata(None), out / "files.parquet")  # row i = index id i
     dim = next(chunk_embeddings(chunks_dir, count)).shape[1]
     index, description = build_index(lambda: chunk_embeddings(chunks_dir, count), usable.num_rows, dim, cfg, seed)
+    description["clip_sha256"] = model_sha  # lets embed reuse these vectors only for the same CLIP model
+    description["chunks"] = count
     save_index(index, description, out)
     reasons = Counter(items.column("reason").to_pylist())
     return {"items": items.num_rows, "indexed": usable.num_rows, "skipped": items.num_rows - usable.num_rows,
             "reasons": dict(reasons), **description}
+
+
+def pool_embeddings(folder: Path, ids: list[int], model_sha: str) -> np.ndarray | None:
+    """(len(ids), D) float32 pool vectors of index ids, read chunk by chunk (memory-mapped); None when the pool
+    was embedded by another CLIP model than `model_sha` (its vectors are then not comparable)."""
+    description = json.loads((folder / "index.json").read_text())
+    if description.get("clip_sha256") != model_sha or "chunks" not in description:
+        return None
+    wanted = np.asarray(ids, dtype=np.int64)
+    out: np.ndarray | None = None
+    offset = 0
+    for index in range(description["chunks"]):
+        block = np.load(chunk_paths(folder / "chunks", index)[1], mmap_mode="r")
+        if not block.size:
+            continue
+        if out is None:
+            out = np.zeros((len(wanted), block.shape[1]), np.float32)
+        inside = (wanted >= offset) & (wanted < offset + len(block))
+        out[inside] = block[wanted[inside] - offset]
+        offset += len(block)
+    return out

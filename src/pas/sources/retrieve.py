@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,28 +10,47 @@ from typing import Any
 import faiss
 import numpy as np
 
-from pas.core.config import require
-from pas.core.shards import decode_image, encode_jpeg, shard_name, write_shard
+from pas.core.config import DataError, require
+from pas.core.shards import decode_image, encode_jpeg, shard_name, write_json, write_shard
 from pas.sources.plan import per_concept_quota
 from pas.sources.pool_sources import load_items
 
 log = logging.getLogger(__name__)
 
 
+SHORTFALL_POLICIES = ("fill", "error")
+
+
 @dataclass(frozen=True)
 class RetrieveConfig:
-    """params.retrieve: neighbours per concept, a similarity floor, and the shard encoding."""
+    """params.retrieve: how deep to search, what a short concept does, a similarity floor, the shard encoding.
 
-    k: int = 400
+    Each concept's quota comes from the plan (size x oversample x mix.retrieved / concepts), never a fixed k.
+    """
+
+    search_factor: float = 2.0  # first search depth = the largest quota x this (room for images concepts share)
+    shortfall: str = "fill"  # fill: other concepts' next-best images make up the total | error: stop, naming them
     min_similarity: float = -1.0
     shard_size: int = 1000
     jpeg_quality: int = 90
 
     def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require(self.k >= 1, f"{prefix}.k", self.k, "use a positive integer")
+        """Check ranges and the shortfall policy."""
+        require(self.search_factor >= 1.0, f"{prefix}.search_factor", self.search_factor, "use a number >= 1")
+        require(self.shortfall in SHORTFALL_POLICIES, f"{prefix}.shortfall", self.shortfall,
+                f"use one of {', '.join(SHORTFALL_POLICIES)}")
         require(-1.0 <= self.min_similarity <= 1.0, f"{prefix}.min_similarity", self.min_similarity, "use -1..1")
         require(self.shard_size >= 1, f"{prefix}.shard_size", self.shard_size, "use a positive integer")
+
+
+@dataclass
+class Selection:
+    """Which pool rows go to which concept, what each concept lacked, how deep the search went."""
+
+    chosen: list[dict[str, Any]]
+    shortfall: dict[int, int]  # concept index -> images missing from its own quota (before any fill)
+    filled: int  # images other concepts gave to make up the total (shortfall: fill)
+    depth: int  # neighbours searched per concept
 
 
 def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], min_similarity: float) -> list[dict[str, Any]]:
@@ -38,10 +58,7 @@ def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], 
 
     similarities, neighbours: (C, k) search results per concept. Returns one claim per image.
     """
-    claims = [(float(similarities[c, r]), c, int(neighbours[c, r]), r)
-              for c in range(similarities.shape[0]) for r in range(similarities.shape[1])
-              if neighbours[c, r] >= 0 and similarities[c, r] >= min_similarity]
-    claims.sort(key=lambda t: (-t[0], t[1], t[2]))
+    claims = _claims(similarities, neighbours, min_similarity)
     taken: set[int] = set()
     filled = [0] * len(quotas)
     chosen = []
@@ -55,18 +72,68 @@ def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], 
     return chosen
 
 
+def _claims(similarities: np.ndarray, neighbours: np.ndarray, min_similarity: float) -> list[tuple]:
+    claims = [(float(similarities[c, r]), c, int(neighbours[c, r]), r)
+              for c in range(similarities.shape[0]) for r in range(similarities.shape[1])
+              if neighbours[c, r] >= 0 and similarities[c, r] >= min_similarity]
+    claims.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return claims
+
+
+def fill_claims(similarities: np.ndarray, neighbours: np.ndarray, taken: set[int], count: int,
+                min_similarity: float) -> list[dict[str, Any]]:
+    """Up to `count` more images, best similarity first over every concept, none already taken."""
+    extra, seen = [], set(taken)
+    for sim, concept, image, rank in _claims(similarities, neighbours, min_similarity):
+        if len(extra) == count:
+            break
+        if image not in seen:
+            seen.add(image)
+            extra.append({"pool_row": image, "concept_index": concept, "similarity": sim, "rank": rank})
+    return extra
+
+
+def select(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig) -> Selection:
+    """Search as deep as the quotas need (doubling until they are met, the pool is exhausted or results fall
+    below min_similarity), assign best-first, and apply the shortfall policy."""
+    queries = np.ascontiguousarray(queries)
+    depth = min(index.ntotal, max(1, math.ceil(max(quotas, default=0) * cfg.search_factor)))
+    while True:
+        similarities, neighbours = index.search(queries, depth)
+        chosen = assign(similarities, neighbours, quotas, cfg.min_similarity)
+        got = np.bincount([c["concept_index"] for c in chosen], minlength=len(quotas))
+        shortfall = {i: int(q - g) for i, (q, g) in enumerate(zip(quotas, got)) if g < q}
+        extra = []
+        if shortfall and cfg.shortfall == "fill":
+            extra = fill_claims(similarities, neighbours, {c["pool_row"] for c in chosen}, sum(shortfall.values()),
+                                cfg.min_similarity)
+        met = len(chosen) + len(extra) == sum(quotas) if cfg.shortfall == "fill" else not shortfall
+        below_floor = bool(len(similarities)) and bool((similarities[:, -1] < cfg.min_similarity).all())
+        if met or depth >= index.ntotal or below_floor:
+            break
+        depth = min(index.ntotal, depth * 2)
+    chosen = sorted(chosen + extra, key=lambda c: (c["concept_index"], c["rank"]))
+    return Selection(chosen, shortfall, len(extra), depth)
+
+
 def retrieve(
     index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], pool_ids: list[str],
     pool_source: Path, total: int, cfg: RetrieveConfig, out_dir: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Search, assign to quotas, and copy the chosen pool images into shards; return rows + metrics.
+    """Search, assign to the plan's quotas, and copy the chosen pool images into shards; return rows + metrics.
 
-    pool_ids[i] is the pool item id of index vector i.
+    pool_ids[i] is the pool item id of index vector i. out_dir/shortfall.json lists each concept the pool could
+    not fill (for the dataset report).
     """
     quotas = per_concept_quota(total, len(concepts))
-    k = min(cfg.k, index.ntotal)
-    similarities, neighbours = index.search(np.ascontiguousarray(queries), k)
-    chosen = assign(similarities, neighbours, quotas, cfg.min_similarity)
+    selection = select(index, queries, quotas, cfg)
+    shortfall = {concepts[i]["name"]: n for i, n in selection.shortfall.items()}
+    if shortfall and cfg.shortfall == "error":
+        worst = sorted(shortfall.items(), key=lambda item: -item[1])[:5]
+        raise DataError(f"the pool cannot fill the retrieval quota of {len(shortfall)} concept(s) (missing "
+                        f"{', '.join(f'{name!r}: {n}' for name, n in worst)}); add pool images, lower size or "
+                        "mix.retrieved, or set retrieve.shortfall: fill")
+    chosen = selection.chosen
     payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
     rows, records, shard_index = [], [], 0
 
@@ -83,7 +150,8 @@ def retrieve(
         image = decode_image(payload[pool_id])
         key = f"ret{claim['pool_row']:08d}"
         meta = {"key": key, "source": "retrieved", "concept": concept["name"], "prompt": concept["prompts"][0],
-                "pool_source": str(pool_source), "pool_id": pool_id, "similarity": claim["similarity"],
+                "pool_source": str(pool_source), "pool_id": pool_id, "pool_row": claim["pool_row"],
+                "similarity": claim["similarity"],
                 "rank": claim["rank"], "shard": shard_name("retrieved", shard_index),
                 "width": image.width, "height": image.height}
         records.append((key, encode_jpeg(image, cfg.jpeg_quality), meta))
@@ -91,10 +159,14 @@ def retrieve(
         if len(records) == cfg.shard_size:
             flush()
     flush()
-    got = np.bincount([c["concept_index"] for c in chosen], minlength=len(concepts))
-    shortfall = {concepts[i]["name"]: int(q - g) for i, (q, g) in enumerate(zip(quotas, got)) if g < q}
     if shortfall:
-        log.warning("retrieval fell short of quota for %d concepts: %s", len(shortfall), shortfall)
+        log.warning("the pool fell short of the quota of %d concept(s) by %d image(s)%s: %s", len(shortfall),
+                    sum(shortfall.values()), f"; {selection.filled} filled by other concepts" if selection.filled
+                    else "", dict(sorted(shortfall.items(), key=lambda item: -item[1])[:10]))
+    write_json({"policy": cfg.shortfall, "quota": dict(zip([c["name"] for c in concepts], quotas)),
+                "missing": shortfall, "filled": selection.filled}, out_dir / "shortfall.json")
     metrics = {"images": len(rows), "requested": total, "shards": shard_index, "concepts_short": len(shortfall),
+               "shortfall": sum(shortfall.values()), "filled": selection.filled, "search_depth": selection.depth,
+               "shortfall_per_concept": shortfall,
                "mean_similarity": float(np.mean([r["similarity"] for r in rows])) if rows else 0.0}
     return rows, metrics
