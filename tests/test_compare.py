@@ -10,13 +10,14 @@ from pas.core.tracking import stage_run
 from pas.evaluate.compare import collect, main
 
 
-def _evaluate_run(size, linear: dict[str, float], method="simclr"):
+def _evaluate_run(size, linear: dict[str, float], method="simclr", label_free: float | None = None):
     params = {"size": size, "mix": {"generated": 0.5, "retrieved": 0.5},
               "pretrain": {"method": method, "backbone": "resnet18"}, "evaluate": {"reference": "pas"}}
     metrics = {"animals": {init: {"linear": {"top1": v, "top5": 1.0},
                                   "fewshot_5": {"top1": v / 2, "top1_std": 0.01, "top5": 0.9}}
                            for init, v in linear.items()},
-               "summary": {"gain": {"random": {"linear": 0.1}}}}
+               "summary": {"gain": {"random": {"linear": 0.1}},
+                           **({"label_free_score": label_free} if label_free is not None else {})}}
     metrics["animals"]["gain"] = {"random": {"linear": linear["pas"] - linear["random"]}}
     with stage_run("evaluate", params, "pas-test") as run:
         run.log_metrics(metrics)
@@ -59,3 +60,25 @@ def test_two_sizes_give_two_rows_a_csv_and_a_plot(tracking_db, tmp_path, capsys)
 def test_no_runs_is_a_clear_error(tracking_db, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "cmp")]) == 2
     assert "no MLflow experiment named pas-*" in capsys.readouterr().err
+
+
+def test_experiments_are_ranked_by_the_label_free_score_with_its_rank_correlation(tracking_db, tmp_path):
+    for size, top1, loss in (("300", 0.40, 0.9), ("1k", 0.50, 0.7), ("2k", 0.45, 0.8), ("4k", 0.60, 0.5)):
+        _evaluate_run(size, {"pas": top1, "random": 0.30}, method="lejepa", label_free=loss)
+    assert main(["--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    ranking = table[table.index("## Label-free ranking"):]
+    order = [line.split(" | ")[1] for line in ranking.splitlines() if line.startswith("| ") and "rank" not in line]
+    assert order == ["4000", "1000", "2000", "300"]                    # lowest held-out loss first
+    assert "Spearman rank correlation of (− loss) with top-1: **+1.00** over 4 experiments" in ranking
+    with open(tmp_path / "cmp" / "compare.csv") as handle:
+        scores = {(row["size"], row["init"]): row["label_free_score"] for row in csv.DictReader(handle)
+                  if row["result"] == "linear"}
+    assert scores[("300", "pas")] == "0.9"
+
+
+def test_the_rank_correlation_says_when_the_score_disagrees_with_the_labels(tracking_db, tmp_path):
+    for size, top1, loss in (("300", 0.60, 0.9), ("1k", 0.50, 0.7), ("2k", 0.40, 0.5)):
+        _evaluate_run(size, {"pas": top1, "random": 0.30}, method="lejepa", label_free=loss)
+    main(["--out", str(tmp_path / "cmp")])
+    assert "**-1.00** over 3 experiments" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -158,7 +158,7 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
             "feature_std", "feature_rank"} <= set(header)
 
 
-@pytest.mark.parametrize("name", ["dino", "all4one"])
+@pytest.mark.parametrize("name", ["dino", "all4one", "swav", "lejepa"])
 def test_pretrain_runs_teacher_and_queue_methods(name: str, curated: tuple[pa.Table, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning calls the after-step hook once per optimizer step; DINO exports its teacher."""
@@ -186,8 +186,13 @@ def test_pretrain_runs_teacher_and_queue_methods(name: str, curated: tuple[pa.Ta
     state = load_file(str(tmp_path / "backbone.safetensors"))
     if name == "dino":
         assert card["exported"] == "ema teacher" and metrics["terms"]["teacher_temp"] == pytest.approx(0.04)
-    else:
+    elif name == "all4one":
         assert card["exported"] == "online backbone" and set(metrics["terms"]) == {"centroid", "neighbour", "feature"}
+    elif name == "lejepa":
+        assert set(metrics["terms"]) == {"invariance", "sigreg"} and metrics["heldout_images"] == 3  # 10% of 32
+        assert card["images"] == 29 and np.isfinite(metrics["label_free_score"])
+    else:
+        assert card["exported"] == "online backbone" and "label_free_score" not in metrics
     timm.create_model(TINY, num_classes=0).load_state_dict(state, strict=True)
 
 
@@ -245,3 +250,39 @@ def test_cosine_between_runs_from_start_to_end() -> None:
     assert cosine_between(0.04, 0.4, 5, 10) == pytest.approx(0.22)
     assert cosine_between(0.04, 0.4, 10, 10) == pytest.approx(0.4)
     assert cosine_between(0.04, 0.4, 20, 10) == pytest.approx(0.4)
+
+
+def test_the_label_free_score_is_deterministic_leaves_the_networks_alone_and_reads_the_data(
+        curated: tuple[pa.Table, Path]):
+    """LeJEPA's held-out loss: the same networks score the same images the same twice, without changing a weight
+    or a batch-norm statistic, and another held-out sample scores differently."""
+    from test_ssl import TINY_ARGS, train_steps
+
+    from pas.ssl import get_method, method_args
+    from pas.ssl.backbones import create_backbone
+    from pas.ssl.data import ViewStream, split_heldout
+    from pas.ssl.monitor import score_heldout
+
+    manifest, root = curated
+    train, held = split_heldout(manifest, 8, seed=0)
+    assert held.num_rows == 8 and train.num_rows == 24
+    assert set(held.column("key").to_pylist()) == set(split_heldout(manifest.take(list(range(31, -1, -1))), 8, 0)[1]
+                                                      .column("key").to_pylist())   # row order does not matter
+    torch.manual_seed(0)
+    backbone, dim = create_backbone(TINY)
+    args = method_args("lejepa", TINY_ARGS["lejepa"], "x")
+    method = get_method("lejepa")(backbone, dim, args)
+    transforms = method.view_transforms(args, 32)
+
+    def views_of(table):
+        items = list(ViewStream(table, root, transforms, seed=0))
+        return [torch.stack([item["views"][v] for item in items]) for v in range(len(transforms))]
+
+    held_views = views_of(held)
+    before = score_heldout(method, backbone, held_views)
+    weights = {k: v.clone() for k, v in backbone.state_dict().items()}
+    assert before == score_heldout(method, backbone, held_views)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in weights.items())   # BN statistics untouched
+    assert score_heldout(method, backbone, views_of(split_heldout(manifest, 8, seed=1)[1])) != before
+    train_steps(backbone, method, views_of(train), steps=3)
+    assert score_heldout(method, backbone, held_views) != before              # it follows the trained networks

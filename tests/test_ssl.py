@@ -31,6 +31,9 @@ TINY_ARGS = {          # small heads and queues so every method trains in second
              "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0.0, "freeze_last_layer_epochs": 0.0,
              "base_momentum": 0.9},    # a teacher that follows the student within a few dozen steps
     "all4one": {"queue_size": 16, "proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 64},
+    "swav": {"nmb_prototypes": 30, "feat_dim": 32, "hidden_mlp": 64, "local_crops": 2, "local_crop_size": 16,
+             "freeze_prototypes_epochs": 0.0},
+    "lejepa": {"proj_hidden_dim": 64, "num_slices": 64, "global_views": 2, "local_views": 2, "local_crop_size": 16},
 }
 
 

@@ -214,3 +214,81 @@ def test_collapse_indicators_and_knn_accuracy() -> None:
     points = centres[labels] + 0.01 * torch.randn(30, 16)
     assert knn_accuracy(points, labels, k=5, temperature=0.07) == 1.0
     assert knn_accuracy(torch.randn(30, 16), labels, k=5, temperature=0.07) < 0.7
+
+
+def test_sigreg_is_near_zero_for_gaussian_samples_and_large_for_a_collapsed_batch() -> None:
+    from pas.ssl.lejepa import random_directions, sigreg
+
+    torch.manual_seed(0)
+    directions = random_directions(16, 256, step=0, device="cpu")
+    assert torch.allclose(directions.norm(dim=0), torch.ones(256))
+    gaussian = sigreg(torch.randn(1024, 16), directions)
+    collapsed = sigreg(torch.ones(1024, 16) + 0.01 * torch.randn(1024, 16), directions)
+    shrunk = sigreg(0.1 * torch.randn(1024, 16), directions)               # right shape, wrong scale
+    assert gaussian < 2.0 and collapsed > 100 * gaussian and shrunk > 20 * gaussian
+    assert not torch.equal(directions, random_directions(16, 256, step=1, device="cpu"))   # redrawn each step
+    assert torch.equal(directions, random_directions(16, 256, step=0, device="cpu"))       # same on every rank
+
+
+def test_lejepa_invariance_pulls_every_view_to_the_global_centroid() -> None:
+    from pas.ssl.lejepa import LeJEPAArgs, invariance, lejepa_loss, random_directions
+
+    torch.manual_seed(0)
+    same = torch.randn(64, 16)
+    assert invariance([same, same, same], global_views=2) == 0
+    a, b, local = torch.zeros(8, 4), 2 * torch.ones(8, 4), torch.ones(8, 4)    # centroid of a and b is 1
+    assert invariance([a, b, local], global_views=2) == pytest.approx((1 + 1 + 0) / 3)
+    views = [torch.randn(256, 16, requires_grad=True) for _ in range(4)]
+    total, inv, sig = lejepa_loss(views, random_directions(16, 64, 0, "cpu"), LeJEPAArgs(lamb=0.05))
+    assert total.ndim == 0 and torch.isfinite(total)
+    assert total.item() == pytest.approx(0.05 * sig.item() + 0.95 * inv.item(), rel=1e-5)
+    total.backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in views)
+
+
+def test_sinkhorn_codes_are_distributions_that_use_every_prototype_equally() -> None:
+    from pas.ssl.swav import sinkhorn
+
+    torch.manual_seed(0)
+    scores = F.normalize(torch.randn(256, 16), dim=1) @ F.normalize(torch.randn(32, 16), dim=1).T   # (B, K)
+    scores[:, 0] += 0.5                                  # every sample prefers prototype 0: a collapse to undo
+    codes = sinkhorn(scores, epsilon=0.05, iterations=3)
+    assert codes.shape == (256, 32) and (codes >= 0).all()
+    assert torch.allclose(codes.sum(dim=1), torch.ones(256), atol=1e-5)
+    per_prototype = codes.sum(dim=0)                                            # ideally B / K = 8 each
+    raw = torch.softmax(scores / 0.05, dim=1).sum(dim=0)                        # without balancing: far from it
+    assert per_prototype.min() > 0.5 * 8 and per_prototype.max() < 1.5 * 8
+    assert raw[0] > 10 * 8 and per_prototype[0] < 1.5 * 8        # 15x its share before, about its share after
+    converged = sinkhorn(scores, epsilon=0.05, iterations=200).sum(dim=0)       # the fixed point: exactly equal
+    assert torch.allclose(converged, torch.full((32,), 8.0), rtol=0.02)
+
+
+def test_swapped_prediction_is_lowest_when_every_crop_predicts_the_codes() -> None:
+    from pas.ssl.swav import swapped_prediction
+
+    codes = [F.one_hot(torch.arange(8) % 4, 4).float()] * 2
+    agree = [10 * (2 * c - 1) for c in codes] + [10 * (2 * codes[0] - 1)]
+    disagree = [torch.roll(s, 1, dims=1) for s in agree]
+    good, bad = swapped_prediction(agree, codes, [0, 1], 0.1), swapped_prediction(disagree, codes, [0, 1], 0.1)
+    assert good.ndim == 0 and good < 1e-3 < bad
+
+
+def test_swav_freezes_prototypes_in_the_first_epoch_and_fills_its_queue() -> None:
+    from pas.ssl.backbones import create_backbone
+    from pas.ssl.swav import SwAV, SwAVArgs
+
+    backbone, dim = create_backbone("test_resnet")
+    method = SwAV(backbone, dim, SwAVArgs(nmb_prototypes=10, feat_dim=8, hidden_mlp=16, local_crops=0,
+                                          queue_length=8, epoch_queue_starts=0, freeze_prototypes_epochs=1.0))
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    method(backbone, views).loss.backward()
+    method.before_optimizer_step(Progress(0, 10, 5))
+    assert method.prototypes.weight.grad is None                                # epoch 0: frozen
+    assert torch.allclose(method.prototypes.weight.norm(dim=1), torch.ones(10))    # kept on the unit sphere
+    assert method.queue[0, :4].abs().sum() > 0 and method.queue[0, 4:].abs().sum() == 0
+    method.zero_grad()
+    method(backbone, views).loss.backward()
+    method.before_optimizer_step(Progress(6, 10, 5))
+    assert method.prototypes.weight.grad is not None                            # after the first epoch: trained
+    with pytest.raises(ConfigError, match="queue_length"):
+        SwAV.check(SwAVArgs(queue_length=100, local_crop_size=32), 64, 64, "pretrain.method_args.swav")

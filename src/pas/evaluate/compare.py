@@ -26,7 +26,7 @@ from pas.core.shards import atomic_path
 log = logging.getLogger(__name__)
 
 FIELDS = ("experiment", "run_id", "exp_name", "size", "method", "backbone", "mix", "dataset", "init", "result",
-          "top1", "top1_std", "top5")
+          "top1", "top1_std", "top5", "label_free_score")
 _SKIP = {"gain", "elfis_gain", "summary"}
 
 
@@ -47,6 +47,7 @@ class Row:
     top1: float
     top1_std: float | None
     top5: float | None
+    label_free_score: float | None = None  # LeJEPA's held-out loss of the pretrained backbone (lower: better)
 
 
 def _mix(params: dict[str, str]) -> str:
@@ -70,7 +71,8 @@ def _rows_of_run(run: Any, experiment: str, exp_name: str) -> list[Row]:
         dataset, init, result, _ = parts
         prefix = f"{dataset}.{init}.{result}"
         rows.append(Row(**coords, dataset=dataset, init=init, result=result, top1=value,
-                        top1_std=metrics.get(f"{prefix}.top1_std"), top5=metrics.get(f"{prefix}.top5")))
+                        top1_std=metrics.get(f"{prefix}.top1_std"), top5=metrics.get(f"{prefix}.top5"),
+                        label_free_score=metrics.get("summary.label_free_score")))
     return rows
 
 
@@ -136,7 +138,32 @@ def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> 
                 lines.append("| " + " | ".join([str(point[0]), *point[1:4], point[4] or "-",
                                                  *(_pct(top1.get(i)) for i in inits), *gains]) + " |")
             lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + label_free_ranking(rows, reference, results[0] if results else "linear"))
+
+
+def label_free_ranking(rows: list[Row], reference: str, result: str) -> list[str]:
+    """Experiments ranked by LeJEPA's held-out loss (no labels), beside the reference init's downstream top-1, and
+    the Spearman correlation of the two rankings: how far the label-free score can be trusted on this domain."""
+    from scipy.stats import spearmanr
+
+    scored = [r for r in rows if r.label_free_score is not None and r.init == reference and r.result == result]
+    if not scored:
+        return []
+    lines = ["## Label-free ranking (LeJEPA held-out loss, lower is better)", ""]
+    for dataset in sorted({r.dataset for r in scored}):
+        mine = sorted((r for r in scored if r.dataset == dataset), key=lambda r: r.label_free_score)
+        lines += [f"### {dataset}: {reference} {result} top-1", "", "| rank | size | mix | exp | loss | top-1 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {i} | {r.size} | {r.mix} | {r.exp_name or '-'} | {r.label_free_score:.4f} | {_pct(r.top1)} |"
+                  for i, r in enumerate(mine, 1)]
+        if len(mine) >= 3:
+            rho = spearmanr([-r.label_free_score for r in mine], [r.top1 for r in mine]).statistic
+            lines += ["", f"Spearman rank correlation of (− loss) with top-1: **{rho:+.2f}** over {len(mine)} "
+                      "experiments (+1: the loss orders them exactly as the labels do)."]
+        else:
+            lines += ["", f"Only {len(mine)} scored experiment(s): a rank correlation needs at least 3."]
+        lines.append("")
+    return lines
 
 
 def plot(rows: list[Row], result: str, path: Path) -> bool:

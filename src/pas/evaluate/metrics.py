@@ -134,6 +134,9 @@ def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Pat
             results[dataset][ELFIS_GAIN] = elfis
         log.info("%s: %s minus each baseline = %s", dataset, cfg.reference, results[dataset][GAIN])
     results[SUMMARY] = summarise(results, cfg.reference)
+    score = index["inits"][cfg.reference]["source"].get("label_free_score")
+    if score is not None:  # carried from the model card, so a restored pretrain stage still reports it
+        results[SUMMARY]["label_free_score"] = score
     return results
 
 

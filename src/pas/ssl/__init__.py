@@ -15,8 +15,10 @@ from pas.ssl.all4one import All4One
 from pas.ssl.barlow_twins import BarlowTwins
 from pas.ssl.base import SSLMethod
 from pas.ssl.dino import DINO
+from pas.ssl.lejepa import LeJEPA
 from pas.ssl.nnclr import NNCLR
 from pas.ssl.simclr import SimCLR
+from pas.ssl.swav import SwAV
 
 METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
@@ -24,6 +26,8 @@ METHODS: dict[str, type[SSLMethod]] = {
     "barlow_twins": BarlowTwins,
     "dino": DINO,
     "all4one": All4One,
+    "swav": SwAV,
+    "lejepa": LeJEPA,
 }
 
 

@@ -19,13 +19,18 @@ def blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def simclr_view(size: int, scale: tuple[float, float] = (0.08, 1.0), blur: float = 0.0,
-                solarize: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
-    """One view: crop to `size` at `scale`, flip, jitter, grayscale, blur with p `blur`, solarise with p `solarize`."""
+SIMCLR_JITTER = (0.4, 0.4, 0.2, 0.1)   # brightness, contrast, saturation, hue (SimCLR/BYOL/DINO)
+STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)   # SwAV (src/multicropdataset.py:76) and LeJEPA (MINIMAL.md:104)
+
+
+def simclr_view(size: int, scale: tuple[float, float] = (0.08, 1.0), blur: float = 0.0, solarize: float = 0.0,
+                jitter: tuple[float, float, float, float] = SIMCLR_JITTER) -> Callable[[Image.Image], torch.Tensor]:
+    """One view: crop to `size` at `scale`, flip, jitter (p 0.8), grayscale, blur with p `blur`, solarise with p
+    `solarize`."""
     steps: list[Callable] = [
         v2.RandomResizedCrop(size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8),
         v2.RandomGrayscale(p=0.2),
     ]
     if blur > 0:

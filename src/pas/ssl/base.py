@@ -53,6 +53,7 @@ class SSLMethod(nn.Module, abc.ABC):
 
     Args: ClassVar[type]         # the method's frozen dataclass of hyperparameters
     grad_clip: float = 0.0       # clip the gradient norm to this before each step (0: no clipping)
+    heldout_images: int = 0      # images pretrain keeps out of training to compute label_free_score on
 
     @classmethod
     def view_transforms(cls, args: Any, image_size: int) -> list[Transform]:
@@ -76,6 +77,10 @@ class SSLMethod(nn.Module, abc.ABC):
 
     def after_optimizer_step(self, backbone: nn.Module, progress: Progress) -> None:
         """Called after each optimizer step; `progress.step` counts the step just taken."""
+
+    def label_free_score(self, backbone: nn.Module, views: list[Tensor]) -> Tensor | None:
+        """A loss on held-out views that tracks downstream accuracy without labels (LeJEPA), else None."""
+        return None
 
     def export_backbone(self, backbone: nn.Module) -> nn.Module:
         """The backbone to save and evaluate (DINO: its EMA teacher)."""

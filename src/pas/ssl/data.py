@@ -229,3 +229,14 @@ def make_loader(dataset: ViewStream, batch_size: int, workers: int, pin_memory: 
     """Batches of full size only; fresh workers each epoch so they see the new epoch."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True,
                       pin_memory=pin_memory, persistent_workers=False)
+
+
+def split_heldout(manifest: pa.Table, count: int, seed: int) -> tuple[pa.Table, pa.Table]:
+    """(rows to train on, `count` rows held out): a seeded choice by key, so the same manifest and seed always hold
+    out the same images, whatever order its rows come in."""
+    keys = manifest.column("key").to_pylist()
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    chosen = set(random.Random(seed).sample(order, min(count, len(keys))))
+    held = [i for i in range(len(keys)) if i in chosen]
+    kept = [i for i in range(len(keys)) if i not in chosen]
+    return manifest.take(kept), manifest.take(held)

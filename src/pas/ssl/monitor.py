@@ -1,6 +1,7 @@
 """Per-epoch monitoring: collapse indicators of embeddings and online kNN accuracy on a labeled set."""
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,3 +107,15 @@ class KnnMonitor(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the per-epoch values of a resumed run."""
         self.history = list(state_dict.get("history", []))
+
+
+def score_heldout(method: Any, backbone: torch.nn.Module, views: list[torch.Tensor], seed: int = 0) -> float | None:
+    """The method's label-free score (e.g. LeJEPA's loss) of held-out views (V tensors (N, 3, S, S)) as one batch,
+    computed as training computes it (batch-norm on batch statistics, drop-path seeded) on copies of the networks,
+    so nothing of the trained ones changes. None when the method has no such score."""
+    method_copy, backbone_copy = copy.deepcopy(method), copy.deepcopy(backbone)
+    device = next(backbone.parameters()).device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        score = method_copy.label_free_score(backbone_copy, [v.to(device) for v in views])
+    return None if score is None else float(score)

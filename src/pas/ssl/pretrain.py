@@ -182,14 +182,15 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     path, md5} of the manifest) goes into the model card, so later stages can name their data.
     """
     import lightning as L
+    import torch
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from pas.ssl import get_method
     from pas.ssl.backbones import create_backbone
     from pas.ssl.checkpoint import AtomicCheckpointIO, StepCheckpoint, finish, last_checkpoint, run_dir
-    from pas.ssl.data import StreamSync, ViewStream, make_loader
+    from pas.ssl.data import StreamSync, ViewStream, make_loader, split_heldout
     from pas.ssl.module import PretrainModule
-    from pas.ssl.monitor import KnnMonitor, load_labeled_set
+    from pas.ssl.monitor import KnnMonitor, load_labeled_set, score_heldout
 
     L.seed_everything(seed, workers=True)
     device = pick_device()
@@ -197,6 +198,9 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     world = devices if isinstance(devices, int) else len(devices)
     cls, args = get_method(cfg.method), cfg.args()
 
+    heldout = None
+    if getattr(args, "heldout_images", 0) > 0:   # a label-free score needs images the model never trained on
+        manifest, heldout = split_heldout(manifest, min(args.heldout_images, manifest.num_rows // 10), seed)
     dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed)
     images = dataset.num_images
     if images == 0:
@@ -261,6 +265,13 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
 
     metrics = _metrics(module, knn, trainer.global_step, module.start_step, images,
                        cfg.batch_size * accumulate * world, seconds)
+    if heldout is not None and heldout.num_rows and trainer.is_global_zero:
+        items = list(ViewStream(heldout, root, dataset.transforms, seed))
+        views = [torch.stack([item["views"][v] for item in items]) for v in range(len(dataset.transforms))]
+        metrics["label_free_score"] = score_heldout(method, backbone, views)
+        metrics["heldout_images"] = len(items)
+        log.info("label-free score (%s loss on %d held-out images): %.4f", cfg.method, len(items),
+                 metrics["label_free_score"])
     if trainer.is_global_zero:
         out_dir = Path(out_dir)
         export = method.export_backbone(backbone)

@@ -111,6 +111,8 @@ def _pretrain(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.
     source = {"kind": "pretrain", "path": str(path), "sha256": file_digest(path, "sha256")}
     if card.get("dataset"):  # {name, path, md5} of the manifest it was pretrained on
         source["dataset"] = card["dataset"]
+    if (score := card.get("metrics", {}).get("label_free_score")) is not None:  # LeJEPA's held-out loss
+        source["label_free_score"] = score
     return model, InitInfo(arch, mean, std, source)
 
 
