@@ -241,3 +241,75 @@ def test_retrieved_images_reuse_the_pool_vectors_of_the_same_clip_and_only_those
     assert np.array_equal(embeddings[1], everything[5]) and np.array_equal(embeddings[2], everything[0])
     alone, _ = embed_candidates(rows[:1], ClipEncoder(tiny_models["clip"]))
     assert np.allclose(embeddings[0], alone[0], atol=1e-5)
+
+
+def _embedding_pool(root, image_factory, clip_dir, model="tiny://clip", parts=(25, 15)):
+    """A clip-retrieval style pool of local images: img_emb/ + metadata/ parts and embedding_model.txt."""
+    (root / "images").mkdir(parents=True)
+    paths = []
+    for i in range(sum(parts)):
+        image_factory(500 + i).save(root / "images" / f"img{i:02d}.png")
+        paths.append(f"images/img{i:02d}.png")
+    from PIL import Image
+
+    vectors = ClipEncoder(clip_dir).encode_images(Image.open(root / p) for p in paths).astype(np.float16)
+    (root / "img_emb").mkdir()
+    (root / "metadata").mkdir()
+    start = 0
+    for n, rows in enumerate(parts):
+        np.save(root / "img_emb" / f"img_emb_{n}.npy", vectors[start:start + rows])
+        pq.write_table(pa.table({"image_path": paths[start:start + rows],
+                                 "url": [f"http://example.invalid/{i}.jpg" for i in range(start, start + rows)],
+                                 "caption": [f"a thing {i}" for i in range(start, start + rows)]}),
+                       root / "metadata" / f"metadata_{n}.parquet")
+        start += rows
+    (root / "embedding_model.txt").write_text(model + "\n")
+    return vectors.astype(np.float32)
+
+
+def test_a_pool_of_precomputed_embeddings_is_indexed_and_retrieved_without_reembedding(tmp_path, image_factory,
+                                                                                         tiny_models, monkeypatch):
+    vectors = _embedding_pool(tmp_path / "pool", image_factory, tiny_models["clip"])
+    monkeypatch.setattr(ClipEncoder, "encode_pixels", lambda *a: pytest.fail("a precomputed pool was re-embedded"))
+    out = tmp_path / "index"
+    metrics = index_pool(PoolIndexConfig(source=str(tmp_path / "pool")), tiny_models["clip"], out, 0)
+    assert metrics["indexed"] == 40 and metrics["kind"] == "embeddings" and metrics["parts"] == 2
+    files = pq.read_table(out / "files.parquet")
+    assert files.column("id").to_pylist()[26] == "images/img26.png" and files.column("pool_row").to_pylist()[26] == 26
+    assert files.column("caption").to_pylist()[3] == "a thing 3"
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert np.allclose(pool_embeddings(out, [3, 30], read_entry(tiny_models["clip"])["sha256"]), unit[[3, 30]],
+                       atol=1e-6)
+    _, found = load_index(out).search(unit[[7, 33]], 1)
+    assert found[:, 0].tolist() == [7, 33]
+
+    encoder = ClipEncoder(tiny_models["clip"])
+    concepts = [{"name": n, "prompts": [f"a {n}"]} for n in ("cat", "dog")]
+    monkeypatch.undo()
+    rows, got = retrieve(load_index(out), concept_queries(encoder, concepts), concepts,
+                         files.column("id").to_pylist(), tmp_path / "pool", 10, RetrieveConfig(), tmp_path / "ret")
+    assert got["images"] == 10 and all(r["pool_id"].startswith("images/img") for r in rows)
+
+
+def test_a_pool_embedded_by_another_model_is_refused_naming_both(tmp_path, image_factory, tiny_models):
+    _embedding_pool(tmp_path / "pool", image_factory, tiny_models["clip"], model="ViT-L-14/laion2b_s32b_b82k")
+    with pytest.raises(ConfigError, match=r"was embedded with 'ViT-L-14/laion2b_s32b_b82k' but models\.clip is "
+                                          r"'tiny://clip'; a pool embedded by another CLIP cannot answer"):
+        index_pool(PoolIndexConfig(source=str(tmp_path / "pool")), tiny_models["clip"], tmp_path / "index", 0)
+
+
+def test_embedding_parts_that_do_not_match_their_metadata_are_refused(tmp_path, image_factory, tiny_models):
+    _embedding_pool(tmp_path / "pool", image_factory, tiny_models["clip"])
+    np.save(tmp_path / "pool" / "img_emb" / "img_emb_1.npy", np.zeros((3, 64), np.float16))
+    with pytest.raises(DataError, match=r"img_emb_1\.npy holds \(3, 64\) embeddings but metadata_1\.parquet 15 rows"):
+        index_pool(PoolIndexConfig(source=str(tmp_path / "pool")), tiny_models["clip"], tmp_path / "index", 0)
+
+
+def test_a_single_parquet_with_an_embedding_column_is_a_pool_too(tmp_path, image_factory, tiny_models):
+    vectors = _embedding_pool(tmp_path / "pool", image_factory, tiny_models["clip"], parts=(12,))
+    table = pq.read_table(tmp_path / "pool" / "metadata" / "metadata_0.parquet")
+    table = table.append_column("embedding", pa.array(list(vectors), type=pa.list_(pa.float32())))
+    pq.write_table(table, tmp_path / "pool" / "pool.parquet")
+    cfg = PoolIndexConfig(source=str(tmp_path / "pool" / "pool.parquet"))
+    metrics = index_pool(cfg, tiny_models["clip"], tmp_path / "index", 0)
+    assert metrics["indexed"] == 12 and metrics["embedding_model"] == "tiny://clip"

@@ -30,6 +30,7 @@ from pas.core.runtime import num_workers, pick_device
 from pas.core.shards import atomic_path, save_embeddings, write_table
 from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
+from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
 from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class PoolIndexConfig:
     min_side: int = 8
     index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
     memory_budget_mb: int = 4096
+    embedding_model: str = ""  # a pool of precomputed embeddings: the CLIP that made them (or its embedding_model.txt)
     target_recall: float = 0.95
     chunk_size: int = 4096
     batch_size: int = 64
@@ -316,6 +318,8 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
                workers: int = 1) -> dict[str, Any]:
     """The stage: embed the pool into resumable chunks, then (one worker) write files.parquet and the index."""
     source = check_source(cfg.source)
+    if is_embedding_pool(source):
+        return index_embedding_pool(source, cfg, clip, out, seed)
     encoder = ClipEncoder(clip, pick_device(), cfg.batch_size)
     chunks_dir = out / "chunks"
     model_sha = read_entry(clip)["sha256"]
@@ -337,11 +341,38 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
             "reasons": dict(reasons), **description}
 
 
+def index_embedding_pool(source: Path, cfg: PoolIndexConfig, clip: str | Path, out: Path,
+                         seed: int) -> dict[str, Any]:
+    """The stage for a pool of precomputed embeddings: check the model, write files.parquet, build the index; the
+    vectors are streamed from their parts and never recomputed."""
+    pool = open_pool(source, cfg.embedding_model)
+    entry = read_entry(clip)
+    check_model(pool, entry["name"], ClipEncoder(clip, "cpu").encode_texts(["a photo"]).shape[1])
+    log.info("pool of %d precomputed %s embeddings in %d part(s): indexing without re-embedding", pool.rows,
+             pool.model, len(pool.parts))
+    with atomic_path(out / "files.parquet") as tmp:
+        writer = None
+        for table in iter_files(pool):
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, seed)
+    description.update(kind="embeddings", source=str(source), embedding_model=pool.model, parts=len(pool.parts),
+                       clip_sha256=entry["sha256"])  # checked by name: the same model, so embed may reuse them
+    save_index(index, description, out)
+    return {"items": pool.rows, "indexed": pool.rows, "skipped": 0, "reasons": {}, **description}
+
+
 def pool_embeddings(folder: Path, ids: list[int], model_sha: str) -> np.ndarray | None:
     """(len(ids), D) float32 pool vectors of index ids, read chunk by chunk (memory-mapped); None when the pool
     was embedded by another CLIP model than `model_sha` (its vectors are then not comparable)."""
     description = json.loads((folder / "index.json").read_text())
-    if description.get("clip_sha256") != model_sha or "chunks" not in description:
+    if description.get("clip_sha256") != model_sha:
+        return None
+    if description.get("kind") == "embeddings":
+        return rows_of(open_pool(Path(description["source"]), description["embedding_model"]), ids)
+    if "chunks" not in description:
         return None
     wanted = np.asarray(ids, dtype=np.int64)
     out: np.ndarray | None = None

@@ -134,7 +134,12 @@ def retrieve(
                         f"{', '.join(f'{name!r}: {n}' for name, n in worst)}); add pool images, lower size or "
                         "mix.retrieved, or set retrieve.shortfall: fill")
     chosen = selection.chosen
-    payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
+    try:
+        payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
+    except OSError as err:
+        raise DataError(f"pool item {err.filename or err} cannot be read from {pool_source}; a pool of precomputed "
+                        "embeddings needs an image_path column pointing at local copies (pas does not download the "
+                        "hits of a URL-only pool yet)") from None
     rows, records, shard_index = [], [], 0
 
     def flush() -> None:
