@@ -4,12 +4,14 @@ from pas.core.shards import write_table
 from pas.core.stage import run_stage, stage_parser
 from pas.curation.dedup import DedupConfig, dedup
 
-KEYS = ("size", "dedup")
+KEYS = ("size", "mix", "dedup")
 
 
 def body(args, params, run):
     cfg = build(DedupConfig, params.get("dedup"), "dedup")
-    result = dedup(args.filtered, args.candidates, args.downstream, args.concepts, args.clip, top_level(params).size, cfg)
+    top = top_level(params)
+    share = top.mix.retrieved / (top.mix.generated + top.mix.retrieved)  # the curated set's target real share
+    result = dedup(args.filtered, args.candidates, args.downstream, args.concepts, args.clip, top.size, cfg, share)
     write_table(result.decisions, args.decisions)
     write_table(result.curated, args.out)
     return result.metrics

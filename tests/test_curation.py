@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,29 @@ def test_candidate_stream_records_stats_and_survives_corrupt_bytes(tmp_path, ima
     assert len(images) == 3 and [s["decodable"] for s in stats] == [True, False, True]
     assert stats[2]["pixel_std"] == 0.0 and stats[0]["pixel_std"] > 10
     write_table(rows, tmp_path / "m.parquet")
+
+
+def test_source_share_meets_the_mix_target_per_concept_and_overall():
+    from pas.curation.balance import source_share
+
+    rows = [{"key": f"{c}{s}{i}", "concept": c, "source": s, "domain_score": 1.0 - i / 100}
+            for c in ("cat", "dog") for s in ("generated", "retrieved") for i in range(10)]
+    picked = balance(rows, 10, ["cat", "dog"])
+    for share, real in ((0.5, 5), (0.3, 3), (1.0, 10), (0.0, 0)):
+        chosen = source_share(rows, [r["concept"] for r in rows], picked, share)
+        assert len(chosen) == 10 and sum(rows[i]["source"] == "retrieved" for i in chosen) == real
+        per_concept = Counter(rows[i]["concept"] for i in chosen)
+        assert per_concept == {"cat": 5, "dog": 5}                       # each concept keeps its count
+    best = source_share(rows, [r["concept"] for r in rows], picked, 0.4)
+    assert {rows[i]["key"] for i in best if rows[i]["concept"] == "cat"} == {"catretrieved0", "catretrieved1",
+                                                                           "catgenerated0", "catgenerated1",
+                                                                           "catgenerated2"}
+
+
+def test_a_source_short_of_its_share_leaves_room_to_the_other():
+    from pas.curation.balance import source_share
+
+    rows = [{"key": f"g{i}", "concept": "cat", "source": "generated", "domain_score": 0.5} for i in range(8)]
+    rows += [{"key": "r0", "concept": "cat", "source": "retrieved", "domain_score": 0.9}]
+    chosen = source_share(rows, ["cat"] * len(rows), list(range(6)), share=0.5)
+    assert len(chosen) == 6 and sum(rows[i]["source"] == "retrieved" for i in chosen) == 1

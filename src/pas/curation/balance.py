@@ -75,6 +75,34 @@ def cluster_balance(rows: list[dict[str, Any]], embeddings: np.ndarray, size: in
     return picked, labels
 
 
+def source_share(rows: list[dict[str, Any]], labels: Sequence[Hashable], picked: list[int], share: float) -> list[int]:
+    """Re-pick within each label (concept or cluster) so that round(len(picked) x share) of the images are
+    retrieved and the rest generated, as far as the survivors allow; each label keeps its count.
+
+    The retrieved count is split over the labels by largest remainder; a label short of one source takes the
+    other's best-scored images instead. Within a source, the highest domain score (ties: key) goes first.
+    """
+    counts: dict[Hashable, int] = {}
+    for i in picked:
+        counts[labels[i]] = counts.get(labels[i], 0) + 1
+    ranked: dict[tuple[Hashable, bool], list[int]] = {}
+    for i in sorted(range(len(rows)), key=lambda i: (-rows[i]["domain_score"], rows[i]["key"])):
+        ranked.setdefault((labels[i], rows[i]["source"] == "retrieved"), []).append(i)
+    exact = {label: n * share for label, n in counts.items()}
+    real = {label: math.floor(v) for label, v in exact.items()}
+    spare = round(len(picked) * share) - sum(real.values())
+    for label in sorted(exact, key=lambda label: (real[label] - exact[label], str(label)))[:max(0, spare)]:
+        real[label] += 1
+    out: list[int] = []
+    for label, n in counts.items():
+        retrieved, generated = ranked.get((label, True), []), ranked.get((label, False), [])
+        take_real = min(real[label], len(retrieved))
+        take_generated = min(n - take_real, len(generated))
+        take_real = min(n - take_generated, len(retrieved))
+        out += retrieved[:take_real] + generated[:take_generated]
+    return sorted(out)
+
+
 Balancer = Callable[[list[dict[str, Any]], np.ndarray, int, list[str], int, int], tuple[list[int], np.ndarray]]
 
 

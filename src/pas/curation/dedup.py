@@ -20,7 +20,7 @@ import numpy as np
 from pas.core.config import require
 from pas.core.runtime import pick_device
 from pas.core.shards import load_embeddings, read_table
-from pas.curation.balance import BALANCERS
+from pas.curation.balance import BALANCERS, source_share
 from pas.curation.decontam import Contamination, Thresholds, decontaminate, eval_splits
 from pas.curation.duplicates import SOURCES, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
 from pas.curation.fingerprints import read_fingerprints
@@ -80,7 +80,7 @@ class Curation:
 
 
 def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, concepts: str | Path,
-          clip: str | Path, size: int, cfg: DedupConfig) -> Curation:
+          clip: str | Path, size: int, cfg: DedupConfig, real_share: float | None = None) -> Curation:
     """The stage: filter-kept candidates -> decontaminated, de-duplicated, balanced to exactly `size`."""
     rows = read_table(filtered).to_pylist()
     kept = [i for i, r in enumerate(rows) if r["kept"]]
@@ -90,7 +90,7 @@ def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, 
     dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(downstream), encoder,
                           Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())
     names = [c["name"] for c in json.loads(Path(concepts).read_text())["concepts"]]
-    return curate(rows, embeddings, content, dirty, size, names, cfg)
+    return curate(rows, embeddings, content, dirty, size, names, cfg, real_share=real_share)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -98,7 +98,7 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str], dirty: Contamination,
-           size: int, concepts: list[str], cfg: DedupConfig, seed: int = 0) -> Curation:
+           size: int, concepts: list[str], cfg: DedupConfig, seed: int = 0, real_share: float | None = None) -> Curation:
     """Group duplicates, drop contaminated candidates, balance the rest to exactly `size`."""
     keys = [r["key"] for r in rows]
     sources = [r["source"] for r in rows]
@@ -109,6 +109,9 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
     survivor_rows = [rows[i] for i in survivors]
     clusters = np.full(len(rows), -1, np.int64)
     picked, labels = BALANCERS[cfg.balance](survivor_rows, embeddings[survivors], size, concepts, cfg.clusters, seed)
+    if real_share is not None:  # mix is a target for the curated set, not only for the candidates
+        groups = labels.tolist() if cfg.balance == "clusters" else [r["concept"] for r in survivor_rows]
+        picked = source_share(survivor_rows, groups, picked, real_share)
     clusters[survivors] = labels
     chosen = np.zeros(len(rows), bool)
     chosen[survivors[picked]] = True
@@ -131,7 +134,14 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
             "copy_score": _nan_to_none(dirty.copy_score[i]), "cluster": int(clusters[i]),
         })
     curated = [rows[i] for i in np.flatnonzero(chosen)]
-    return Curation(curated, decisions, _metrics(rows, decisions, curated, dups, unique, dirty, concepts, cfg))
+    metrics = _metrics(rows, decisions, curated, dups, unique, dirty, concepts, cfg)
+    metrics["real_share"] = sum(r["source"] == "retrieved" for r in curated) / max(1, len(curated))
+    if real_share is not None:
+        metrics["real_share_target"] = real_share
+        if abs(metrics["real_share"] - real_share) > 0.01:
+            log.warning("the curated set is %.1f%% real against a mix target of %.1f%%: one source ran short",
+                        100 * metrics["real_share"], 100 * real_share)
+    return Curation(curated, decisions, metrics)
 
 
 def _metrics(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], curated: list[dict[str, Any]],
