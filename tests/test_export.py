@@ -36,7 +36,7 @@ def test_every_format_holds_every_image_byte_for_byte(curated, tmp_path):
     files = sorted((tmp_path / "out" / "parquet" / "data").glob("*.parquet"))
     table = pq.read_table(files[0])
     assert [f.name for f in files] == ["train-00000-of-00001.parquet"]
-    assert table.column_names == ["image", "image_name", "concept", "source"]
+    assert table.column_names == ["image", "image_name", "concept", "source", "url", "caption", "pool_id"]
     assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
     for row in table.to_pylist():
         assert row["image"]["bytes"] == payload[row["image_name"][:-4]] and row["image"]["path"] == row["image_name"]

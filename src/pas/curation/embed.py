@@ -14,7 +14,8 @@ from pas.core.shards import decode_image, read_shard
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("key", "shard", "source", "concept", "prompt", "seed", "width", "height", "similarity", "pool_row")
+COLUMNS = ("key", "shard", "source", "concept", "prompt", "seed", "width", "height", "similarity", "pool_row",
+           "pool_id", "url", "caption")  # a retrieved image keeps where it came from, through curation to exports
 
 
 def pixel_hash(image: Image.Image) -> str:

@@ -29,10 +29,13 @@ from pas.curation.fingerprints import read_bytes
 
 log = logging.getLogger(__name__)
 
+ATTRIBUTION = ("url", "caption", "pool_id")  # where a retrieved image came from (empty for generated ones)
 HF_FEATURES = {"image": {"_type": "Image"}, "image_name": {"dtype": "string", "_type": "Value"},
-               "concept": {"dtype": "string", "_type": "Value"}, "source": {"dtype": "string", "_type": "Value"}}
+               "concept": {"dtype": "string", "_type": "Value"}, "source": {"dtype": "string", "_type": "Value"},
+               **{name: {"dtype": "string", "_type": "Value"} for name in ATTRIBUTION}}
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-META = ("key", "source", "concept", "prompt", "seed", "width", "height", "domain_score", "concept_score")
+META = ("key", "source", "concept", "prompt", "seed", "width", "height", "domain_score", "concept_score",
+        "pool_id", "url", "caption", "similarity")  # attribution of every retrieved image
 
 
 def image_name(row: dict[str, Any]) -> str:
@@ -49,7 +52,7 @@ def export_parquet(rows: list[dict[str, Any]], out: Path, rows_per_file: int = 1
     """HF-style parquet files under out/data plus a dataset card; returns the image count."""
     files = max(1, -(-len(rows) // rows_per_file))
     schema = pa.schema([("image", IMAGE_TYPE), ("image_name", pa.string()), ("concept", pa.string()),
-                        ("source", pa.string())],
+                        ("source", pa.string()), *((name, pa.string()) for name in ATTRIBUTION)],
                        metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
     count, part, batch = 0, 0, []
     (out / "data").mkdir(parents=True)
@@ -63,7 +66,8 @@ def export_parquet(rows: list[dict[str, Any]], out: Path, rows_per_file: int = 1
 
     for row, data in _images(rows):
         batch.append({"image": {"bytes": data, "path": image_name(row)}, "image_name": image_name(row),
-                      "concept": row["concept"], "source": row["source"]})
+                      "concept": row["concept"], "source": row["source"],
+                      **{name: row.get(name) for name in ATTRIBUTION}})
         count += 1
         if len(batch) == rows_per_file:
             flush()
@@ -76,7 +80,8 @@ def export_parquet(rows: list[dict[str, Any]], out: Path, rows_per_file: int = 1
 def _card(count: int, files: int) -> str:
     return ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
             "dataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: image_name\n    dtype: string\n"
-            "  - name: concept\n    dtype: string\n  - name: source\n    dtype: string\n---\n"
+            "  - name: concept\n    dtype: string\n  - name: source\n    dtype: string\n"
+            + "".join(f"  - name: {name}\n    dtype: string\n" for name in ATTRIBUTION) + "---\n"
             f"# pas curated dataset\n\n{count} images in {files} parquet file(s), "
             "curated by pas (Precision at Scale): generated and retrieved images, filtered, de-duplicated and "
             "decontaminated against the evaluation sets.\n")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from pas.core.config import DataError, require
-from pas.core.shards import decode_image, encode_jpeg, shard_name, write_json, write_shard
+from pas.core.config import DataError, require, require_fields
+from pas.core.shards import decode_image, encode_jpeg, read_table, shard_name, write_json, write_shard
+from pas.sources.download import DownloadSettings, Fetched, download
 from pas.sources.plan import per_concept_quota
 from pas.sources.pool_sources import load_items
 
@@ -33,6 +35,11 @@ class RetrieveConfig:
     min_similarity: float = -1.0
     shard_size: int = 1000
     jpeg_quality: int = 90
+    download_margin: float = 0.2     # a pool of URLs: extra hits asked per concept for failed downloads
+    download_rounds: int = 3         # rounds of replacing failed hits with the next candidates
+    download_timeout_s: int = 10
+    download_threads: int = 16
+    download_min_side: int = 16      # a smaller download counts as failed (too small)
 
     def validate(self, prefix: str) -> None:
         """Check ranges and the shortfall policy."""
@@ -41,6 +48,9 @@ class RetrieveConfig:
                 f"use one of {', '.join(SHORTFALL_POLICIES)}")
         require(-1.0 <= self.min_similarity <= 1.0, f"{prefix}.min_similarity", self.min_similarity, "use -1..1")
         require(self.shard_size >= 1, f"{prefix}.shard_size", self.shard_size, "use a positive integer")
+        require(self.download_margin >= 0, f"{prefix}.download_margin", self.download_margin, "use a share >= 0")
+        require_fields(self, prefix, ("download_rounds", "download_timeout_s", "download_threads"), lambda v: v >= 1,
+                       "use an integer >= 1")
 
 
 @dataclass
@@ -53,13 +63,15 @@ class Selection:
     depth: int  # neighbours searched per concept
 
 
-def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], min_similarity: float) -> list[dict[str, Any]]:
+def assign(similarities: np.ndarray, neighbours: np.ndarray, quotas: list[int], min_similarity: float,
+           exclude: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
     """Greedy best-first assignment: each pool image goes to its best-scoring concept with room left.
 
-    similarities, neighbours: (C, k) search results per concept. Returns one claim per image.
+    similarities, neighbours: (C, k) search results per concept; images in `exclude` (failed downloads) are
+    skipped. Returns one claim per image.
     """
     claims = _claims(similarities, neighbours, min_similarity)
-    taken: set[int] = set()
+    taken: set[int] = set(exclude)
     filled = [0] * len(quotas)
     chosen = []
     for sim, concept, image, rank in claims:
@@ -93,20 +105,21 @@ def fill_claims(similarities: np.ndarray, neighbours: np.ndarray, taken: set[int
     return extra
 
 
-def select(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig) -> Selection:
+def select(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig,
+           exclude: frozenset[int] | set[int] = frozenset()) -> Selection:
     """Search as deep as the quotas need (doubling until they are met, the pool is exhausted or results fall
-    below min_similarity), assign best-first, and apply the shortfall policy."""
+    below min_similarity), assign best-first (never an image in `exclude`), and apply the shortfall policy."""
     queries = np.ascontiguousarray(queries)
     depth = min(index.ntotal, max(1, math.ceil(max(quotas, default=0) * cfg.search_factor)))
     while True:
         similarities, neighbours = index.search(queries, depth)
-        chosen = assign(similarities, neighbours, quotas, cfg.min_similarity)
+        chosen = assign(similarities, neighbours, quotas, cfg.min_similarity, exclude)
         got = np.bincount([c["concept_index"] for c in chosen], minlength=len(quotas))
         shortfall = {i: int(q - g) for i, (q, g) in enumerate(zip(quotas, got)) if g < q}
         extra = []
         if shortfall and cfg.shortfall == "fill":
-            extra = fill_claims(similarities, neighbours, {c["pool_row"] for c in chosen}, sum(shortfall.values()),
-                                cfg.min_similarity)
+            extra = fill_claims(similarities, neighbours, {c["pool_row"] for c in chosen} | set(exclude),
+                                sum(shortfall.values()), cfg.min_similarity)
         met = len(chosen) + len(extra) == sum(quotas) if cfg.shortfall == "fill" else not shortfall
         below_floor = bool(len(similarities)) and bool((similarities[:, -1] < cfg.min_similarity).all())
         if met or depth >= index.ntotal or below_floor:
@@ -116,17 +129,79 @@ def select(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: Retr
     return Selection(chosen, shortfall, len(extra), depth)
 
 
+@dataclass(frozen=True)
+class PoolFiles:
+    """files.parquet of a pool index: the id of every vector and, for a pool of URLs, where to fetch it."""
+
+    ids: list[str]
+    urls: list[str | None] | None = None      # a URL pool (no local copies): hits are downloaded
+    captions: list[str | None] | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> PoolFiles:
+        """Read <pool_index>/files.parquet; urls only when the pool has no local image_path."""
+        table = read_table(folder / "files.parquet")
+        names = table.column_names
+        web = "url" in names and "image_path" not in names
+        column = (lambda name: table.column(name).to_pylist() if name in names else None)
+        return cls(table.column("id").to_pylist(), column("url") if web else None, column("caption"))
+
+
+def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig,
+                      files: PoolFiles, cache: Path) -> tuple[Selection, dict[int, bytes], dict[str, Any]]:
+    """Select with a margin for failed downloads, fetch the hits, and replace each failure with the next
+    candidate of its concept, for up to `download_rounds` rounds; keep the best `quota` downloads per concept."""
+    asked = [math.ceil(q * (1 + cfg.download_margin)) for q in quotas]
+    fetched = Fetched()
+    settings = DownloadSettings(cfg.download_timeout_s, cfg.download_threads, cfg.download_min_side, cfg.shard_size)
+    selection = select(index, queries, asked, cfg)
+    for _ in range(cfg.download_rounds):
+        hits = [{"pool_row": c["pool_row"], "url": files.urls[c["pool_row"]],
+                 "caption": (files.captions or [None] * len(files.ids))[c["pool_row"]]} for c in selection.chosen]
+        download(hits, cache, settings, fetched)
+        got = Counter(c["concept_index"] for c in selection.chosen if c["pool_row"] in fetched.images)
+        if all(got[i] >= q for i, q in enumerate(quotas)):
+            break
+        selection = select(index, queries, asked, cfg, exclude=set(fetched.errors))
+        if all(c["pool_row"] in fetched.images or c["pool_row"] in fetched.errors for c in selection.chosen):
+            break  # nothing new to try: the pool is exhausted for the short concepts
+    ok = [c for c in selection.chosen if c["pool_row"] in fetched.images]
+    kept, spare, count = [], [], Counter()
+    for claim in sorted(ok, key=lambda c: (c["concept_index"], c["rank"])):
+        if count[claim["concept_index"]] < quotas[claim["concept_index"]]:
+            kept.append(claim)
+            count[claim["concept_index"]] += 1
+        else:
+            spare.append(claim)
+    shortfall = {i: q - count[i] for i, q in enumerate(quotas) if count[i] < q}
+    filled = []
+    if shortfall and cfg.shortfall == "fill":  # other concepts' spare downloads make up the total
+        filled = sorted(spare, key=lambda c: -c["similarity"])[: sum(shortfall.values())]
+    chosen = sorted(kept + filled, key=lambda c: (c["concept_index"], c["rank"]))
+    result = Selection(chosen, shortfall, len(filled), selection.depth)
+    return result, {c["pool_row"]: fetched.images[c["pool_row"]] for c in chosen}, fetched.metrics()
+
+
 def retrieve(
-    index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], pool_ids: list[str],
-    pool_source: Path, total: int, cfg: RetrieveConfig, out_dir: Path,
+    index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], pool_ids: list[str] | PoolFiles,
+    pool_source: Path, total: int, cfg: RetrieveConfig, out_dir: Path, downloads: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Search, assign to the plan's quotas, and copy the chosen pool images into shards; return rows + metrics.
 
-    pool_ids[i] is the pool item id of index vector i. out_dir/shortfall.json lists each concept the pool could
-    not fill (for the dataset report).
+    pool_ids[i] is the pool item id of index vector i (or the whole PoolFiles). A pool of URLs has its hits
+    downloaded into `downloads` (img2dataset, resumable). out_dir/shortfall.json lists each concept the pool
+    could not fill (for the dataset report).
     """
+    files = pool_ids if isinstance(pool_ids, PoolFiles) else PoolFiles(list(pool_ids))
+    pool_ids = files.ids
     quotas = per_concept_quota(total, len(concepts))
-    selection = select(index, queries, quotas, cfg)
+    fetched_metrics: dict[str, Any] | None = None
+    if files.urls is not None:
+        if downloads is None:
+            raise DataError(f"{pool_source} is a pool of URLs: retrieve needs a downloads folder (--downloads)")
+        selection, by_row, fetched_metrics = select_downloaded(index, queries, quotas, cfg, files, downloads)
+    else:
+        selection, by_row = select(index, queries, quotas, cfg), None
     shortfall = {concepts[i]["name"]: n for i, n in selection.shortfall.items()}
     if shortfall and cfg.shortfall == "error":
         worst = sorted(shortfall.items(), key=lambda item: -item[1])[:5]
@@ -134,12 +209,14 @@ def retrieve(
                         f"{', '.join(f'{name!r}: {n}' for name, n in worst)}); add pool images, lower size or "
                         "mix.retrieved, or set retrieve.shortfall: fill")
     chosen = selection.chosen
-    try:
-        payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
-    except OSError as err:
-        raise DataError(f"pool item {err.filename or err} cannot be read from {pool_source}; a pool of precomputed "
-                        "embeddings needs an image_path column pointing at local copies (pas does not download the "
-                        "hits of a URL-only pool yet)") from None
+    if by_row is not None:
+        payload = {pool_ids[row]: data for row, data in by_row.items()}
+    else:
+        try:
+            payload = load_items(pool_source, [pool_ids[c["pool_row"]] for c in chosen])
+        except OSError as err:
+            raise DataError(f"pool item {err.filename or err} cannot be read from {pool_source}: give the pool's "
+                            "metadata an image_path column for local copies, or a url column to download them") from None
     rows, records, shard_index = [], [], 0
 
     def flush() -> None:
@@ -157,6 +234,8 @@ def retrieve(
         meta = {"key": key, "source": "retrieved", "concept": concept["name"], "prompt": concept["prompts"][0],
                 "pool_source": str(pool_source), "pool_id": pool_id, "pool_row": claim["pool_row"],
                 "similarity": claim["similarity"],
+                "url": files.urls[claim["pool_row"]] if files.urls else None,
+                "caption": files.captions[claim["pool_row"]] if files.captions else None,
                 "rank": claim["rank"], "shard": shard_name("retrieved", shard_index),
                 "width": image.width, "height": image.height}
         records.append((key, encode_jpeg(image, cfg.jpeg_quality), meta))
@@ -174,4 +253,6 @@ def retrieve(
                "shortfall": sum(shortfall.values()), "filled": selection.filled, "search_depth": selection.depth,
                "shortfall_per_concept": shortfall,
                "mean_similarity": float(np.mean([r["similarity"] for r in rows])) if rows else 0.0}
+    if fetched_metrics is not None:
+        metrics["downloads"] = fetched_metrics
     return rows, metrics

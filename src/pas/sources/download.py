@@ -1,0 +1,110 @@
+"""Download only the retrieval hits of a URL pool, with img2dataset into WebDataset shards, resumably.
+
+Each round's URL list is content-addressed: `<cache>/<digest>.parquet` and its img2dataset output folder
+`<cache>/<digest>/`. Run again after a kill with the same hits, img2dataset's incremental mode keeps the shards
+it finished and fetches only the rest. Per-sample status (success, or the error: 404, timeout, not an image, too
+small) is read back from img2dataset's own parquet files.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pas.core.shards import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How hits are fetched (from params.retrieve)."""
+
+    timeout_s: int = 10
+    threads: int = 16
+    min_side: int = 16
+    shard_size: int = 1000
+
+
+@dataclass
+class Fetched:
+    """What the downloads gave so far: pool row -> image bytes, pool row -> error, and counts."""
+
+    images: dict[int, bytes] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    rounds: int = 0
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """Requested, downloaded, failed, success rate, failures by reason, rounds."""
+        tried = len(self.images) + len(self.errors)
+        reasons = Counter(_reason(e) for e in self.errors.values())
+        return {"requested": tried, "downloaded": len(self.images), "failed": len(self.errors),
+                "success_rate": len(self.images) / tried if tried else 0.0, "rounds": self.rounds,
+                "failures": dict(sorted(reasons.items())),
+                "images_per_second": len(self.images) / self.seconds if self.seconds else 0.0}
+
+
+def _reason(error: str) -> str:
+    text = error.lower()
+    for needle, reason in (("404", "not_found"), ("timed out", "timeout"), ("timeout", "timeout"),
+                           ("image decoding", "not_an_image"), ("cannot identify", "not_an_image"),
+                           ("too small", "too_small"), ("image size", "too_small")):
+        if needle in text:
+            return reason
+    return "other"
+
+
+def download(hits: list[dict[str, Any]], cache: Path, settings: DownloadSettings, fetched: Fetched) -> None:
+    """Fetch the hits ({pool_row, url, caption}) not fetched yet; record each image or error in `fetched`."""
+    import time
+
+    todo = [h for h in hits if h["pool_row"] not in fetched.images and h["pool_row"] not in fetched.errors]
+    if not todo:
+        return
+    table = pa.table({"url": [h["url"] for h in todo], "caption": [h.get("caption") or "" for h in todo],
+                      "pool_row": pa.array([h["pool_row"] for h in todo], pa.int64())})
+    digest = hashlib.sha256("\n".join(table.column("url").to_pylist()).encode()).hexdigest()[:16]
+    url_list, folder = cache / f"{digest}.parquet", cache / digest
+    if not url_list.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(url_list) as tmp:
+            pq.write_table(table, tmp)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call on import
+    from img2dataset import download as img2dataset_download
+
+    log.info("downloading %d hits (round %d) into %s", len(todo), fetched.rounds + 1, folder)
+    started = time.perf_counter()
+    img2dataset_download(
+        url_list=str(url_list), input_format="parquet", url_col="url", caption_col="caption",
+        save_additional_columns=["pool_row"], output_folder=str(folder), output_format="webdataset",
+        processes_count=1, thread_count=settings.threads, timeout=settings.timeout_s, resize_mode="no",
+        min_image_size=settings.min_side, number_sample_per_shard=settings.shard_size, enable_wandb=False,
+        distributor="multiprocessing", incremental_mode="incremental", retries=0)
+    fetched.seconds += time.perf_counter() - started
+    fetched.rounds += 1
+    _read_results(folder, fetched)
+
+
+def _read_results(folder: Path, fetched: Fetched) -> None:
+    for status_file in sorted(folder.glob("*.parquet")):
+        rows = pq.read_table(status_file, columns=["key", "status", "error_message", "pool_row"]).to_pylist()
+        shard = status_file.with_suffix(".tar")
+        members: dict[str, bytes] = {}
+        if shard.exists():
+            with tarfile.open(shard) as tar:
+                members = {m.name.partition(".")[0]: tar.extractfile(m).read() for m in tar
+                           if m.isfile() and m.name.endswith(".jpg")}
+        for row in rows:
+            if row["status"] == "success" and row["key"] in members:
+                fetched.images[row["pool_row"]] = members[row["key"]]
+            else:
+                fetched.errors[row["pool_row"]] = row["error_message"] or row["status"]
