@@ -313,3 +313,35 @@ def test_a_single_parquet_with_an_embedding_column_is_a_pool_too(tmp_path, image
     cfg = PoolIndexConfig(source=str(tmp_path / "pool" / "pool.parquet"))
     metrics = index_pool(cfg, tiny_models["clip"], tmp_path / "index", 0)
     assert metrics["indexed"] == 12 and metrics["embedding_model"] == "tiny://clip"
+
+
+def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(64, dim))
+    x = centers[rng.integers(0, 64, n)] + 0.5 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_lists_larger_than_the_budget_are_built_on_disk_resumably_and_search_like_memory(tmp_path):
+    data = _clustered(20_000, 64)
+    blocks = lambda: iter(np.array_split(data, 5))  # noqa: E731
+    cfg = PoolIndexConfig(index="ivf_sq8", memory_budget_mb=1, target_recall=0.9)   # 20k x 72 B > 1 MB
+    on_disk, description = build_index(blocks, len(data), 64, cfg, disk=tmp_path / "index")
+    assert description["on_disk"] and description["list_bytes"] == 20_000 * (64 + 8)
+    assert (tmp_path / "index" / "lists.ivfdata").stat().st_size >= 20_000 * 64
+    save_index(on_disk, description, tmp_path / "index")
+    in_memory, _ = build_index(blocks, len(data), 64, PoolIndexConfig(index="ivf_sq8", target_recall=0.9))
+    queries = data[:50] + 0.01
+    faiss.extract_index_ivf(in_memory).nprobe = description["nprobe"]
+    loaded = load_index(tmp_path / "index")
+    assert np.array_equal(loaded.search(queries, 10)[1], in_memory.search(queries, 10)[1])
+    assert description["recall_at_10"] >= 0.9
+
+    kept = sorted((tmp_path / "index" / "blocks").iterdir())
+    assert len(kept) == 5
+    stamps = {p.name: p.stat().st_mtime_ns for p in kept[:4]}
+    kept[4].unlink()                                                       # as if killed during the last block
+    again, _ = build_index(blocks, len(data), 64, cfg, disk=tmp_path / "index")
+    assert {p.name: p.stat().st_mtime_ns for p in sorted((tmp_path / "index" / "blocks").iterdir())[:4]} == stamps
+    faiss.extract_index_ivf(again).nprobe = description["nprobe"]
+    assert np.array_equal(again.search(queries, 10)[1], in_memory.search(queries, 10)[1])

@@ -31,6 +31,7 @@ from pas.core.shards import atomic_path, save_embeddings, write_table
 from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
 from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
+from pas.sources.ondisk_index import build_on_disk, code_bytes, needs_disk
 from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,12 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
 
 
 def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cfg: PoolIndexConfig,
-                seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
-    """Train on a sample, add chunk by chunk, tune for the target recall; return index + description."""
+                seed: int = 0, disk: Path | None = None) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train on a sample, add chunk by chunk, tune for the target recall; return index + description.
+
+    When the inverted lists would exceed memory_budget_mb and `disk` is given, they are built block by block
+    into disk/lists.ivfdata (resumable) and searched memory-mapped (pas.sources.ondisk_index).
+    """
     kind = choose_index(n, dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
     index = INDEXES[kind](dim, n)
     rng = np.random.default_rng(seed)
@@ -270,14 +275,20 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     sample_matrix = np.concatenate(sample)
     if not index.is_trained:
         index.train(sample_matrix)
-    for block in chunks():
-        index.add(block)
+    on_disk = disk is not None and needs_disk(index, n, cfg.memory_budget_mb)
+    if on_disk:
+        index = build_on_disk(index, chunks, disk)
+    else:
+        for block in chunks():
+            index.add(block)
     queries = held_out_queries(sample_matrix, 200, seed)
     truth = exact_neighbours(chunks, queries, min(10, n))
     settings, achieved = tune(index, queries, truth, cfg.target_recall)
     nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
-    description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved}
-    if cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist and n * dim * 4 <= cfg.memory_budget_mb * 2**20:
+    description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved,
+                   "on_disk": on_disk, "list_bytes": n * code_bytes(index)}
+    if (cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist
+            and n * dim * 4 <= cfg.memory_budget_mb * 2**20):
         # Data without cluster structure: the target recall needs most lists, so exact search is faster.
         log.info("%s needs nprobe %d of %d for recall %.2f: using exact search instead", kind,
                  settings["nprobe"], nlist, cfg.target_recall)
@@ -305,8 +316,10 @@ def save_index(index: faiss.Index, description: dict[str, Any], folder: Path) ->
 
 def load_index(folder: Path) -> faiss.Index:
     """Memory-map a saved index and apply its tuned search settings."""
-    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     description = json.loads((folder / "index.json").read_text())
+    # on-disk lists are memory-mapped by faiss itself; IO_FLAG_MMAP on such an index misreads it (faiss 1.x)
+    flags = faiss.IO_FLAG_READ_ONLY if description.get("on_disk") else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    index = faiss.read_index(str(folder / "index.faiss"), flags)
     if "nprobe" in description:
         faiss.extract_index_ivf(index).nprobe = description["nprobe"]
     if "efSearch" in description:
@@ -332,7 +345,8 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
         raise ConfigError(f"pool_index.source={cfg.source!r} holds no usable images")
     write_table(usable.replace_schema_metadata(None), out / "files.parquet")  # row i = index id i
     dim = next(chunk_embeddings(chunks_dir, count)).shape[1]
-    index, description = build_index(lambda: chunk_embeddings(chunks_dir, count), usable.num_rows, dim, cfg, seed)
+    index, description = build_index(lambda: chunk_embeddings(chunks_dir, count), usable.num_rows, dim, cfg, seed,
+                                     disk=out)
     description["clip_sha256"] = model_sha  # lets embed reuse these vectors only for the same CLIP model
     description["chunks"] = count
     save_index(index, description, out)
@@ -357,7 +371,7 @@ def index_embedding_pool(source: Path, cfg: PoolIndexConfig, clip: str | Path, o
             writer.write_table(table)
         if writer is not None:
             writer.close()
-    index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, seed)
+    index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, seed, disk=out)
     description.update(kind="embeddings", source=str(source), embedding_model=pool.model, parts=len(pool.parts),
                        clip_sha256=entry["sha256"])  # checked by name: the same model, so embed may reuse them
     save_index(index, description, out)
