@@ -12,6 +12,7 @@ recall@10 >= 0.9, peak RSS <= 3 GB, build <= 20 min.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import shutil
 import time
@@ -39,13 +40,18 @@ def mixture(rng: np.random.Generator, centers: np.ndarray, count: int, spread: f
 
 
 def write_pool(folder: Path, vectors: int, dim: int, part_rows: int, centers: np.ndarray, seed: int) -> None:
-    """The synthetic pool as clip-retrieval parts, generated part by part (never all in memory)."""
+    """The synthetic pool as clip-retrieval parts, generated 100k rows at a time (never all in memory)."""
     (folder / "img_emb").mkdir(parents=True)
     (folder / "metadata").mkdir()
     rng = np.random.default_rng(seed)
     for number, start in enumerate(range(0, vectors, part_rows)):
         rows = min(part_rows, vectors - start)
-        np.save(folder / "img_emb" / f"img_emb_{number}.npy", mixture(rng, centers, rows, 0.8).astype(np.float16))
+        array = np.lib.format.open_memmap(folder / "img_emb" / f"img_emb_{number}.npy", mode="w+", dtype=np.float16,
+                                          shape=(rows, dim))
+        for offset in range(0, rows, 100_000):
+            array[offset:offset + 100_000] = mixture(rng, centers, min(100_000, rows - offset), 0.8)
+        array.flush()
+        del array
         pq.write_table(pa.table({"url": [f"https://example.invalid/{i}.jpg" for i in range(start, start + rows)]}),
                        folder / "metadata" / f"metadata_{number}.parquet")
     (folder / "embedding_model.txt").write_text("synthetic\n")
@@ -70,7 +76,10 @@ def main() -> None:
     centers = rng.normal(size=(args.clusters, args.dim)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     started = time.perf_counter()
-    write_pool(folder / "pool", args.vectors, args.dim, args.part_rows, centers, args.seed)
+    writer = multiprocessing.Process(target=write_pool, args=(folder / "pool", args.vectors, args.dim, args.part_rows,
+                                                              centers, args.seed))
+    writer.start()  # in a child process, so that the peak RSS printed below is the index build's alone
+    writer.join()
     written = time.perf_counter() - started
 
     pool = open_pool(folder / "pool")

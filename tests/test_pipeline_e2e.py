@@ -132,6 +132,30 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, tm
     assert "| 400 |" in (out / "compare.md").read_text()
 
 
+def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, tmp_path, tiny_models):
+    """A pool of precomputed embeddings whose images are only URLs on a local HTTP server: dvc retrieves,
+    downloads the chosen hits through img2dataset, replaces the failures, and dedup curates exactly `size`."""
+    from test_web_pool import GOOD, BAD, ImageServer, web_pool
+
+    server = ImageServer()
+    try:
+        web_pool(tmp_path / "web", server, tiny_models["clip"])
+        run("git add -A && git commit -qm 'before the web pool' --allow-empty", repo)
+        run(f"dvc exp run --temp -n webpool -S pool_index.source={tmp_path / 'web'} -S size=40 -S mix.retrieved=0.25 "
+            "dedup", repo)
+    finally:
+        server.close()
+    shown = json.loads(run("dvc exp show --json", repo).stdout)
+    (data,) = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]
+               if rev.get("name") == "webpool"]
+    retrieved = data["metrics"]["metrics/retrieve.json"]["data"]
+    pool = data["metrics"]["metrics/pool_index.json"]["data"]
+    assert pool["kind"] == "embeddings" and pool["indexed"] == GOOD + BAD
+    assert retrieved["images"] == retrieved["requested"] and retrieved["downloads"]["downloaded"] >= retrieved["images"]
+    assert data["metrics"]["metrics/dedup.json"]["data"]["curated"] == 40
+    assert sum(server.requests.values()) < GOOD + BAD                   # only hits were fetched, not the pool
+
+
 def test_filter_threshold_change_reruns_only_filter_and_below(repo):
     # Targeting `dedup` keeps CI short; that DVC reruns everything below a changed stage is DVC's job.
     proc = run("dvc exp run -S filter.threshold=-0.9999 dedup", repo)

@@ -195,14 +195,16 @@ INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {
     "flat": _flat, "ivf_flat": _ivf_flat, "ivf_sq8": _ivf_sq8, "ivf_pq": _ivf_pq, "hnsw": _hnsw}
 
 
-def choose_index(n: int, dim: int, budget_mb: int) -> str:
-    """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget."""
+def choose_index(n: int, dim: int, budget_mb: int, disk: bool = False) -> str:
+    """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget. With `disk`
+    (its lists may live on disk) a pool too large for 8-bit codes in memory keeps them, on disk: PQ's coarser codes
+    lose too much recall on clustered CLIP-like data (benchmarks/webpool.py)."""
     budget = budget_mb * 2**20
     if n < 200_000 and n * dim * 4 <= budget:
         return "flat"
     if n * dim * 4 <= budget:
         return "ivf_flat"
-    if n * dim <= budget:
+    if n * dim <= budget or disk:
         return "ivf_sq8"
     return "ivf_pq"
 
@@ -262,7 +264,7 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     When the inverted lists would exceed memory_budget_mb and `disk` is given, they are built block by block
     into disk/lists.ivfdata (resumable) and searched memory-mapped (pas.sources.ondisk_index).
     """
-    kind = choose_index(n, dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
+    kind = choose_index(n, dim, cfg.memory_budget_mb, disk is not None) if cfg.index == "auto" else cfg.index
     index = INDEXES[kind](dim, n)
     rng = np.random.default_rng(seed)
     sample_size = min(n, 10_000 if index.is_trained else 39 * index.nlist)  # faiss wants >= 39 per list
