@@ -9,7 +9,7 @@ from pas.core.stage import run_stage, stage_parser
 from pas.models.clip import ClipEncoder, concept_queries
 from pas.sources.plan import candidate_counts
 from pas.sources.pool_index import PoolIndexConfig, load_index
-from pas.sources.retrieve import PoolFiles, RetrieveConfig, retrieve
+from pas.sources.retrieve import PoolFiles, RetrieveConfig, blend_exemplars, retrieve
 
 KEYS = ("size", "oversample", "mix", "pool_index.source", "retrieve")
 
@@ -25,10 +25,12 @@ def body(args, params, run):
     index = load_index(Path(args.pool_index))
     Path(args.downloads).mkdir(parents=True, exist_ok=True)  # an out even for a local pool
     with atomic_dir(args.out) as out:
-        rows, metrics = retrieve(index, concept_queries(encoder, concepts), concepts, files, pool_source, total, cfg,
-                                 out, downloads=Path(args.downloads))
+        queries, exemplars = blend_exemplars(concept_queries(encoder, concepts), concepts, Path(cfg.exemplars), encoder,
+                                             cfg.exemplar_weight)
+        rows, metrics = retrieve(index, queries, concepts, files, pool_source, total, cfg, out,
+                                 downloads=Path(args.downloads))
         write_table(rows, out / "manifest.parquet")
-    return metrics
+    return {**metrics, "exemplars": exemplars}
 
 
 if __name__ == "__main__":

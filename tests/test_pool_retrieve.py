@@ -139,7 +139,7 @@ def test_auto_falls_back_to_exact_when_data_has_no_cluster_structure(monkeypatch
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20_000, 256)).astype(np.float32)  # isotropic: no cluster structure
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    monkeypatch.setattr(pool, "choose_index", lambda n, dim, budget: "ivf_flat")
+    monkeypatch.setattr(pool, "choose_index", lambda n, dim, budget, disk=False: "ivf_flat")
     index, description = build_index(lambda: iter([x]), len(x), 256, PoolIndexConfig(target_recall=0.95))
     assert description["index"] == "flat" and description["fallback_from"]["index"] == "ivf_flat"
     assert description["fallback_from"]["nprobe"] * 2 > description["fallback_from"]["nlist"]
@@ -346,3 +346,26 @@ def test_lists_larger_than_the_budget_are_built_on_disk_resumably_and_search_lik
     assert {p.name: p.stat().st_mtime_ns for p in sorted((tmp_path / "index" / "blocks").iterdir())[:4]} == stamps
     faiss.extract_index_ivf(again).nprobe = description["nprobe"]
     assert np.array_equal(again.search(queries, 10)[1], in_memory.search(queries, 10)[1])
+
+
+def test_exemplar_images_pull_a_concept_query_toward_them(tmp_path, image_factory, tiny_models):
+    from pas.sources.retrieve import blend_exemplars
+
+    encoder = ClipEncoder(tiny_models["clip"])
+    concepts = [{"name": "snow leopard", "prompts": ["a snow leopard"]}, {"name": "cat", "prompts": ["a cat"]},
+                {"name": "dog", "prompts": ["a dog"]}]
+    text = concept_queries(encoder, concepts)
+    seeds = [image_factory(900 + i) for i in range(3)]
+    (tmp_path / "ex" / "snow leopard").mkdir(parents=True)
+    for i, image in enumerate(seeds):
+        image.save(tmp_path / "ex" / "snow leopard" / f"{i}.png")
+    image_factory(950).save(tmp_path / "ex" / "domain.png")                  # the domain's: for cat and dog
+    queries, used = blend_exemplars(text, concepts, tmp_path / "ex", encoder, 0.5)
+    assert used == {"concepts_with_exemplars": 1, "domain_exemplars": 1}
+    seed_mean = encoder.encode_images(seeds).mean(axis=0)
+    seed_mean /= np.linalg.norm(seed_mean)
+    assert queries[0] @ seed_mean > text[0] @ seed_mean + 0.1               # moved toward its exemplars
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(queries[1], text[1])                              # cat: blended with the domain's
+    unchanged, none = blend_exemplars(text, concepts, tmp_path / "none", encoder, 0.5)
+    assert np.array_equal(unchanged, text) and none["domain_exemplars"] == 0

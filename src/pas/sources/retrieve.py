@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from pas.core.config import DataError, require, require_fields
+from pas.core.names import safe_name
 from pas.core.shards import decode_image, encode_jpeg, read_table, shard_name, write_json, write_shard
 from pas.sources.download import DownloadSettings, Fetched, download
 from pas.sources.plan import per_concept_quota
@@ -40,6 +41,8 @@ class RetrieveConfig:
     download_timeout_s: int = 10
     download_threads: int = 16
     download_min_side: int = 16      # a smaller download counts as failed (too small)
+    exemplars: str = "exemplars"     # folder: <concept>/ images exemplify a concept, top-level images the domain
+    exemplar_weight: float = 0.5     # share of the exemplars' mean image embedding in a concept's query
 
     def validate(self, prefix: str) -> None:
         """Check ranges and the shortfall policy."""
@@ -49,6 +52,8 @@ class RetrieveConfig:
         require(-1.0 <= self.min_similarity <= 1.0, f"{prefix}.min_similarity", self.min_similarity, "use -1..1")
         require(self.shard_size >= 1, f"{prefix}.shard_size", self.shard_size, "use a positive integer")
         require(self.download_margin >= 0, f"{prefix}.download_margin", self.download_margin, "use a share >= 0")
+        require(0.0 <= self.exemplar_weight <= 1.0, f"{prefix}.exemplar_weight", self.exemplar_weight,
+                "use a share in [0, 1]")
         require_fields(self, prefix, ("download_rounds", "download_timeout_s", "download_threads"), lambda v: v >= 1,
                        "use an integer >= 1")
 
@@ -127,6 +132,50 @@ def select(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: Retr
         depth = min(index.ntotal, depth * 2)
     chosen = sorted(chosen + extra, key=lambda c: (c["concept_index"], c["rank"]))
     return Selection(chosen, shortfall, len(extra), depth)
+
+
+EXEMPLAR_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def exemplar_images(folder: Path, concepts: list[dict[str, Any]]) -> tuple[dict[int, list[Path]], list[Path]]:
+    """(concept index -> its exemplar images, the domain's): `<folder>/<concept name or safe_name>/*` and
+    `<folder>/*` (image files only; a missing folder has none)."""
+    def images(path: Path) -> list[Path]:
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXEMPLAR_SUFFIXES) \
+            if path.is_dir() else []
+
+    per_concept = {}
+    for i, concept in enumerate(concepts):
+        found = images(folder / concept["name"]) or images(folder / safe_name(concept["name"]))
+        if found:
+            per_concept[i] = found
+    return per_concept, images(folder)
+
+
+def blend_exemplars(queries: np.ndarray, concepts: list[dict[str, Any]], folder: Path, encoder: Any,
+                    weight: float) -> tuple[np.ndarray, dict[str, int]]:
+    """Image queries beside the text: each concept's query becomes the unit vector of (1 - weight) x its text query
+    + weight x the mean embedding of its exemplar images (else the domain's, if any), so the pool is searched
+    near curated seed images as well as near the prompts."""
+    per_concept, domain = exemplar_images(folder, concepts)
+    if not per_concept and not domain:
+        return queries, {"concepts_with_exemplars": 0, "domain_exemplars": 0}
+    from PIL import Image
+
+    def mean_of(paths: list[Path]) -> np.ndarray:
+        vectors = encoder.encode_images(Image.open(p) for p in paths)
+        mean = vectors.mean(axis=0)
+        return mean / max(np.linalg.norm(mean), 1e-12)
+
+    domain_mean = mean_of(domain) if domain else None
+    out = queries.copy()
+    for i in range(len(concepts)):
+        image = mean_of(per_concept[i]) if i in per_concept else domain_mean
+        if image is not None:
+            blended = (1 - weight) * queries[i] + weight * image
+            out[i] = blended / max(np.linalg.norm(blended), 1e-12)
+    log.info("exemplar images: %d concept(s) with their own, %d for the whole domain", len(per_concept), len(domain))
+    return out.astype(np.float32), {"concepts_with_exemplars": len(per_concept), "domain_exemplars": len(domain)}
 
 
 @dataclass(frozen=True)
