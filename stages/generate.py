@@ -6,7 +6,7 @@ from pas.core.config import build, top_level
 from pas.core.runtime import pick_device
 from pas.core.stage import run_stage, stage_parser
 from pas.models.registry import read_entry
-from pas.sources.generate import GenerateConfig, generate, plan_jobs
+from pas.sources.generate import GenerateConfig, generate, makeup_jobs, plan_jobs, retrieval_shortfall
 from pas.sources.plan import candidate_counts
 
 KEYS = ("size", "seed", "oversample", "mix", "generate")
@@ -17,9 +17,11 @@ def body(args, params, run):
     top = top_level(params)
     count = candidate_counts(top.size, top.oversample, top.mix)["generated"]
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
-    jobs = plan_jobs(concepts, count, top.seed)
-    return generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device(),
-                    worker=args.worker, workers=args.workers, merge=not args.no_merge)
+    missing = retrieval_shortfall(args.shortfall) if args.shortfall else {}  # retrieve.shortfall: generate
+    jobs = plan_jobs(concepts, count, top.seed) + makeup_jobs(concepts, missing, count, top.seed)
+    metrics = generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device(),
+                       worker=args.worker, workers=args.workers, merge=not args.no_merge)
+    return {**metrics, "makeup_images": sum(missing.values())}
 
 
 if __name__ == "__main__":
@@ -27,6 +29,8 @@ if __name__ == "__main__":
     parser.add_argument("--concepts", required=True)
     parser.add_argument("--generator", required=True, help="resolved generator folder (models stage)")
     parser.add_argument("--out", required=True, help="shard folder (kept between runs for resume)")
+    parser.add_argument("--shortfall", default=None,
+                        help="retrieve's shortfall.json: with retrieve.shortfall generate, generation makes it up")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index (scale-out; default 0)")
     parser.add_argument("--workers", type=int, default=1, help="number of workers sharing the shards (default 1)")
     parser.add_argument("--no-merge", action="store_true", help="render this worker's shards only; no manifest")

@@ -43,9 +43,12 @@ def test_every_format_holds_every_image_byte_for_byte(curated, tmp_path):
     assert "7 images in 1 parquet file" in (tmp_path / "out" / "parquet" / "README.md").read_text()
 
     folder = tmp_path / "out" / "imagefolder"
-    assert sorted(p.name for p in folder.iterdir()) == ["cat", "snow leopard"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["cat", "snow leopard"]
     assert len(list((folder / "cat").glob("*.jpg"))) == 4
     assert (folder / "snow leopard" / "k01.jpg").read_bytes() == payload["k01"]
+    lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert len(lines) == 7 and all((folder / line["file_name"]).is_file() for line in lines)
+    assert {line["file_name"]: line["concept"] for line in lines}["snow leopard/k01.jpg"] == "snow leopard"
 
     shards = sorted((tmp_path / "out" / "webdataset").glob("*.tar"))
     records = [r for shard in shards for r in read_shard(shard)]

@@ -135,7 +135,7 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, tm
 def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, tmp_path, tiny_models):
     """A pool of precomputed embeddings whose images are only URLs on a local HTTP server: dvc retrieves,
     downloads the chosen hits through img2dataset, replaces the failures, and dedup curates exactly `size`."""
-    from test_web_pool import GOOD, BAD, ImageServer, web_pool
+    from test_web_pool import BAD, GOOD, ImageServer, web_pool
 
     server = ImageServer()
     try:

@@ -369,3 +369,24 @@ def test_exemplar_images_pull_a_concept_query_toward_them(tmp_path, image_factor
     assert not np.allclose(queries[1], text[1])                              # cat: blended with the domain's
     unchanged, none = blend_exemplars(text, concepts, tmp_path / "none", encoder, 0.5)
     assert np.array_equal(unchanged, text) and none["domain_exemplars"] == 0
+
+
+def test_shortfall_generate_leaves_the_gap_to_generation_which_makes_it_up(tmp_path, image_factory):
+    from pas.sources.generate import makeup_jobs, plan_jobs, retrieval_shortfall
+
+    index, queries = _two_concept_pool(100, 3)
+    concepts = [{"name": "apple pie", "prompts": ["a pie", "pie on a plate"]}, {"name": "rare bird", "prompts": ["y"]}]
+    cfg = RetrieveConfig(min_similarity=0.5, shortfall="generate")
+    for i in range(103):
+        image_factory(i).save(tmp_path / f"{i}.png")
+    rows, metrics = retrieve(index, queries, concepts, [f"{i}.png" for i in range(103)], tmp_path, 20, cfg,
+                             tmp_path / "o")
+    assert metrics["filled"] == 0 and metrics["images"] == 20 - metrics["shortfall"] > 0   # nothing filled in
+    missing = retrieval_shortfall(tmp_path / "o" / "shortfall.json")
+    assert missing == {"rare bird": metrics["shortfall"]}
+    planned = plan_jobs(concepts, 10, seed=0)
+    extra = makeup_jobs(concepts, missing, len(planned), seed=0)
+    assert [j["concept"] for j in extra] == ["rare bird"] * metrics["shortfall"]
+    assert len({j["key"] for j in planned + extra}) == len(planned) + len(extra)        # keys never collide
+    (tmp_path / "fill.json").write_text('{"policy": "fill", "missing": {"rare bird": 3}}')
+    assert retrieval_shortfall(tmp_path / "fill.json") == {}                # fill: generation does nothing extra

@@ -88,13 +88,18 @@ def _card(count: int, files: int) -> str:
 
 
 def export_imagefolder(rows: list[dict[str, Any]], out: Path) -> int:
-    """out/<concept>/<key>.jpg with the stored bytes; returns the image count."""
+    """out/<concept>/<key>.jpg with the stored bytes, and out/metadata.jsonl (the HF imagefolder convention: one
+    line per image with its file_name, concept, source and attribution); returns the image count."""
     count = 0
-    for row, data in _images(rows):
-        folder = out / safe_name(row["concept"])  # distinct names never share a folder
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / image_name(row)).write_bytes(data)
-        count += 1
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metadata.jsonl", "w") as metadata:
+        for row, data in _images(rows):
+            folder = out / safe_name(row["concept"])  # distinct names never share a folder
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / image_name(row)).write_bytes(data)
+            record = {"file_name": f"{folder.name}/{image_name(row)}", **{k: row.get(k) for k in META}}
+            metadata.write(json.dumps(record, default=str) + "\n")
+            count += 1
     return count
 
 

@@ -90,6 +90,28 @@ def image_seed(seed: int, index: int) -> int:
     return zlib.crc32(f"{seed}:{index}".encode()) & 0x7FFFFFFF
 
 
+def makeup_jobs(concepts: list[dict[str, Any]], missing: dict[str, int], start: int, seed: int) -> list[dict[str, Any]]:
+    """Jobs that make up what retrieval could not give (retrieve.shortfall: generate): `missing[name]` more images
+    of each short concept, numbered from `start` (after the planned images), prompts in turn."""
+    jobs, index = [], start
+    for concept in concepts:
+        for j in range(missing.get(concept["name"], 0)):
+            jobs.append({"key": f"gen{index:08d}", "index": index, "concept": concept["name"],
+                         "prompt": concept["prompts"][j % len(concept["prompts"])],
+                         "negative_prompt": concept.get("negative_prompt", ""), "seed": image_seed(seed, index)})
+            index += 1
+    return jobs
+
+
+def retrieval_shortfall(shortfall_json: str | Path) -> dict[str, int]:
+    """Images per concept generation must make up: retrieve's shortfall.json when its policy is `generate`."""
+    path = Path(shortfall_json)
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return dict(record.get("missing", {})) if record.get("policy") == "generate" else {}
+
+
 def plan_jobs(concepts: list[dict[str, Any]], count: int, seed: int) -> list[dict[str, Any]]:
     """Map image i to (concept, prompt, seed) by a rule that depends only on params (prefix-stable)."""
     n = len(concepts)

@@ -21,7 +21,7 @@ from pas.sources.pool_sources import load_items
 log = logging.getLogger(__name__)
 
 
-SHORTFALL_POLICIES = ("fill", "error")
+SHORTFALL_POLICIES = ("fill", "generate", "error")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class RetrieveConfig:
     """
 
     search_factor: float = 2.0  # first search depth = the largest quota x this (room for images concepts share)
-    shortfall: str = "fill"  # fill: other concepts' next-best images make up the total | error: stop, naming them
+    shortfall: str = "fill"  # fill: other concepts' next-best images | generate: generation makes up the
+    #                          difference (the generate stage reads shortfall.json) | error: stop, naming them
     min_similarity: float = -1.0
     shard_size: int = 1000
     jpeg_quality: int = 90
