@@ -125,14 +125,27 @@ def iter_blocks(pool: EmbeddingPool, block: int = 65_536) -> Iterator[np.ndarray
     """Every embedding in order, as L2-normalised float32 blocks of at most `block` rows (memory-mapped parts)."""
     for part in pool.parts:
         if part.embeddings is not None:
-            array = np.load(part.embeddings, mmap_mode="r")
-            for start in range(0, len(array), block):
-                yield _unit(np.asarray(array[start:start + block], dtype=np.float32))
+            for rows in _read_npy_blocks(part.embeddings, block):
+                yield _unit(rows.astype(np.float32))
         else:
             column = _embedding_column(pq.read_schema(part.metadata))
             for batch in pq.ParquetFile(part.metadata).iter_batches(batch_size=block, columns=[column]):
                 values = batch.column(0).flatten().to_numpy(zero_copy_only=False)
                 yield _unit(values.reshape(len(batch), -1).astype(np.float32))
+
+
+def _read_npy_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
+    """(≤ block, D) row blocks of a 2-D .npy by plain reads: unlike a memory map, pages read once do not stay in the
+    process's resident memory, so streaming a 10 GB part keeps RSS at one block."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran or len(shape) != 2:
+            raise DataError(f"{path}: expected a C-order 2-D array of embeddings, found shape {shape}")
+        for start in range(0, shape[0], block):
+            rows = min(block, shape[0] - start)
+            yield np.fromfile(handle, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
