@@ -209,12 +209,10 @@ def choose_index(n: int, dim: int, budget_mb: int, disk: bool = False) -> str:
     return "ivf_pq"
 
 
-def held_out_queries(sample: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Queries near the data but not in it: sampled vectors plus noise, renormalised."""
-    rng = np.random.default_rng(seed)
-    picked = sample[rng.choice(len(sample), size=min(count, len(sample)), replace=False)]
-    noisy = picked + rng.normal(scale=0.5 / np.sqrt(sample.shape[1]), size=picked.shape).astype(np.float32)
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+def without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) neighbour ids with each query's own id left out: leave-one-out queries, a pool image asking for its
+    neighbours among the others, as a new image of the same distribution would."""
+    return np.stack([row[row != mine][:k] for row, mine in zip(ids, own)])
 
 
 def exact_neighbours(chunks: Callable[[], Iterator[np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
@@ -238,9 +236,17 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[dict[str, int], float]:
-    """Raise nprobe (IVF) or efSearch (HNSW) until recall@k reaches `target`; return settings + recall."""
+def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float,
+         own: np.ndarray | None = None) -> tuple[dict[str, int], float]:
+    """Raise nprobe (IVF) or efSearch (HNSW) until recall@k reaches `target`; return settings + recall. With `own`
+    (the queries' ids in the index) each query's own id is left out of what the index finds."""
     k = truth.shape[1]
+
+    def found() -> np.ndarray:
+        if own is None:
+            return index.search(queries, k)[1]
+        return without_self(index.search(queries, k + 1)[1], own, k)
+
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         knob, values, apply = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -248,10 +254,10 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
     elif isinstance(index, faiss.IndexHNSW):
         knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(index.hnsw, "efSearch", v)
     else:
-        return {}, recall(index.search(queries, k)[1], truth)
+        return {}, recall(found(), truth)
     for value in values:
         apply(value)
-        achieved = recall(index.search(queries, k)[1], truth)
+        achieved = recall(found(), truth)
         if achieved >= target:
             break
     return {knob: value}, achieved
@@ -269,12 +275,15 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     rng = np.random.default_rng(seed)
     sample_size = min(n, 10_000 if index.is_trained else 39 * index.nlist)  # faiss wants >= 39 per list
     keep = np.sort(rng.choice(n, size=sample_size, replace=False))
-    sample, offset = [], 0
+    # recall is measured on pool images the quantizer was not trained on (trained ones are quantized too well)
+    own = (np.setdiff1d(rng.choice(n, size=min(n, 400), replace=False), keep)[:200] if n > len(keep)
+           else np.sort(rng.choice(keep, size=min(200, len(keep)), replace=False)))
+    sample, probes, offset = [], [], 0
     for block in chunks():
-        local = keep[(keep >= offset) & (keep < offset + len(block))] - offset
-        sample.append(block[local])
+        for ids, rows in ((keep, sample), (own, probes)):
+            rows.append(block[ids[(ids >= offset) & (ids < offset + len(block))] - offset])
         offset += len(block)
-    sample_matrix = np.concatenate(sample)
+    sample_matrix, queries = np.concatenate(sample), np.concatenate(probes)
     if not index.is_trained:
         index.train(sample_matrix)
     on_disk = disk is not None and needs_disk(index, n, cfg.memory_budget_mb)
@@ -283,9 +292,12 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     else:
         for block in chunks():
             index.add(block)
-    queries = held_out_queries(sample_matrix, 200, seed)
-    truth = exact_neighbours(chunks, queries, min(10, n))
-    settings, achieved = tune(index, queries, truth, cfg.target_recall)
+    k = min(10, n - 1)  # leave-one-out: each probe asks for its neighbours among the other pool images
+    if k >= 1:
+        truth = without_self(exact_neighbours(chunks, queries, k + 1), own, k)
+        settings, achieved = tune(index, queries, truth, cfg.target_recall, own)
+    else:  # a pool of one image: nothing to tune
+        settings, achieved = {}, 1.0
     nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
     description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved,
                    "on_disk": on_disk, "list_bytes": n * code_bytes(index)}
