@@ -48,6 +48,51 @@ def write_image_shards(root: Path, shards: list[list[tuple[str, Image.Image]]], 
     return rows
 
 
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 calling `handle(request_handler)` for every GET and POST (a POST body is
+    read first); records each request's path and Authorization header in `requests`."""
+
+    def __init__(self, handle, suffix: str = "") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                if self.command == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append((self.path, self.headers.get("Authorization")))
+                try:
+                    handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeouts, size caps)
+
+            do_GET = do_POST = _serve  # noqa: N815 (http.server API)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{suffix}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, status: int, body: bytes, **headers) -> None:
+    """Answer a request: status, Content-Length and `headers`, then the body."""
+    handler.send_response(status)
+    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.fixture
 def image_factory():
     """Make distinct test images by seed."""

@@ -11,57 +11,28 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_image
+from conftest import LocalServer, make_image, send
 from pas.concepts.llm import LLMConfig, LLMError, OpenAIChat
 from pas.core.config import ConfigError, build
 
 SECRET = "sk-hostile-0123456789abcdef"
 
 
-class Hostile:
-    """A server on 127.0.0.1 whose POST handler is `handle(request_handler)`; records every Authorization header."""
-
-    def __init__(self, handle) -> None:
-        self.auth: list[str | None] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.auth.append(self.headers.get("Authorization"))
-                try:
-                    handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def Hostile(handle) -> LocalServer:  # noqa: N802 (reads as the server kind it makes)
+    """An OpenAI-style server on 127.0.0.1/v1 answering every request with `handle`."""
+    return LocalServer(handle, "/v1")
 
 
-def send(handler, status: int, body: bytes, **headers) -> None:
-    handler.send_response(status)
-    for name, value in {"Content-Length": str(len(body)), **headers}.items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
+def auth(server: LocalServer) -> list[str | None]:
+    """The Authorization header of every request the server got."""
+    return [header for _, header in server.requests]
 
 
 def client(url: str, **settings) -> OpenAIChat:
@@ -82,7 +53,7 @@ def test_a_redirect_to_another_origin_is_refused_and_the_key_stays_home(key):
     try:
         with pytest.raises(LLMError, match=r"redirected \(HTTP 302\).*redirects are not followed"):
             client(first.url).complete("hi", 0.0, 0)
-        assert first.auth == [f"Bearer {key}"] and other.auth == []
+        assert auth(first) == [f"Bearer {key}"] and auth(other) == []
     finally:
         first.close(), other.close()
 
