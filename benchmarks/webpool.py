@@ -15,6 +15,7 @@ import argparse
 import multiprocessing
 import resource
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -27,8 +28,25 @@ from pas.sources.pool_index import PoolIndexConfig, build_index, exact_neighbour
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far, in GB (Linux reports KB)."""
+    """Peak resident memory of this process so far, in GB (Linux reports KB). It counts the pages of memory-mapped
+    files too (the on-disk lists, the pool parts), which the kernel can drop at will."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class AnonymousPeak:
+    """Samples RssAnon (memory that is not a file's page cache) twice a second; `gb` is the peak seen."""
+
+    def __init__(self) -> None:
+        self.gb, self.running = 0.0, True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.gb = max(self.gb, int(line.split()[1]) / 2**20)
+            time.sleep(0.5)
 
 
 def mixture(rng: np.random.Generator, centers: np.ndarray, count: int, spread: float) -> np.ndarray:
@@ -82,13 +100,14 @@ def main() -> None:
     writer.join()
     written = time.perf_counter() - started
 
+    anonymous = AnonymousPeak()
     pool = open_pool(folder / "pool")
     cfg = PoolIndexConfig(memory_budget_mb=args.budget_mb, target_recall=args.target_recall)
     started = time.perf_counter()
     index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, args.seed,
                                       disk=folder / "index")
     built = time.perf_counter() - started
-    rss_build = peak_rss_gb()
+    rss_build, anon_build = peak_rss_gb(), anonymous.gb
 
     queries = mixture(np.random.default_rng(args.seed + 1), centers, args.queries, 0.8)   # held out: new draws
     truth = exact_neighbours(lambda: iter_blocks(pool), queries, 10)
@@ -100,11 +119,12 @@ def main() -> None:
     print(f"index: {description['index']} nlist={description.get('nlist')} nprobe={description.get('nprobe')} "
           f"on_disk={description.get('on_disk', False)} list_bytes={description.get('list_bytes', 0) / 2**30:.2f} GB "
           f"(budget {args.budget_mb} MB)")
-    print(f"build: {built:.0f} s ({built / 60:.1f} min); peak RSS during build {rss_build:.2f} GB")
+    print(f"build: {built:.0f} s ({built / 60:.1f} min); peak RSS during build {rss_build:.2f} GB, of which "
+          f"anonymous (not file page cache) at most {anon_build:.2f} GB")
     print(f"recall@10 vs exact on {len(queries)} held-out queries: {recall(found, truth):.3f} "
           f"(tuning sample: {description['recall_at_10']:.3f}, target {args.target_recall})")
     print(f"search: {len(queries) / searched:,.0f} queries/s (batch of {len(queries)}, k=10)")
-    print(f"peak RSS overall {peak_rss_gb():.2f} GB")
+    print(f"peak RSS overall {peak_rss_gb():.2f} GB; anonymous {anonymous.gb:.2f} GB")
 
 
 if __name__ == "__main__":
