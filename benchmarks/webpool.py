@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pas.sources.embedding_pool import iter_blocks, open_pool
+from pas.sources.embedding_pool import iter_blocks, open_pool, rows_of
 from pas.sources.pool_index import PoolIndexConfig, build_index, exact_neighbours, recall
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     cfg = PoolIndexConfig(memory_budget_mb=args.budget_mb, target_recall=args.target_recall)
     started = time.perf_counter()
     index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, args.seed,
-                                      disk=folder / "index")
+                                      disk=folder / "index", rows=lambda ids: rows_of(pool, ids))
     built = time.perf_counter() - started
     rss_build, anon_build = peak_rss_gb(), anonymous.gb
 
@@ -117,7 +117,7 @@ def main() -> None:
 
     print(f"pool: {pool.rows:,} x {pool.dim} float16 in {len(pool.parts)} part(s), written in {written:.0f} s")
     print(f"index: {description['index']} nlist={description.get('nlist')} nprobe={description.get('nprobe')} "
-          f"on_disk={description.get('on_disk', False)} list_bytes={description.get('list_bytes', 0) / 2**30:.2f} GB "
+          f"rerank={description.get('rerank', 0)} on_disk={description.get('on_disk', False)} list_bytes={description.get('list_bytes', 0) / 2**30:.2f} GB "
           f"(budget {args.budget_mb} MB)")
     print(f"build: {built:.0f} s ({built / 60:.1f} min); peak RSS during build {rss_build:.2f} GB, of which "
           f"anonymous (not file page cache) at most {anon_build:.2f} GB")

@@ -23,6 +23,7 @@ from pas.sources.pool_index import (
     index_pool,
     load_index,
     pool_embeddings,
+    recall,
     save_index,
 )
 from pas.sources.pool_sources import iter_pool, load_items
@@ -116,7 +117,8 @@ def test_index_choice_follows_size_and_budget():
     assert choose_index(1_000_000, 512, 4096) == "ivf_flat"
     assert choose_index(1_000_000, 512, 1024) == "ivf_sq8"
     assert choose_index(10_000_000, 512, 1024) == "ivf_pq"
-    assert choose_index(10_000_000, 512, 1024, disk=True) == "ivf_sq8"          # 8-bit codes, lists on disk
+    assert choose_index(10_000_000, 512, 1024, disk=True) == "ivf_pq"           # PQ in memory, re-ranked
+    assert choose_index(10_000_000, 512, 256, disk=True) == "ivf_sq8"           # even PQ too big: lists on disk
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq8", "hnsw"])
@@ -390,3 +392,23 @@ def test_shortfall_generate_leaves_the_gap_to_generation_which_makes_it_up(tmp_p
     assert len({j["key"] for j in planned + extra}) == len(planned) + len(extra)        # keys never collide
     (tmp_path / "fill.json").write_text('{"policy": "fill", "missing": {"rare bird": 3}}')
     assert retrieval_shortfall(tmp_path / "fill.json") == {}                # fill: generation does nothing extra
+
+
+def test_pq_candidates_are_reranked_exactly_from_the_stored_vectors():
+    from pas.sources.rerank import Reranked
+
+    data = _clustered(20_000, 64, seed=3)
+    rows = lambda ids: data[ids]  # noqa: E731
+    cfg = PoolIndexConfig(index="ivf_pq", target_recall=0.9, rerank=40)  # 8-byte codes at 64 dims: very coarse
+    index, description = build_index(lambda: iter(np.array_split(data, 4)), len(data), 64, cfg, rows=rows)
+    assert isinstance(index, Reranked) and description["rerank"] == 40 and description["recall_at_10"] >= 0.9
+    queries = data[:100]
+    truth = faiss.IndexFlatIP(64)
+    truth.add(data)
+    exact_scores, exact_ids = truth.search(queries, 10)
+    scores, ids = index.search(queries, 10)
+    assert recall(ids, exact_ids) > recall(index.index.search(queries, 10)[1], exact_ids)   # better than PQ alone
+    hits = ids == exact_ids
+    assert np.allclose(scores[hits], exact_scores[hits], atol=1e-5)     # scores are the exact inner products
+    plain, _ = build_index(lambda: iter([data]), len(data), 64, PoolIndexConfig(index="ivf_pq", rerank=0), rows=rows)
+    assert not isinstance(plain, Reranked)

@@ -33,6 +33,7 @@ from pas.models.registry import read_entry
 from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
 from pas.sources.ondisk_index import build_on_disk, code_bytes, needs_disk
 from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
+from pas.sources.rerank import Reranked, Rows
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class PoolIndexConfig:
     index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
     memory_budget_mb: int = 4096
     embedding_model: str = ""  # a pool of precomputed embeddings: the CLIP that made them (or its embedding_model.txt)
+    rerank: int = 10  # ivf_pq: re-score this many x k candidates exactly from the stored vectors (0: off)
     target_recall: float = 0.95
     chunk_size: int = 4096
     batch_size: int = 64
@@ -180,8 +182,13 @@ def _ivf_sq8(dim: int, n: int) -> faiss.Index:
                                          faiss.METRIC_INNER_PRODUCT)
 
 
+def pq_bytes(dim: int) -> int:
+    """Bytes of one IVF-PQ code: dim / 8 sub-quantizers of 8 bits (or the nearest divisor of dim)."""
+    return next(m for m in (dim // 8, dim // 16, 8, 4, 2, 1) if m >= 1 and dim % m == 0)
+
+
 def _ivf_pq(dim: int, n: int) -> faiss.Index:
-    m = next(m for m in (dim // 8, dim // 16, 8, 4, 2, 1) if m >= 1 and dim % m == 0)
+    m = pq_bytes(dim)
     return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, _nlist(n), m, 8, faiss.METRIC_INNER_PRODUCT)
 
 
@@ -204,9 +211,11 @@ def choose_index(n: int, dim: int, budget_mb: int, disk: bool = False) -> str:
         return "flat"
     if n * dim * 4 <= budget:
         return "ivf_flat"
-    if n * dim <= budget or disk:
+    if n * dim <= budget:
         return "ivf_sq8"
-    return "ivf_pq"
+    if n * (pq_bytes(dim) + 8) <= budget or not disk:
+        return "ivf_pq"  # re-ranked exactly from the stored vectors (PoolIndexConfig.rerank)
+    return "ivf_sq8"     # lists on disk
 
 
 def without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
@@ -247,12 +256,13 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
             return index.search(queries, k)[1]
         return without_self(index.search(queries, k + 1)[1], own, k)
 
-    ivf = faiss.try_extract_index_ivf(index)
+    base = index.index if isinstance(index, Reranked) else index
+    ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         knob, values, apply = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
                                          if v < ivf.nlist] + [ivf.nlist], lambda v: setattr(ivf, "nprobe", v)
-    elif isinstance(index, faiss.IndexHNSW):
-        knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(index.hnsw, "efSearch", v)
+    elif isinstance(base, faiss.IndexHNSW):
+        knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(base.hnsw, "efSearch", v)
     else:
         return {}, recall(found(), truth)
     for value in values:
@@ -264,7 +274,7 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
 
 
 def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cfg: PoolIndexConfig,
-                seed: int = 0, disk: Path | None = None) -> tuple[faiss.Index, dict[str, Any]]:
+                seed: int = 0, disk: Path | None = None, rows: Rows | None = None) -> tuple[Any, dict[str, Any]]:
     """Train on a sample, add chunk by chunk, tune for the target recall; return index + description.
 
     When the inverted lists would exceed memory_budget_mb and `disk` is given, they are built block by block
@@ -280,8 +290,8 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
            else np.sort(rng.choice(keep, size=min(200, len(keep)), replace=False)))
     sample, probes, offset = [], [], 0
     for block in chunks():
-        for ids, rows in ((keep, sample), (own, probes)):
-            rows.append(block[ids[(ids >= offset) & (ids < offset + len(block))] - offset])
+        for ids, gathered in ((keep, sample), (own, probes)):
+            gathered.append(block[ids[(ids >= offset) & (ids < offset + len(block))] - offset])
         offset += len(block)
     sample_matrix, queries = np.concatenate(sample), np.concatenate(probes)
     if not index.is_trained:
@@ -292,15 +302,19 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
     else:
         for block in chunks():
             index.add(block)
+    reranked = kind == "ivf_pq" and cfg.rerank > 0 and rows is not None
+    if reranked:  # PQ codes are coarse: their candidates are re-scored exactly from the stored vectors
+        index = Reranked(index, rows, cfg.rerank)
     k = min(10, n - 1)  # leave-one-out: each probe asks for its neighbours among the other pool images
     if k >= 1:
         truth = without_self(exact_neighbours(chunks, queries, k + 1), own, k)
         settings, achieved = tune(index, queries, truth, cfg.target_recall, own)
     else:  # a pool of one image: nothing to tune
         settings, achieved = {}, 1.0
-    nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+    base = index.index if isinstance(index, Reranked) else index
+    nlist = getattr(faiss.try_extract_index_ivf(base), "nlist", 0)
     description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved,
-                   "on_disk": on_disk, "list_bytes": n * code_bytes(index)}
+                   "on_disk": on_disk, "list_bytes": n * code_bytes(base), "rerank": cfg.rerank if reranked else 0}
     if (cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist
             and n * dim * 4 <= cfg.memory_budget_mb * 2**20):
         # Data without cluster structure: the target recall needs most lists, so exact search is faster.
@@ -323,12 +337,12 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
 def save_index(index: faiss.Index, description: dict[str, Any], folder: Path) -> None:
     """Write index.faiss and index.json (type, tuned search settings, measured recall) atomically."""
     with atomic_path(folder / "index.faiss") as tmp:
-        faiss.write_index(index, str(tmp))
+        faiss.write_index(index.index if isinstance(index, Reranked) else index, str(tmp))
     with atomic_path(folder / "index.json") as tmp:
         tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
 
 
-def load_index(folder: Path) -> faiss.Index:
+def load_index(folder: Path) -> Any:
     """Memory-map a saved index and apply its tuned search settings."""
     description = json.loads((folder / "index.json").read_text())
     # on-disk lists are memory-mapped by faiss itself; IO_FLAG_MMAP on such an index misreads it (faiss 1.x)
@@ -338,6 +352,8 @@ def load_index(folder: Path) -> faiss.Index:
         faiss.extract_index_ivf(index).nprobe = description["nprobe"]
     if "efSearch" in description:
         index.hnsw.efSearch = description["efSearch"]
+    if description.get("rerank"):
+        return Reranked(index, stored_rows(folder, description), description["rerank"])
     return index
 
 
@@ -360,7 +376,7 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, wor
     write_table(usable.replace_schema_metadata(None), out / "files.parquet")  # row i = index id i
     dim = next(chunk_embeddings(chunks_dir, count)).shape[1]
     index, description = build_index(lambda: chunk_embeddings(chunks_dir, count), usable.num_rows, dim, cfg, seed,
-                                     disk=out)
+                                     disk=out, rows=chunk_rows(chunks_dir, count))
     description["clip_sha256"] = model_sha  # lets embed reuse these vectors only for the same CLIP model
     description["chunks"] = count
     save_index(index, description, out)
@@ -385,7 +401,8 @@ def index_embedding_pool(source: Path, cfg: PoolIndexConfig, clip: str | Path, o
             writer.write_table(table)
         if writer is not None:
             writer.close()
-    index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, seed, disk=out)
+    index, description = build_index(lambda: iter_blocks(pool), pool.rows, pool.dim, cfg, seed, disk=out,
+                                     rows=lambda ids: rows_of(pool, ids))
     description.update(kind="embeddings", source=str(source), embedding_model=pool.model, parts=len(pool.parts),
                        clip_sha256=entry["sha256"])  # checked by name: the same model, so embed may reuse them
     save_index(index, description, out)
@@ -398,20 +415,34 @@ def pool_embeddings(folder: Path, ids: list[int], model_sha: str) -> np.ndarray 
     description = json.loads((folder / "index.json").read_text())
     if description.get("clip_sha256") != model_sha:
         return None
+    rows = stored_rows(folder, description)
+    return None if rows is None else rows(np.asarray(ids, dtype=np.int64))
+
+
+def stored_rows(folder: Path, description: dict[str, Any]) -> Rows | None:
+    """A reader of the pool's stored vectors by index id: its embedding parts, or the chunks pool_index wrote."""
     if description.get("kind") == "embeddings":
-        return rows_of(open_pool(Path(description["source"]), description["embedding_model"]), ids)
+        pool = open_pool(Path(description["source"]), description["embedding_model"])
+        return lambda ids: rows_of(pool, ids)
     if "chunks" not in description:
         return None
-    wanted = np.asarray(ids, dtype=np.int64)
-    out: np.ndarray | None = None
-    offset = 0
-    for index in range(description["chunks"]):
-        block = np.load(chunk_paths(folder / "chunks", index)[1], mmap_mode="r")
-        if not block.size:
-            continue
-        if out is None:
-            out = np.zeros((len(wanted), block.shape[1]), np.float32)
-        inside = (wanted >= offset) & (wanted < offset + len(block))
-        out[inside] = block[wanted[inside] - offset]
-        offset += len(block)
-    return out
+    return chunk_rows(folder / "chunks", description["chunks"])
+
+
+def chunk_rows(chunks_dir: Path, count: int) -> Rows:
+    """A reader of chunk embeddings by index id (ids count the usable items of the chunks in order)."""
+    def read(ids: np.ndarray) -> np.ndarray:
+        wanted = np.asarray(ids, dtype=np.int64)
+        out: np.ndarray | None = None
+        offset = 0
+        for index in range(count):
+            block = np.load(chunk_paths(chunks_dir, index)[1], mmap_mode="r")
+            if not block.size:
+                continue
+            if out is None:
+                out = np.zeros((len(wanted), block.shape[1]), np.float32)
+            inside = (wanted >= offset) & (wanted < offset + len(block))
+            out[inside] = block[wanted[inside] - offset]
+            offset += len(block)
+        return out if out is not None else np.zeros((len(wanted), 0), np.float32)
+    return read
