@@ -117,8 +117,7 @@ def test_index_choice_follows_size_and_budget():
     assert choose_index(1_000_000, 512, 4096) == "ivf_flat"
     assert choose_index(1_000_000, 512, 1024) == "ivf_sq8"
     assert choose_index(10_000_000, 512, 1024) == "ivf_pq"
-    assert choose_index(10_000_000, 512, 1024, disk=True) == "ivf_pq"           # PQ in memory, re-ranked
-    assert choose_index(10_000_000, 512, 256, disk=True) == "ivf_sq8"           # even PQ too big: lists on disk
+    assert choose_index(10_000_000, 512, 1024, disk=True) == "ivf_sq8"          # 8-bit codes, lists on disk
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq8", "hnsw"])

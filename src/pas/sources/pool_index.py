@@ -205,17 +205,16 @@ INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {
 def choose_index(n: int, dim: int, budget_mb: int, disk: bool = False) -> str:
     """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget. With `disk`
     (its lists may live on disk) a pool too large for 8-bit codes in memory keeps them, on disk: PQ's coarser codes
-    lose too much recall on clustered CLIP-like data (benchmarks/webpool.py)."""
+    lose too much recall on clustered CLIP-like data even re-ranked (benchmarks/webpool.py, 10M x 512: 0.70 with
+    10 x k candidates re-scored, 0.91 with 8-bit codes on disk)."""
     budget = budget_mb * 2**20
     if n < 200_000 and n * dim * 4 <= budget:
         return "flat"
     if n * dim * 4 <= budget:
         return "ivf_flat"
-    if n * dim <= budget:
-        return "ivf_sq8"
-    if n * (pq_bytes(dim) + 8) <= budget or not disk:
-        return "ivf_pq"  # re-ranked exactly from the stored vectors (PoolIndexConfig.rerank)
-    return "ivf_sq8"     # lists on disk
+    if n * dim <= budget or disk:
+        return "ivf_sq8"  # with `disk`, the lists go on disk when they exceed the budget
+    return "ivf_pq"       # candidates re-ranked exactly from the stored vectors (PoolIndexConfig.rerank)
 
 
 def without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
