@@ -10,8 +10,8 @@ KEYS = ("size", "mix", "dedup")
 def body(args, params, run):
     cfg = build(DedupConfig, params.get("dedup"), "dedup")
     top = top_level(params)
-    share = top.mix.retrieved / (top.mix.generated + top.mix.retrieved)  # the curated set's target real share
-    result = dedup(args.filtered, args.candidates, args.downstream, args.concepts, args.clip, top.size, cfg, share)
+    result = dedup(args.filtered, args.candidates, args.downstream, args.concepts, args.clip, top.size, cfg,
+                   top.mix.real_share)  # mix is the curated set's target too
     write_table(result.decisions, args.decisions)
     write_table(result.curated, args.out)
     return result.metrics

@@ -69,6 +69,11 @@ class MixConfig:
         require(self.generated >= 0 and self.retrieved >= 0 and self.generated + self.retrieved > 0,
                 prefix, (self.generated, self.retrieved), "use non-negative shares that do not both equal 0")
 
+    @property
+    def real_share(self) -> float:
+        """The retrieved (real) share, normalised: retrieved / (generated + retrieved)."""
+        return self.retrieved / (self.generated + self.retrieved)
+
 
 @dataclasses.dataclass(frozen=True)
 class TopLevel:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,6 @@ def _reason(error: str) -> str:
 
 def download(hits: list[dict[str, Any]], cache: Path, settings: DownloadSettings, fetched: Fetched) -> None:
     """Fetch the hits ({pool_row, url, caption}) not fetched yet; record each image or error in `fetched`."""
-    import time
-
     todo = [h for h in hits if h["pool_row"] not in fetched.images and h["pool_row"] not in fetched.errors]
     if not todo:
         return

@@ -10,7 +10,7 @@ def candidate_counts(size: int, oversample: float, mix: MixConfig) -> dict[str, 
     """Split ceil(size * oversample) candidates between the generated and retrieved sources."""
     require(oversample >= 1.0, "oversample", oversample, "use a number >= 1.0 (candidates per final image)")
     total = math.ceil(size * oversample)
-    generated = round(total * mix.generated / (mix.generated + mix.retrieved))
+    generated = round(total * (1 - mix.real_share))
     return {"generated": generated, "retrieved": total - generated}
 
 

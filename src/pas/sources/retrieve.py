@@ -207,7 +207,7 @@ def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int]
     selection = select(index, queries, asked, cfg)
     for _ in range(cfg.download_rounds):
         hits = [{"pool_row": c["pool_row"], "url": files.urls[c["pool_row"]],
-                 "caption": (files.captions or [None] * len(files.ids))[c["pool_row"]]} for c in selection.chosen]
+                 "caption": files.captions[c["pool_row"]] if files.captions else None} for c in selection.chosen]
         download(hits, cache, settings, fetched)
         got = Counter(c["concept_index"] for c in selection.chosen if c["pool_row"] in fetched.images)
         if all(got[i] >= q for i, q in enumerate(quotas)):
