@@ -13,10 +13,12 @@ or one parquet file holding an `embedding` list column beside the metadata. The 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -121,7 +123,7 @@ def check_model(pool: EmbeddingPool, clip_name: str, clip_dim: int) -> None:
         raise DataError(f"{pool.root}: embeddings are {pool.dim}-d but {clip_name} gives {clip_dim}-d vectors")
 
 
-def iter_blocks(pool: EmbeddingPool, block: int = 65_536) -> Iterator[np.ndarray]:
+def iter_blocks(pool: EmbeddingPool, block: int = 32_768) -> Iterator[np.ndarray]:
     """Every embedding in order, as L2-normalised float32 blocks of at most `block` rows (memory-mapped parts)."""
     for part in pool.parts:
         if part.embeddings is not None:
@@ -134,22 +136,30 @@ def iter_blocks(pool: EmbeddingPool, block: int = 65_536) -> Iterator[np.ndarray
                 yield _unit(values.reshape(len(batch), -1).astype(np.float32))
 
 
+def _npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the 2-D C-order .npy open in `handle`, which is left at its first row."""
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(handle)
+    if fortran or len(shape) != 2:
+        raise DataError(f"{path}: expected a C-order 2-D array of embeddings, found shape {shape}")
+    return shape, dtype
+
+
 def _read_npy_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
     """(≤ block, D) row blocks of a 2-D .npy by plain reads: unlike a memory map, pages read once do not stay in the
     process's resident memory, so streaming a 10 GB part keeps RSS at one block."""
     with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        if fortran or len(shape) != 2:
-            raise DataError(f"{path}: expected a C-order 2-D array of embeddings, found shape {shape}")
+        shape, dtype = _npy_header(handle, path)
         for start in range(0, shape[0], block):
             rows = min(block, shape[0] - start)
             yield np.fromfile(handle, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """x (a float32 array of its own) scaled in place to unit rows."""
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def iter_files(pool: EmbeddingPool, batch_size: int = 65_536) -> Iterator[pa.Table]:
@@ -174,21 +184,30 @@ def iter_files(pool: EmbeddingPool, batch_size: int = 65_536) -> Iterator[pa.Tab
 
 
 def rows_of(pool: EmbeddingPool, ids: list[int]) -> np.ndarray:
-    """(len(ids), D) float32 unit vectors of pool rows `ids`, read part by part."""
+    """(len(ids), D) float32 unit vectors of pool rows `ids`, read part by part (.npy rows by positioned reads: a
+    random row costs one small read, and no memory map keeps the pages of a 10 GB part resident)."""
     wanted = np.asarray(ids, dtype=np.int64)
     out = np.zeros((len(wanted), pool.dim), np.float32)
     offset = 0
-    for part, block in zip(pool.parts, _part_arrays(pool)):
+    for part in pool.parts:
         inside = (wanted >= offset) & (wanted < offset + part.rows)
         if inside.any():
-            out[inside] = _unit(np.asarray(block[wanted[inside] - offset], dtype=np.float32))
+            local = wanted[inside] - offset
+            if part.embeddings is not None:
+                rows = _read_npy_rows(part.embeddings, local)
+            else:  # an embedding column: the part's rows are read in order
+                rows = np.concatenate(list(iter_blocks(EmbeddingPool(pool.root, (part,), pool.model, pool.dim))))[local]
+            out[inside] = _unit(rows.astype(np.float32))
         offset += part.rows
     return out
 
 
-def _part_arrays(pool: EmbeddingPool) -> Iterator[np.ndarray]:
-    for part in pool.parts:
-        if part.embeddings is not None:
-            yield np.load(part.embeddings, mmap_mode="r")
-        else:
-            yield np.concatenate(list(iter_blocks(EmbeddingPool(pool.root, (part,), pool.model, pool.dim))))
+def _read_npy_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """The given rows of a 2-D .npy, one positioned read each."""
+    with open(path, "rb") as handle:
+        shape, dtype = _npy_header(handle, path)
+        start, width = handle.tell(), shape[1] * dtype.itemsize
+        out = np.empty((len(rows), shape[1]), dtype)
+        for i, row in enumerate(rows.tolist()):
+            out[i] = np.frombuffer(os.pread(handle.fileno(), width, start + row * width), dtype)
+    return out

@@ -31,7 +31,7 @@ from pas.core.shards import atomic_path, save_embeddings, write_table
 from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
 from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
-from pas.sources.ondisk_index import build_on_disk, code_bytes, needs_disk
+from pas.sources.index_blocks import block_rows, build_in_blocks, code_bytes, needs_disk
 from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
 from pas.sources.rerank import Reranked, Rows
 
@@ -47,7 +47,7 @@ class PoolIndexConfig:
     index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
     memory_budget_mb: int = 4096
     embedding_model: str = ""  # a pool of precomputed embeddings: the CLIP that made them (or its embedding_model.txt)
-    rerank: int = 10  # ivf_pq: re-score this many x k candidates exactly from the stored vectors (0: off)
+    rerank: int = 50  # ivf_pq: re-score up to this many x k candidates exactly (factor tuned with nprobe; 0: off)
     target_recall: float = 0.95
     chunk_size: int = 4096
     batch_size: int = 64
@@ -62,6 +62,7 @@ class PoolIndexConfig:
         require(self.memory_budget_mb >= 1, f"{prefix}.memory_budget_mb", self.memory_budget_mb,
                 "use a positive number of MB (the index must fit in it)")
         require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use a positive integer")
+        require(self.rerank >= 0, f"{prefix}.rerank", self.rerank, "use 0 (off) or the largest candidate factor")
 
 
 def check_source(source: str) -> Path:
@@ -163,7 +164,7 @@ def chunk_embeddings(out_dir: Path, count: int) -> Iterator[np.ndarray]:
             yield np.asarray(array, dtype=np.float32)
 
 
-def _flat(dim: int, n: int) -> faiss.Index:
+def _flat(dim: int, n: int, budget_mb: int) -> faiss.Index:
     return faiss.IndexFlatIP(dim)
 
 
@@ -173,48 +174,54 @@ def _nlist(n: int) -> int:
     return int(max(1, min(65536, np.sqrt(n), n // 39)))
 
 
-def _ivf_flat(dim: int, n: int) -> faiss.Index:
+def _ivf_flat(dim: int, n: int, budget_mb: int) -> faiss.Index:
     return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.METRIC_INNER_PRODUCT)
 
 
-def _ivf_sq8(dim: int, n: int) -> faiss.Index:
+def _ivf_sq8(dim: int, n: int, budget_mb: int) -> faiss.Index:
     return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, _nlist(n), faiss.ScalarQuantizer.QT_8bit,
                                          faiss.METRIC_INNER_PRODUCT)
 
 
-def pq_bytes(dim: int) -> int:
-    """Bytes of one IVF-PQ code: dim / 8 sub-quantizers of 8 bits (or the nearest divisor of dim)."""
-    return next(m for m in (dim // 8, dim // 16, 8, 4, 2, 1) if m >= 1 and dim % m == 0)
+def pq_bytes(dim: int, n: int = 0, budget_mb: int = 0) -> int:
+    """Bytes of one IVF-PQ code (8-bit sub-quantizers): the finest of dim/4, dim/8, dim/16 whose codes of `n`
+    vectors (plus their ids) fit the budget, else the coarsest; dim/8 when no budget is given."""
+    options = [m for m in (dim // 4, dim // 8, dim // 16) if m >= 1 and dim % m == 0] or [1]
+    if not budget_mb:
+        return options[min(1, len(options) - 1)]
+    fitting = [m for m in options if n * (m + 8) <= budget_mb * 2**20]
+    return fitting[0] if fitting else options[-1]
 
 
-def _ivf_pq(dim: int, n: int) -> faiss.Index:
-    m = pq_bytes(dim)
+def _ivf_pq(dim: int, n: int, budget_mb: int) -> faiss.Index:
+    m = pq_bytes(dim, n, budget_mb)
     return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, _nlist(n), m, 8, faiss.METRIC_INNER_PRODUCT)
 
 
-def _hnsw(dim: int, n: int) -> faiss.Index:
+def _hnsw(dim: int, n: int, budget_mb: int) -> faiss.Index:
     index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
     return index
 
 
-INDEXES: dict[str, Callable[[int, int], faiss.Index]] = {
+INDEXES: dict[str, Callable[[int, int, int], faiss.Index]] = {
     "flat": _flat, "ivf_flat": _ivf_flat, "ivf_sq8": _ivf_sq8, "ivf_pq": _ivf_pq, "hnsw": _hnsw}
 
 
-def choose_index(n: int, dim: int, budget_mb: int, disk: bool = False) -> str:
-    """Exact below 200k vectors when it fits; else the most exact IVF variant that fits the budget. With `disk`
-    (its lists may live on disk) a pool too large for 8-bit codes in memory keeps them, on disk: PQ's coarser codes
-    lose too much recall on clustered CLIP-like data even re-ranked (benchmarks/webpool.py, 10M x 512: 0.70 with
-    10 x k candidates re-scored, 0.91 with 8-bit codes on disk)."""
+def choose_index(n: int, dim: int, budget_mb: int) -> str:
+    """Exact below 200k vectors when it fits; else the most exact IVF variant whose lists fit the budget in memory:
+    float, then 8-bit codes, then PQ codes (a quarter to a sixteenth of a byte a dimension) whose candidates are
+    re-ranked exactly from the stored vectors. PQ lists too large even so are built on disk
+    (benchmarks/webpool.py, 10M x 512 in a 2 GB budget: PQ with 128-byte codes re-ranked in memory, not 8-bit
+    codes memory-mapped from disk, whose pages alone took 11 GB of resident memory)."""
     budget = budget_mb * 2**20
     if n < 200_000 and n * dim * 4 <= budget:
         return "flat"
-    if n * dim * 4 <= budget:
+    if n * (dim * 4 + 8) <= budget:
         return "ivf_flat"
-    if n * dim <= budget or disk:
-        return "ivf_sq8"  # with `disk`, the lists go on disk when they exceed the budget
-    return "ivf_pq"       # candidates re-ranked exactly from the stored vectors (PoolIndexConfig.rerank)
+    if n * (dim + 8) <= budget:
+        return "ivf_sq8"
+    return "ivf_pq"
 
 
 def without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
@@ -244,10 +251,15 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float,
+RERANK_FACTORS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+def tune(index: Any, queries: np.ndarray, truth: np.ndarray, target: float,
          own: np.ndarray | None = None) -> tuple[dict[str, int], float]:
     """Raise nprobe (IVF) or efSearch (HNSW) until recall@k reaches `target`; return settings + recall. With `own`
-    (the queries' ids in the index) each query's own id is left out of what the index finds."""
+    (the queries' ids in the index) each query's own id is left out of what the index finds. A re-ranked index
+    also raises its candidate factor (up to the one it was built with) at each nprobe, while that still helps:
+    whether the codes or the coarse lists limit recall depends on the data."""
     k = truth.shape[1]
 
     def found() -> np.ndarray:
@@ -264,23 +276,39 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
         knob, values, apply = "efSearch", [16, 32, 64, 128, 256, 512, 1024], lambda v: setattr(base.hnsw, "efSearch", v)
     else:
         return {}, recall(found(), truth)
+    factors = ([f for f in RERANK_FACTORS if f < index.factor] + [index.factor]) if isinstance(index, Reranked) else []
+    step = 0
     for value in values:
         apply(value)
+        if factors:
+            index.factor = factors[step]
         achieved = recall(found(), truth)
+        while achieved < target and step + 1 < len(factors):
+            index.factor = factors[step + 1]
+            more = recall(found(), truth)
+            if more < achieved + 0.01:        # the coarse lists limit recall here, not the codes: raise nprobe
+                index.factor = factors[step]
+                break
+            step, achieved = step + 1, more
         if achieved >= target:
             break
-    return {knob: value}, achieved
+    settings = {knob: value}
+    if factors:
+        settings["rerank"] = index.factor
+    return settings, achieved
 
 
 def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cfg: PoolIndexConfig,
                 seed: int = 0, disk: Path | None = None, rows: Rows | None = None) -> tuple[Any, dict[str, Any]]:
     """Train on a sample, add chunk by chunk, tune for the target recall; return index + description.
 
-    When the inverted lists would exceed memory_budget_mb and `disk` is given, they are built block by block
-    into disk/lists.ivfdata (resumable) and searched memory-mapped (pas.sources.ondisk_index).
+    With `disk` (a folder) an IVF index is built through resumable block files there; its lists are merged in
+    memory when they fit memory_budget_mb, else into disk/lists.ivfdata, searched memory-mapped
+    (pas.sources.index_blocks). With `rows` (a reader of the stored vectors) IVF-PQ candidates are re-ranked
+    exactly (pas.sources.rerank).
     """
-    kind = choose_index(n, dim, cfg.memory_budget_mb, disk is not None) if cfg.index == "auto" else cfg.index
-    index = INDEXES[kind](dim, n)
+    kind = choose_index(n, dim, cfg.memory_budget_mb) if cfg.index == "auto" else cfg.index
+    index = INDEXES[kind](dim, n, cfg.memory_budget_mb)
     rng = np.random.default_rng(seed)
     sample_size = min(n, 10_000 if index.is_trained else 39 * index.nlist)  # faiss wants >= 39 per list
     keep = np.sort(rng.choice(n, size=sample_size, replace=False))
@@ -294,12 +322,14 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
         offset += len(block)
     sample_matrix, queries = np.concatenate(sample), np.concatenate(probes)
     if not index.is_trained:
+        log.info("training %s on %d vectors", kind, len(sample_matrix))
         index.train(sample_matrix)
+    is_ivf = faiss.try_extract_index_ivf(index) is not None
     on_disk = disk is not None and needs_disk(index, n, cfg.memory_budget_mb)
-    if on_disk:
-        index = build_on_disk(index, chunks, disk)
+    if disk is not None and is_ivf:
+        index = build_in_blocks(index, chunks, disk, block_rows(index, cfg.memory_budget_mb), on_disk)
     else:
-        for block in chunks():
+        for block in tqdm(chunks(), desc=f"index {kind}", unit="chunk"):
             index.add(block)
     reranked = kind == "ivf_pq" and cfg.rerank > 0 and rows is not None
     if reranked:  # PQ codes are coarse: their candidates are re-scored exactly from the stored vectors
@@ -312,8 +342,10 @@ def build_index(chunks: Callable[[], Iterator[np.ndarray]], n: int, dim: int, cf
         settings, achieved = {}, 1.0
     base = index.index if isinstance(index, Reranked) else index
     nlist = getattr(faiss.try_extract_index_ivf(base), "nlist", 0)
-    description = {"index": kind, "vectors": n, "dim": dim, **settings, "nlist": nlist, "recall_at_10": achieved,
-                   "on_disk": on_disk, "list_bytes": n * code_bytes(base), "rerank": cfg.rerank if reranked else 0}
+    description = {"index": kind, "vectors": n, "dim": dim, "rerank": 0, **settings, "nlist": nlist,
+                   "recall_at_10": achieved, "on_disk": on_disk, "list_bytes": n * code_bytes(base)}
+    if kind == "ivf_pq":
+        description["pq_bytes"] = faiss.extract_index_ivf(base).code_size
     if (cfg.index == "auto" and nlist and settings.get("nprobe", 0) * 2 > nlist
             and n * dim * 4 <= cfg.memory_budget_mb * 2**20):
         # Data without cluster structure: the target recall needs most lists, so exact search is faster.
