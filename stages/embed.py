@@ -2,11 +2,9 @@
 from collections import Counter
 from pathlib import Path
 
-from pas.core.runtime import pick_device
 from pas.core.shards import atomic_dir, read_table, save_embeddings, write_table
 from pas.core.stage import run_stage, stage_parser
-from pas.curation.embed import candidate_rows, embed_candidates
-from pas.models.clip import ClipEncoder
+from pas.curation.embed import candidate_rows, embed_all
 from pas.models.registry import read_entry
 from pas.sources.pool_index import pool_embeddings
 
@@ -20,7 +18,7 @@ def body(args, params, run):
     vectors = pool_embeddings(Path(args.pool_index), [rows[i]["pool_row"] for i in reuse],
                               read_entry(args.clip)["sha256"]) if reuse else None
     known = dict(zip(reuse, vectors)) if vectors is not None else {}
-    embeddings, stats = embed_candidates(rows, ClipEncoder(args.clip, pick_device()), known)
+    embeddings, stats = embed_all(rows, args.clip, known)
     rows = [{**row, **stat} for row, stat in zip(rows, stats)]
     with atomic_dir(args.out) as out:
         save_embeddings(embeddings, out / "embeddings.npy")

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 from pas.core.config import build, top_level
-from pas.core.runtime import pick_device
 from pas.core.stage import run_stage, stage_parser
 from pas.models.registry import read_entry
 from pas.sources.generate import GenerateConfig, generate, makeup_jobs, plan_jobs, retrieval_shortfall
@@ -19,8 +18,7 @@ def body(args, params, run):
     concepts = json.loads(Path(args.concepts).read_text())["concepts"]
     missing = retrieval_shortfall(args.shortfall) if args.shortfall else {}  # retrieve.shortfall: generate
     jobs = plan_jobs(concepts, count, top.seed) + makeup_jobs(concepts, missing, count, top.seed)
-    metrics = generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out), device=pick_device(),
-                       worker=args.worker, workers=args.workers, merge=not args.no_merge)
+    metrics = generate(args.generator, read_entry(args.generator), jobs, cfg, Path(args.out))
     return {**metrics, "makeup_images": sum(missing.values())}
 
 
@@ -31,7 +29,4 @@ if __name__ == "__main__":
     parser.add_argument("--out", required=True, help="shard folder (kept between runs for resume)")
     parser.add_argument("--shortfall", default=None,
                         help="retrieve's shortfall.json: with retrieve.shortfall generate, generation makes it up")
-    parser.add_argument("--worker", type=int, default=0, help="this worker's index (scale-out; default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="number of workers sharing the shards (default 1)")
-    parser.add_argument("--no-merge", action="store_true", help="render this worker's shards only; no manifest")
     run_stage("generate", KEYS, parser, body)

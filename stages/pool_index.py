@@ -10,14 +10,11 @@ KEYS = ("seed", "pool_index")
 
 def body(args, params, run):
     cfg = build(PoolIndexConfig, params.get("pool_index"), "pool_index")
-    return index_pool(cfg, args.clip, Path(args.out), top_level(params).seed, args.worker, args.workers)
+    return index_pool(cfg, args.clip, Path(args.out), top_level(params).seed)
 
 
 if __name__ == "__main__":
     parser = stage_parser("pool_index", __doc__)
     parser.add_argument("--clip", required=True, help="resolved CLIP folder (models stage)")
     parser.add_argument("--out", required=True, help="folder for chunks, the file table and the index (persists)")
-    parser.add_argument("--worker", type=int, default=0, help="this worker's index (scale-out; default 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="workers sharing the chunks; with >1 only embed, then run once with 1 to index")
     run_stage("pool_index", KEYS, parser, body)

@@ -216,11 +216,11 @@ def test_a_replaced_image_of_the_same_size_is_embedded_again(tmp_path, tiny_mode
         image.save(pool / name)  # BMP: every image of one size has the same byte length
     encoder = ClipEncoder(tiny_models["clip"])
     cfg = PoolIndexConfig(source=str(pool), chunk_size=8)
-    embed_pool(pool, encoder, cfg, tmp_path / "chunks", "sha")
+    embed_pool(pool, lambda: encoder, cfg, tmp_path / "chunks", "sha")
     before = np.load(chunk_paths(tmp_path / "chunks", 0)[1])
     second.save(pool / "a.bmp")  # same size, other content
     assert (pool / "a.bmp").stat().st_size == (pool / "b.bmp").stat().st_size
-    embed_pool(pool, encoder, cfg, tmp_path / "chunks", "sha")
+    embed_pool(pool, lambda: encoder, cfg, tmp_path / "chunks", "sha")
     after = np.load(chunk_paths(tmp_path / "chunks", 0)[1])
     assert not np.array_equal(before[0], after[0]) and np.array_equal(after[0], after[1])
 

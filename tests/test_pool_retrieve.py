@@ -62,7 +62,7 @@ def test_mixed_pool_is_streamed_with_counts_and_reasons(tmp_path, image_factory,
     assert kinds == {"file": 14, "tar": 3, "parquet": 3}
     encoder = ClipEncoder(tiny_models["clip"])
     cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=5)
-    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha")
+    count = embed_pool(tmp_path / "pool", lambda: encoder, cfg, tmp_path / "chunks", "sha")
     rows = pa.concat_tables([pq.read_table(tmp_path / "chunks" / f"chunk-{i:06d}.parquet") for i in range(count)]).to_pylist()
     reasons = {r["id"]: r["reason"] for r in rows}
     assert reasons["photos/corrupt.jpg"] == "undecodable" and reasons["photos/truncated.png"] == "undecodable"
@@ -80,32 +80,20 @@ def test_killed_embedding_resumes_without_redoing_finished_chunks(tmp_path, imag
     make_mixed_pool(tmp_path / "pool", image_factory)
     encoder = ClipEncoder(tiny_models["clip"])
     cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=4)
-    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha")
+    count = embed_pool(tmp_path / "pool", lambda: encoder, cfg, tmp_path / "chunks", "sha")
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "chunks").iterdir()}
     (tmp_path / "chunks" / f"chunk-{count - 1:06d}.parquet").unlink()  # as if killed before the last chunk
     calls = []
     original = encoder.encode_pixels
     encoder.encode_pixels = lambda pixels: calls.append(len(pixels)) or original(pixels)
-    assert embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "sha") == count
+    assert embed_pool(tmp_path / "pool", lambda: encoder, cfg, tmp_path / "chunks", "sha") == count
     assert len(calls) == 1  # only the unfinished chunk was embedded again
     for name, mtime in finished.items():
         if not name.startswith(f"chunk-{count - 1:06d}"):
             assert (tmp_path / "chunks" / name).stat().st_mtime_ns == mtime
     calls.clear()
-    embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", "other-model")
+    embed_pool(tmp_path / "pool", lambda: encoder, cfg, tmp_path / "chunks", "other-model")
     assert len(calls) == count  # another CLIP model: nothing is reused
-
-
-def test_two_workers_split_chunks_and_a_final_run_reuses_them(tmp_path, image_factory, tiny_models):
-    make_mixed_pool(tmp_path / "pool", image_factory)
-    encoder = ClipEncoder(tiny_models["clip"])
-    cfg = PoolIndexConfig(source=str(tmp_path / "pool"), chunk_size=4)
-    for worker in (0, 1):
-        embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "split", "sha", worker=worker, workers=2)
-    calls = []
-    encoder.encode_pixels = lambda pixels: calls.append(1)
-    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "split", "sha")
-    assert calls == [] and len(list((tmp_path / "split").glob("*.parquet"))) == count
 
 
 def test_missing_pool_fails_clearly(tmp_path):
@@ -166,7 +154,7 @@ def test_retrieve_copies_images_into_shards_with_provenance(tiny_models, tmp_pat
     make_mixed_pool(tmp_path / "pool", image_factory)
     encoder = ClipEncoder(tiny_models["clip"])
     cfg = PoolIndexConfig(source=str(tmp_path / "pool"))
-    count = embed_pool(tmp_path / "pool", encoder, cfg, tmp_path / "chunks", read_entry(tiny_models["clip"])["sha256"])
+    count = embed_pool(tmp_path / "pool", lambda: encoder, cfg, tmp_path / "chunks", read_entry(tiny_models["clip"])["sha256"])
     rows = pa.concat_tables([pq.read_table(tmp_path / "chunks" / f"chunk-{i:06d}.parquet") for i in range(count)])
     ids = [r["id"] for r in rows.to_pylist() if r["usable"]]
     index, _ = build_index(lambda: chunk_embeddings(tmp_path / "chunks", count), len(ids), 64, cfg)

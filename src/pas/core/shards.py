@@ -73,10 +73,11 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def write_shard(path: str | Path, records: Iterable[tuple[str, bytes, dict[str, Any]]]) -> int:
-    """Write (key, jpeg bytes, metadata) records into one tar shard atomically; return the count."""
+    """Write (key, jpeg bytes, metadata) records into one tar shard atomically; return the count. Members carry
+    mtime 0, so the same records always make the same bytes (whichever process or Ray actor writes them)."""
     count = 0
     with atomic_path(path) as tmp:
-        with wds.TarWriter(str(tmp)) as sink:
+        with wds.TarWriter(str(tmp), mtime=0) as sink:
             for key, jpeg, meta in records:
                 sink.write({"__key__": key, "jpg": jpeg, "json": json.dumps(meta, sort_keys=True).encode()})
                 count += 1

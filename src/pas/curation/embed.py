@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from pas.core.runtime import pick_device
+from pas.core.scaleout import map_on_ray, ray_address
 from pas.core.shards import decode_image, read_shard
+from pas.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +80,39 @@ def embed_candidates(rows: list[dict[str, Any]], encoder: Any,
     for i, vector in known.items():
         out[i] = vector
     return out, stats
+
+
+def fresh_slices(rows: int, known: set[int], fresh_per_slice: int) -> list[range]:
+    """Contiguous row ranges that each hold `fresh_per_slice` rows to embed (the last may hold fewer): with a
+    multiple of the encoder's batch size, every CLIP batch is the one a single pass would have made."""
+    slices, start, fresh = [], 0, 0
+    for i in range(rows):
+        fresh += i not in known
+        if fresh == fresh_per_slice:
+            slices.append(range(start, i + 1))
+            start, fresh = i + 1, 0
+    if start < rows:
+        slices.append(range(start, rows))
+    return slices
+
+
+def _slice_worker(clip_dir: str) -> Any:
+    """Inside a Ray actor: a CLIP encoder on the actor's device, as a function of one slice task."""
+    encoder = ClipEncoder(clip_dir, pick_device())
+    return lambda task: embed_candidates(task[0], encoder, task[1])
+
+
+def embed_all(rows: list[dict[str, Any]], clip_dir: str | Path, known: dict[int, np.ndarray],
+              batches_per_task: int = 16) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """embed_candidates over every row: in this process, or with PAS_RAY_ADDRESS set by one CLIP-holding Ray
+    actor per GPU (or CPU slot), slices of rows at a time, joined in row order."""
+    address = ray_address()
+    if not address:
+        return embed_candidates(rows, ClipEncoder(clip_dir, pick_device()), known)
+    batch = ClipEncoder.DEFAULT_BATCH
+    tasks = [([rows[i] for i in part], {i - part.start: known[i] for i in part if i in known})
+             for part in fresh_slices(len(rows), set(known), batch * batches_per_task)]
+    parts = list(map_on_ray(partial(_slice_worker, str(clip_dir)), tasks, address, "embed"))
+    stats = [stat for _, part_stats in parts for stat in part_stats]
+    matrices = [matrix for matrix, _ in parts if matrix.size]
+    return (np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)), stats

@@ -16,7 +16,9 @@ from pas.core.iterate import batched
 class ClipEncoder:
     """Batched, L2-normalised CLIP embeddings (half precision on GPU)."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+    DEFAULT_BATCH = 64
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = DEFAULT_BATCH) -> None:
         import open_clip
 
         model_dir = Path(model_dir)

@@ -3,7 +3,8 @@
 Image i of a run maps to (concept, prompt, seed) by a rule that depends only on params, and
 every record carries a fingerprint of what produced it. A shard whose records all match is
 kept byte for byte; matching records of a partial or longer shard are reused; only missing
-images are rendered. Work splits by contiguous shard ranges across workers.
+images are rendered. A shard is the unit of work: with PAS_RAY_ADDRESS set, Ray actors render the
+shards (pas.core.scaleout).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pas.core.config import require
+from pas.core.runtime import pick_device
+from pas.core.scaleout import map_on_ray, ray_address
 from pas.core.shards import encode_jpeg, read_shard, shard_name, write_shard, write_table
 from pas.sources.plan import concept_of
 
@@ -137,13 +142,6 @@ def job_digest(job: dict[str, Any], sampling: Sampling, model: dict[str, Any]) -
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def shard_ranges(n_shards: int, workers: int) -> list[range]:
-    """Split shard indices into `workers` contiguous, near-equal ranges."""
-    require(workers >= 1, "workers", workers, "use a positive worker count")
-    bounds = [round(w * n_shards / workers) for w in range(workers + 1)]
-    return [range(bounds[w], bounds[w + 1]) for w in range(workers)]
-
-
 def load_pipeline(model_dir: str | Path, device: str, throughput: Throughput = Throughput()) -> Any:
     """Load a diffusers text-to-image pipeline from a local folder (fp16 + channels-last on GPU)."""
     import torch
@@ -218,13 +216,11 @@ class ShardWriter:
         rendered: dict[str, tuple[Future, dict[str, Any]]] = {}
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
-            t0 = time.perf_counter()
             images = render(self.pipe_factory(), [j for j, _ in batch], self.sampling)
-            per_image = (time.perf_counter() - t0) / len(batch)
             for (job, fp), image in zip(batch, images):
                 meta = {**job, **self.sampling.__dict__, "model": self.model["name"],
                         "revision": self.model.get("revision", ""), "shard": name, "fingerprint": fp,
-                        "seconds": round(per_image, 4), "source": "generated",
+                        "source": "generated",  # no timings: a shard's bytes depend on its jobs alone
                         "width": self.sampling.output_size, "height": self.sampling.output_size}
                 rendered[job["key"]] = (self.encoder.submit(_encode, image, self.sampling), meta)
         records = []
@@ -243,17 +239,11 @@ def _write_index(rows: list[dict[str, Any]], path: Path) -> None:
     write_table(pa.Table.from_pylist(rows), path)
 
 
-def generate(
-    model_dir: str | Path, model: dict[str, Any], jobs: list[dict[str, Any]], cfg: GenerateConfig,
-    out_dir: str | Path, device: str = "cpu", worker: int = 0, workers: int = 1, merge: bool = True,
-) -> dict[str, Any]:
-    """Render this worker's shard range of `jobs` under out_dir; with `merge`, write manifest.parquet."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sampling = effective_sampling(cfg, model.get("recommended", {}))
-    groups = [jobs[i : i + cfg.shard_size] for i in range(0, len(jobs), cfg.shard_size)]
-    mine = shard_ranges(len(groups), workers)[worker]
-    pipe: list[Any] = []
+def _shard_worker(model_dir: str, model: dict[str, Any], sampling: Sampling, batch_size: int,
+                  out_dir: Path) -> Callable[[tuple[int, list[dict[str, Any]]]], tuple[str, int]]:
+    """A ShardWriter on this process's device, as a function of (shard index, its jobs); the pipeline loads on the
+    first shard that needs rendering."""
+    device, pipe = pick_device(), []
 
     def pipe_factory() -> Any:
         if not pipe:
@@ -261,20 +251,41 @@ def generate(
             pipe.append(load_pipeline(model_dir, device, Throughput.from_env()))
         return pipe[0]
 
-    writer = ShardWriter(pipe_factory, sampling, model, cfg.batch_size)
+    writer = ShardWriter(pipe_factory, sampling, model, batch_size)
+    return lambda task: writer.run(out_dir, *task)
+
+
+def generate(model_dir: str | Path, model: dict[str, Any], jobs: list[dict[str, Any]], cfg: GenerateConfig,
+             out_dir: str | Path) -> dict[str, Any]:
+    """Bring every shard of `jobs` under out_dir up to date and write manifest.parquet.
+
+    With PAS_RAY_ADDRESS set, the shards are rendered by one model-holding Ray actor per GPU (or CPU slot) of the
+    cluster; each shard is written atomically from its jobs alone, so the bytes do not depend on who rendered it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampling = effective_sampling(cfg, model.get("recommended", {}))
+    groups = [jobs[i : i + cfg.shard_size] for i in range(0, len(jobs), cfg.shard_size)]
+    make_worker = partial(_shard_worker, str(model_dir), model, sampling, cfg.batch_size, out_dir)
+    tasks = list(enumerate(groups))
+    address = ray_address()
     outcome: dict[str, int] = {"kept": 0, "updated": 0, "rendered": 0}
     rendered, t0 = 0, time.perf_counter()
-    for index in tqdm(mine, desc=f"generate (worker {worker + 1}/{workers})", unit="shard"):
-        state, count = writer.run(out_dir, index, groups[index])
+    if address:
+        results: Iterator[tuple[str, int]] = map_on_ray(make_worker, tasks, address, "generate")
+    else:
+        worker = make_worker()
+        results = (worker(task) for task in tqdm(tasks, desc="generate", unit="shard"))
+    for state, count in results:
         outcome[state] += 1
         rendered += count
     seconds = time.perf_counter() - t0
-    metrics = {"images": len(jobs), "shards": len(groups), "worker_shards": len(mine), "images_rendered": rendered,
+    metrics = {"images": len(jobs), "shards": len(groups), "images_rendered": rendered,
                "shards_kept": outcome["kept"], "shards_updated": outcome["updated"],
                "shards_rendered": outcome["rendered"], "images_per_second": rendered / seconds if rendered else 0.0,
+               "engine": "ray" if address else "local",
                **{f"sampling_{k}": v for k, v in sampling.__dict__.items()}}
-    if merge:
-        merge_manifest(out_dir, len(groups))
+    merge_manifest(out_dir, len(groups))
     return metrics
 
 
@@ -290,7 +301,7 @@ def merge_manifest(out_dir: str | Path, n_shards: int) -> int:
     if missing:
         from pas.core.config import DataError
 
-        raise DataError(f"{out_dir}: shards {missing[:5]} are not generated yet; run the remaining workers first")
+        raise DataError(f"{out_dir}: shards {missing[:5]} are not generated; run the generate stage again")
     tables = [pq.read_table(out_dir / f"{shard_name('generated', i)[:-4]}.parquet") for i in range(n_shards)]
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())})
     write_table(table, out_dir / "manifest.parquet")

@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from pas.core.config import ConfigError, require
 from pas.core.runtime import num_workers, pick_device
+from pas.core.scaleout import map_on_ray, ray_address
 from pas.core.shards import atomic_path, save_embeddings, write_table
 from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
@@ -111,43 +113,70 @@ def _chunks(source: Path, size: int) -> Iterator[list[PoolItem]]:
         yield chunk
 
 
-def embed_pool(source: Path, encoder: Any, cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
-               loader_workers: int = 0, worker: int = 0, workers: int = 1) -> int:
+def load_encoder(clip: str | Path, batch_size: int) -> ClipEncoder:
+    """The CLIP encoder on this process's device (in a Ray actor: the actor's GPU)."""
+    return ClipEncoder(clip, pick_device(), batch_size)
+
+
+def _chunk_worker(make_encoder: Callable[[], Any], cfg: PoolIndexConfig, loader_workers: int) -> Callable:
+    """The encoder, loaded once, as a function of one chunk task (items, fingerprint, its two file paths)."""
+    encoder = make_encoder()
+    return lambda task: _embed_chunk(encoder, cfg, loader_workers, *task)
+
+
+def _embed_chunk(encoder: Any, cfg: PoolIndexConfig, loader_workers: int, items: list[PoolItem], digest: str,
+                 paths: tuple[Path, Path]) -> None:
+    table_path, emb_path = paths
+    loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
+                                         batch_size=cfg.batch_size, num_workers=loader_workers, collate_fn=_collate)
+    rows, embeddings = [], []
+    for pixels, batch_rows in loader:
+        rows.extend(batch_rows)
+        if pixels is not None:
+            embeddings.append(encoder.encode_pixels(pixels))
+    matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
+    save_embeddings(matrix, emb_path)
+    table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": digest})
+    write_table(table, table_path)  # written last: it marks the chunk complete
+
+
+def embed_pool(source: Path, make_encoder: Callable[[], Any], cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
+               loader_workers: int = 0) -> int:
     """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks.
 
-    With `workers` > 1, this process embeds only chunks i with i % workers == worker (the
-    others are streamed past, not decoded); a final single run finds every chunk done.
+    Finished chunks are kept (the encoder is not even loaded when all are). With PAS_RAY_ADDRESS set, the chunks
+    to embed stream to one encoder-holding Ray actor per GPU (or CPU slot); each writes its chunk atomically.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = json.dumps([model_sha, cfg.min_side, str(source)])
-    count, reused = 0, 0
-    for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
-        count += 1
-        if index % workers != worker:
-            continue
-        table_path, emb_path = chunk_paths(out_dir, index)
-        digest = _chunk_digest(base, items)
-        if table_path.exists() and emb_path.exists():
-            meta = pq.read_schema(table_path).metadata or {}
-            if meta.get(b"pas.fingerprint", b"").decode() == digest:
-                reused += 1
-                continue
-        loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
-                                             batch_size=cfg.batch_size, num_workers=loader_workers,
-                                             collate_fn=_collate)
-        rows, embeddings = [], []
-        for pixels, batch_rows in loader:
-            rows.extend(batch_rows)
-            if pixels is not None:
-                embeddings.append(encoder.encode_pixels(pixels))
-        matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
-        save_embeddings(matrix, emb_path)
-        table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": digest})
-        write_table(table, table_path)  # written last: it marks the chunk complete
+    seen = Counter()
+
+    def pending() -> Iterator[tuple[list[PoolItem], str, tuple[Path, Path]]]:
+        for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
+            seen["chunks"] += 1
+            table_path, emb_path = chunk_paths(out_dir, index)
+            digest = _chunk_digest(base, items)
+            if table_path.exists() and emb_path.exists():
+                meta = pq.read_schema(table_path).metadata or {}
+                if meta.get(b"pas.fingerprint", b"").decode() == digest:
+                    seen["reused"] += 1
+                    continue
+            yield items, digest, (table_path, emb_path)
+
+    address = ray_address()
+    if address:
+        for _ in map_on_ray(partial(_chunk_worker, make_encoder, cfg, 0), pending(), address, "pool chunks (ray)"):
+            pass
+    else:
+        work = None
+        for task in pending():
+            work = work or _chunk_worker(make_encoder, cfg, loader_workers)
+            work(task)
+    count = seen["chunks"]
     for stale in sorted(out_dir.glob("chunk-*")):
-        if workers == 1 and int(stale.stem.split("-")[1]) >= count:
+        if int(stale.stem.split("-")[1]) >= count:
             stale.unlink()
-    log.info("pool: %d chunks (%d reused from an earlier run)", count, reused)
+    log.info("pool: %d chunks (%d reused from an earlier run)", count, seen["reused"])
     return count
 
 
@@ -388,18 +417,15 @@ def load_index(folder: Path) -> Any:
     return index
 
 
-def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int, worker: int = 0,
-               workers: int = 1) -> dict[str, Any]:
-    """The stage: embed the pool into resumable chunks, then (one worker) write files.parquet and the index."""
+def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int) -> dict[str, Any]:
+    """The stage: embed the pool into resumable chunks, then write files.parquet and the index."""
     source = check_source(cfg.source)
     if is_embedding_pool(source):
         return index_embedding_pool(source, cfg, clip, out, seed)
-    encoder = ClipEncoder(clip, pick_device(), cfg.batch_size)
     chunks_dir = out / "chunks"
     model_sha = read_entry(clip)["sha256"]
-    count = embed_pool(source, encoder, cfg, chunks_dir, model_sha, num_workers(), worker, workers)
-    if workers > 1:
-        return {"chunks": count, "worker": worker, "workers": workers}
+    count = embed_pool(source, partial(load_encoder, str(clip), cfg.batch_size), cfg, chunks_dir, model_sha,
+                       num_workers())
     items = pa.concat_tables([pq.read_table(chunk_paths(chunks_dir, i)[0]) for i in range(count)])
     usable = items.filter(items.column("usable"))
     if usable.num_rows == 0:
