@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -19,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pas.core.config import require
+from pas.core.config import ConfigError, require
 from pas.core.runtime import num_workers, pick_device
 from pas.core.shards import atomic_path, write_json
 
@@ -126,6 +127,21 @@ def _trainer_devices(device: str) -> tuple[str, int | list[int]]:
     return kind, 1
 
 
+def cluster_shape(accelerator: str, devices: int | list[int], env: dict[str, str] | None = None
+                  ) -> tuple[int | list[int], int]:
+    """(devices per node, nodes) from the launcher's environment: torchrun (WORLD_SIZE / LOCAL_WORLD_SIZE, where a
+    CPU node runs LOCAL_WORLD_SIZE processes), SLURM (SLURM_NNODES, one task per GPU), or PAS_NUM_NODES; one node
+    otherwise. Lightning reads ranks and the master address from the same environment."""
+    env = dict(os.environ) if env is None else env
+    if "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:          # torchrun / torchelastic
+        local, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
+        return (local if accelerator == "cpu" else devices), max(1, world // local)
+    nodes = env.get("PAS_NUM_NODES") or env.get("SLURM_NNODES") or "1"
+    if not nodes.isdigit() or int(nodes) < 1:
+        raise ConfigError(f"PAS_NUM_NODES={nodes!r} is not a positive integer; unset it or give the node count")
+    return devices, int(nodes)
+
+
 def trainer_precision(wanted: str, accelerator: str) -> str:
     """Lightning precision: `auto` is bf16-mixed on GPUs that support it, 16-mixed on older ones, 32 on CPU."""
     import torch
@@ -195,7 +211,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     L.seed_everything(seed, workers=True)
     device = pick_device()
     accelerator, devices = _trainer_devices(device)
-    world = devices if isinstance(devices, int) else len(devices)
+    devices, nodes = cluster_shape(accelerator, devices)
+    world = (devices if isinstance(devices, int) else len(devices)) * nodes
     cls, args = get_method(cfg.method), cfg.args()
 
     heldout = None
@@ -219,7 +236,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
-    derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_workers": workers,
+    derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_nodes": nodes,
+               "num_workers": workers,
                "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
                "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps,
                "warmup_steps": warmup_steps,
@@ -249,7 +267,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
 
     with tempfile.TemporaryDirectory(prefix="pas-lightning-") as scratch:
         trainer = L.Trainer(
-            accelerator=accelerator, devices=devices,
+            accelerator=accelerator, devices=devices, num_nodes=nodes,
+            strategy="ddp" if world > 1 else "auto",
             precision=trainer_precision(cfg.precision, accelerator), accumulate_grad_batches=accumulate,
             max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch * accumulate,
             logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
