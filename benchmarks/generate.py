@@ -4,7 +4,7 @@
     python benchmarks/generate.py --preset sdxl-turbo --random-weights --batch-sizes 1 16   # on a GPU
 
 `--random-weights` builds the real architecture from its config (no download): the UNet, VAE
-and text encoders of SD-Turbo (SD 2.1) or SDXL-Turbo, with a character-level tokenizer.
+and text encoders of SD-Turbo (SD 2.1), SDXL-Turbo or SD-1.5, with a character-level tokenizer.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num
 CLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu")
 CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
               hidden_act="gelu", projection_dim=1280)
+SD1_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280))
 SD2_UNET = dict(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
                 use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
 SDXL_UNET = dict(sample_size=64, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
@@ -64,12 +65,16 @@ def build_random(preset: str, dest: Path) -> None:
                                          text_encoder_2=text(CLIPTextModelWithProjection, CLIP_G),
                                          tokenizer=tokenizer, tokenizer_2=tokenizer,
                                          unet=UNet2DConditionModel(**SDXL_UNET), scheduler=scheduler)
+    elif preset == "sd-1.5":
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text(CLIPTextModel, CLIP_L), tokenizer=tokenizer,
+                                       unet=UNet2DConditionModel(**SD1_UNET), scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     elif preset == "sd-turbo":
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text(CLIPTextModel, CLIP_H), tokenizer=tokenizer,
                                        unet=UNet2DConditionModel(**SD2_UNET), scheduler=scheduler,
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
-        raise SystemExit(f"--random-weights knows sd-turbo and sdxl-turbo, not {preset!r}")
+        raise SystemExit(f"--random-weights knows sd-turbo, sdxl-turbo and sd-1.5, not {preset!r}")
     pipe.save_pretrained(str(dest))
 
 
@@ -99,7 +104,7 @@ def measure(pipe, sampling: Sampling, batch: int, images: int, repeats: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", help="tiny, sd-turbo or sdxl-turbo")
+    parser.add_argument("--preset", default="tiny", help="tiny, sd-turbo, sdxl-turbo or sd-1.5")
     parser.add_argument("--random-weights", action="store_true", help="build the real architecture, random init")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--images", type=int, default=32, help="images per measurement")

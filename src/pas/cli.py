@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pas.curation.export", "export the curated dataset (HF parquet, ImageFolder, WebDataset)"),
     "compare": ("pas.evaluate.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
+    "plan": ("pas.sources.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
 }
 
 
