@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help="scratch folder (default: a temporary one, deleted)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PAS_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PAS_LOG_LEVEL": "WARNING",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # this env's dvc, python
     env.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory(prefix="pas-scale-", dir=args.folder) as scratch:
         runs = [rehearse(size, Path(scratch), env) for size in args.sizes]
