@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["models", "concepts", "generate", "sample_data", "pool_index", "retrieve", "embed", "filter", "dedup",
+STAGES = ["models", "concepts", "sample_data", "pool_index", "retrieve", "generate", "embed", "filter", "dedup",
           "report", "pretrain", "finetune", "evaluate"]
 MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
