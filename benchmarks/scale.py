@@ -8,7 +8,7 @@ peak RSS and output bytes; then `dvc status` and no-op `dvc repro` times at each
 Goals: per-stage time grows at most linearly with size (n log n for dedup); peak RSS of every stage flat
 (<= 1.5x from 10k to 50k) except the explicit embedding arrays; no-op `dvc repro` <= 3 s at 50k.
 The pool is 2.5 x size images (parquet parts of 64 px PNGs: random shapes, every image distinct), generation makes 2%
-of the candidates, and pretraining uses a small timm test backbone for one epoch at 32 px: the rehearsal measures
+of the candidates, and pretraining uses a small timm test backbone for one epoch at 48 px: the rehearsal measures
 pas's own machinery, not a model's speed (benchmarks/throughput.py does that).
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def configure(repo: Path, size: int, pool: Path) -> None:
     params["size"] = size
     params["mix"] = {"generated": 0.02, "retrieved": 0.98}
     params["pool_index"]["source"] = str(pool)
-    params["pretrain"].update(backbone="test_resnet", image_size=32, epochs=1)
+    params["pretrain"].update(backbone="test_resnet", image_size=48, epochs=1)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run("git -c user.name=s -c user.email=s@s commit -qam rehearsal", shell=True, cwd=repo, check=True)
 
