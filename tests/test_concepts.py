@@ -11,10 +11,10 @@ from pas.concepts.diversify import template_prompts, with_article
 from pas.concepts.merge import concept_key
 from pas.core.config import ConfigError, build
 
-# Food-101 meta/classes.txt.
+# Food-101 meta/classes.txt (sorted by byte value: cheese_plate before cheesecake).
 FOOD101 = """
 apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap bread_pudding
-breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche cheesecake cheese_plate
+breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche cheese_plate cheesecake
 chicken_curry chicken_quesadilla chicken_wings chocolate_cake chocolate_mousse churros clam_chowder
 club_sandwich crab_cakes creme_brulee croque_madame cup_cakes deviled_eggs donuts dumplings edamame
 eggs_benedict escargots falafel filet_mignon fish_and_chips foie_gras french_fries french_onion_soup
@@ -69,7 +69,15 @@ CUB_RENAMED = {"Sayornis": "phoebe", "Geococcyx": "greater roadrunner", "Artic_T
 
 
 def test_reference_lists_are_complete():
-    assert len(set(FOOD101)) == 101 and len(set(CUB200)) == 200
+    """The references are checked against what is known of the published files, not only counted."""
+    import re
+
+    assert len(FOOD101) == len(set(FOOD101)) == 101 and FOOD101 == sorted(FOOD101)     # classes.txt is sorted
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in FOOD101)
+    assert (FOOD101[0], FOOD101[-1]) == ("apple_pie", "waffles")
+    assert len(CUB200) == len(set(CUB200)) == 200                                      # classes 001..200 in order
+    assert (CUB200[0], CUB200[16], CUB200[-1]) == ("Black_footed_Albatross", "Cardinal", "Common_Yellowthroat")
+    assert all(re.fullmatch(r"[A-Z][A-Za-z]*(_[A-Za-z]+)*", name) for name in CUB200)
 
 
 def test_shipped_domains_include_default_food_and_birds():

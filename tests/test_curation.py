@@ -1,6 +1,7 @@
 from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pas.core.config import DataError
@@ -147,7 +148,11 @@ def test_candidate_stream_records_stats_and_survives_corrupt_bytes(tmp_path, ima
     images = list(stream_images(rows, stats))
     assert len(images) == 3 and [s["decodable"] for s in stats] == [True, False, True]
     assert stats[2]["pixel_std"] == 0.0 and stats[0]["pixel_std"] > 10
-    write_table(rows, tmp_path / "m.parquet")
+    assert images[1].size == (1, 1)                          # the corrupt record's stand-in, not a crash
+    rows = [{**row, **stat} for row, stat in zip(rows, stats)]
+    write_table(rows, tmp_path / "m.parquet")                # the stats columns round-trip through parquet
+    back = pq.read_table(tmp_path / "m.parquet").to_pylist()
+    assert [r["key"] for r in back] == ["k0", "k1", "k2"] and [r["decodable"] for r in back] == [True, False, True]
 
 
 def test_source_share_meets_the_mix_target_per_concept_and_overall():

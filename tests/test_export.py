@@ -61,5 +61,6 @@ def test_command_line_writes_the_chosen_formats_only(curated, tmp_path):
     argv = ["--curated", str(manifest), "--out", str(tmp_path / "x"), "--formats", "webdataset"]
     assert main(argv) == {"webdataset": 7}
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["webdataset"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         main(["--curated", str(manifest), "--out", str(tmp_path / "y"), "--formats", "zip"])
+    assert stop.value.code == 2 and not (tmp_path / "y").exists()

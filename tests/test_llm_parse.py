@@ -29,13 +29,13 @@ def test_parse_names_reads_every_usual_list_shape(case):
 @pytest.mark.parametrize("text", ["", "   \n", "I'm sorry, but I cannot help with listing things like that today.",
                                   "Here are some dishes:\n\nPlease note that this is not a complete list of food."])
 def test_parse_names_rejects_empty_and_prose(text):
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match=r"^(empty answer|no concept names in \d+ characters of text)$"):
         parse_names(text)
 
 
 def test_an_empty_json_list_means_nothing_more():
     assert parse_names("```json\n[]\n```") == []
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match=r"^no concept names in \d+ characters of text$"):
         parse_names('["", "  ", "Here are none!"]')
 
 
@@ -59,12 +59,12 @@ def test_parse_yes_no(text, keep, reason):
 
 @pytest.mark.parametrize("text", ["", "Maybe, it depends on the region.", "Yes and no."])
 def test_parse_yes_no_rejects_unclear_answers(text):
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match=r"^(empty answer|both yes and no|no clear yes or no)$"):
         parse_yes_no(text)
 
 
 def test_parse_captions_keeps_sentences_and_drops_headers():
     text = "Here are 3 captions:\n1. A steaming bowl of pho on a wooden table.\n- Pho, shot from above, soft light\nok"
     assert parse_captions(text) == ["A steaming bowl of pho on a wooden table.", "Pho, shot from above, soft light"]
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match=r"^no captions in 5 characters of text$"):
         parse_captions("Sure!")

@@ -67,11 +67,17 @@ def test_params_yaml_builds_and_sizes_every_method_for_the_offline_default() -> 
     from conftest import REPO
     from pas.ssl import METHODS
 
+    import dataclasses
+
     section = yaml.safe_load((REPO / "params.yaml").read_text())["pretrain"]
     cfg = build(PretrainConfig, section, "pretrain")
     assert cfg.method == "simclr" and set(cfg.method_args) == set(METHODS)
-    for name in METHODS:
-        build(PretrainConfig, {**section, "method": name}, "pretrain").args()
+    for name, cls in METHODS.items():
+        args = build(PretrainConfig, {**section, "method": name}, "pretrain").args()
+        assert isinstance(args, cls.Args), name
+        chosen = dataclasses.asdict(args)
+        assert section["method_args"][name] and all(chosen[k] == v for k, v in section["method_args"][name].items())
+        cls.check(args, section["image_size"], section["batch_size"], f"pretrain.method_args.{name}")
 
 
 @pytest.mark.parametrize(("params", "key", "hint"), [

@@ -166,15 +166,24 @@ def test_backbone_init_from_file_is_strict(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     source, _ = create_backbone(TINY)
+    with torch.no_grad():                       # weights no fresh initialisation could have: loading must happen
+        for index, tensor in enumerate(source.state_dict().values()):
+            if tensor.is_floating_point():
+                tensor.fill_(0.5 + index)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     loaded, _ = create_backbone(TINY, init=str(tmp_path / "w.safetensors"))
+    assert source.state_dict().keys() == loaded.state_dict().keys()
     for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), key
-    classifier = timm.create_model(TINY, num_classes=7).state_dict()     # a head is dropped
-    torch.save({"state_dict": classifier}, tmp_path / "head.pth")
-    create_backbone(TINY, init=str(tmp_path / "head.pth"))
+    classifier = timm.create_model(TINY, num_classes=7)                   # a head is dropped
+    with torch.no_grad():
+        for tensor in classifier.parameters():
+            tensor.fill_(-2.0)
+    torch.save({"state_dict": classifier.state_dict()}, tmp_path / "head.pth")
+    headless, _ = create_backbone(TINY, init=str(tmp_path / "head.pth"))
+    assert all(torch.equal(p, torch.full_like(p, -2.0)) for p in headless.parameters())
     torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), tmp_path / "other.pth")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="Missing key|Unexpected key|size mismatch"):
         create_backbone(TINY, init=str(tmp_path / "other.pth"))
 
 

@@ -29,7 +29,7 @@ def test_stages_of_one_execution_nest_under_one_parent(tracking_db):
 
 
 def test_failed_stage_is_marked_failed(tracking_db):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^boom$"):
         with stage_run("dedup", {}, "pas-test"):
             raise RuntimeError("boom")
     client = MlflowClient(tracking_uri=tracking_db)
