@@ -141,7 +141,7 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     assert len(seen[2]) == 16
     assert np.isfinite([metrics["loss_first_epoch"], metrics["loss_last_epoch"]]).all()
     assert metrics["images_per_second"] > 0 and metrics["resumed_at_step"] == 0
-    assert 0 <= metrics["knn_top1"] <= 1
+    assert metrics["knn_top1"] >= 0.9          # three far-apart colours: a neighbour shares its colour
     assert set(metrics["monitor"]) == {"embedding_std", "embedding_rank", "feature_std", "feature_rank"}
     assert all(np.isfinite(v) and v > 0 for v in metrics["monitor"].values())
     assert sorted(p.name for p in out.iterdir()) == ["backbone.safetensors", "model_card.json"]
@@ -164,8 +164,8 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
             "feature_std", "feature_rank"} <= set(header)
 
 
-@pytest.mark.parametrize("name", ["dino", "all4one", "swav", "lejepa"])
-def test_pretrain_runs_teacher_and_queue_methods(name: str, curated: tuple[pa.Table, Path], tmp_path: Path,
+@pytest.mark.parametrize("name", ["all4one", "barlow_twins", "dino", "lejepa", "nnclr", "simclr", "swav"])
+def test_every_method_trains_through_the_real_pretrain_path(name: str, curated: tuple[pa.Table, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning calls the after-step hook once per optimizer step; DINO exports its teacher."""
     import timm

@@ -86,11 +86,24 @@ def test_centroid_module_is_the_papers_transformer() -> None:
     for layer in layers:
         assert layer.self_attn.num_heads == 8 and layer.self_attn.batch_first
         assert layer.linear1.out_features == 512 and layer.dropout.p == 0.1
+    table = sinusoidal_encoding(5, 256)                       # entries computed by hand from the definition
+    p = 3.0                                                    # feature position 3; C = 6 channels for 5 tokens
+    expected = [math.sin(p), math.cos(p), math.sin(p * 10000 ** (-2 / 6)), math.cos(p * 10000 ** (-2 / 6)),
+                math.sin(p * 10000 ** (-4 / 6))]
+    assert torch.allclose(table[:, 3], torch.tensor(expected), atol=1e-6)
     encoder.eval()
+    torch.manual_seed(0)
     sequence = torch.randn(3, 5, 256)
     centroid = encoder(sequence)
     assert centroid.shape == (3, 256)
-    assert torch.allclose(centroid, encoder.encoder(sequence + sinusoidal_encoding(5, 256))[:, 0], atol=1e-6)
+    swapped = sequence[:, [0, 2, 1, 3, 4]]                     # the same neighbours in another order
+    assert not torch.allclose(encoder(swapped), centroid, atol=1e-4)       # positions matter, as encoded
+    plain = encoder.encoder(swapped)[:, 0]                     # without positions the encoder is order-blind
+    assert torch.allclose(plain, encoder.encoder(sequence)[:, 0], atol=1e-5)
+    sequence_b = sequence.clone()
+    sequence_b[1] += 1.0                                       # one sample's sequence changes only its centroid
+    moved = encoder(sequence_b)
+    assert torch.allclose(moved[[0, 2]], centroid[[0, 2]], atol=1e-6) and not torch.allclose(moved[1], centroid[1])
 
 
 def test_all4one_step_matches_its_definition() -> None:

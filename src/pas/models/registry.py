@@ -66,7 +66,8 @@ def _local(role: str, name: str, dest: Path) -> dict[str, Any]:
     return {"source": "local", "revision": "content"}
 
 
-def _hub_generator(role: str, name: str, dest: Path) -> dict[str, Any]:
+def _hub_generator(role: str, name: str, dest: Path, said: str | None = None) -> dict[str, Any]:
+    """Download a diffusers pipeline pinned to its commit; errors name the model as params said it (`said`)."""
     from huggingface_hub import HfApi, snapshot_download
 
     repo_id, _, revision = name.partition("@")
@@ -75,13 +76,14 @@ def _hub_generator(role: str, name: str, dest: Path) -> dict[str, Any]:
         snapshot_download(repo_id, revision=sha, local_dir=dest,
                           allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
     except Exception as err:  # network, auth, missing repo: one clear line
-        raise ConfigError(f"models.{role}={name!r}: could not download from the Hugging Face hub "
+        shown = f"{said!r} ({name})" if said else repr(name)
+        raise ConfigError(f"models.{role}={shown}: could not download from the Hugging Face hub "
                           f"({type(err).__name__}); check the id and network, or use a local dir or tiny://sd") from err
     return {"source": "hub", "revision": sha}
 
 
 def _preset(role: str, name: str, dest: Path) -> dict[str, Any]:
-    return {**_hub_generator(role, PRESETS[name].hub_id, dest), "hub_id": PRESETS[name].hub_id}
+    return {**_hub_generator(role, PRESETS[name].hub_id, dest, said=name), "hub_id": PRESETS[name].hub_id}
 
 
 def _open_clip(role: str, name: str, dest: Path) -> dict[str, Any]:
