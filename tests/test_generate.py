@@ -102,32 +102,42 @@ def test_merge_refuses_when_a_shard_is_missing(tiny_models, tmp_path):
 
 
 KILLABLE = """
-import json, sys
+import json, sys, time
 from pathlib import Path
-from pas.sources.generate import GenerateConfig, generate, plan_jobs
+import pas.sources.generate as g
 from pas.models.registry import read_entry
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 concepts = json.loads(sys.argv[3])
-generate(model_dir, read_entry(model_dir), plan_jobs(concepts, 24, 0), GenerateConfig(steps=1, batch_size=2, shard_size=4), out)
+render, calls = g.render, []
+
+def render_then_report(pipe, jobs, sampling):
+    images = render(pipe, jobs, sampling)
+    calls.append(1)
+    if len(calls) == 5:               # batch 2, shard 4: the first render of shard 2, after shards 0 and 1 are written
+        print("mid-shard", flush=True)
+        time.sleep(120)               # the parent kills the process here
+    return images
+
+g.render = render_then_report
+g.generate(model_dir, read_entry(model_dir), g.plan_jobs(concepts, 24, 0),
+           g.GenerateConfig(steps=1, batch_size=2, shard_size=4), out)
 """
 
 
 def test_sigkill_mid_run_then_rerun_gives_exact_keys_and_untouched_complete_shards(tiny_models, tmp_path):
     out = tmp_path / "gen"
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_models["generator"]), str(out), json.dumps(CONCEPTS)])
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("generated-*.tar"))) < 2:
-        time.sleep(0.05)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tiny_models["generator"]), str(out),
+                             json.dumps(CONCEPTS)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "mid-shard"          # the event: shard 2 is being rendered
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     complete = shard_bytes(out)
-    assert 2 <= len(complete) < 6, "the run should be killed part-way"
-    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert sorted(complete) == ["generated-000000.tar", "generated-000001.tar"]
     model = read_entry(tiny_models["generator"])
     result = generate(tiny_models["generator"], model, plan_jobs(CONCEPTS, 24, 0),
                       GenerateConfig(steps=1, batch_size=2, shard_size=4), out)
-    assert result["shards_kept"] >= len(complete) - 1  # a shard may have been mid-rename
+    assert result["shards_kept"] == 2 and result["shards_rendered"] == 4 and result["images_rendered"] == 16
     assert keys(out) == [f"gen{i:08d}" for i in range(24)]
     after = shard_bytes(out)
-    assert sum(after[name] == data for name, data in complete.items()) >= len(complete) - 1
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], leftovers
+    assert all(after[name] == data for name, data in complete.items())          # finished shards untouched
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]        # no temp files left
