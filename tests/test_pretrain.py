@@ -56,8 +56,14 @@ def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_config_defaults_build_from_params() -> None:
     assert build(PretrainConfig, {}, "pretrain") == PretrainConfig()
-    cfg = build(PretrainConfig, {"warmup_epochs": 1, "backbone": "resnet18.a1_in1k"}, "pretrain")
-    assert cfg.warmup_epochs == 1.0 and isinstance(cfg.warmup_epochs, float)
+    cfg = build(PretrainConfig, {"warmup_epochs": 1, "lr": 0.5, "weight_decay": 0.04, "optimizer": "lars"},
+                "pretrain")
+    assert isinstance(cfg.warmup_epochs, float)          # YAML's 1 arrives as the float the schedule divides by
+    optimizer = cfg.optimizer_config()                   # what the module is handed, not what was passed in
+    assert (optimizer.name, optimizer.lr, optimizer.weight_decay) == ("lars", 0.5, 0.04)
+    assert optimizer.momentum == PretrainConfig().momentum and optimizer.trust_coeff == PretrainConfig().trust_coeff
+    with pytest.raises(ConfigError, match=r"^pretrain.warmup_epochs='soon' must be a number$"):
+        build(PretrainConfig, {"warmup_epochs": "soon"}, "pretrain")
 
 
 def test_params_yaml_builds_and_sizes_every_method_for_the_offline_default() -> None:
