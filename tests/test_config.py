@@ -64,3 +64,30 @@ def test_require_fields_names_the_first_field_that_fails():
 def test_parse_size_refuses_sizes_beyond_the_bound_in_one_line(value):
     with pytest.raises(ConfigError, match=r"^size=.* is more than 10,000,000,000 images; use a size of at most 10B$"):
         parse_size(value)
+
+
+def test_top_level_parses_every_key_once_with_one_line_errors():
+    from pas.core.config import top_level
+
+    top = top_level({"size": "1.2M", "seed": 3, "domain": "food", "oversample": 1, "mix": {"generated": 1,
+                                                                                             "retrieved": 3}})
+    assert (top.size, top.seed, top.domain, top.oversample) == (1_200_000, 3, "food", 1.0)
+    assert top.mix.real_share == 0.75 and isinstance(top.oversample, float)
+    assert top_level({}) == top_level({"size": 300, "seed": 0, "domain": "animals"})          # defaults
+    for params, message in [({"seed": -1}, r"^seed=-1 .*use an integer >= 0"),
+                            ({"oversample": 0.99}, r"^oversample=0.99 .*use a number >= 1.0"),
+                            ({"domain": "  "}, r"^domain='  ' .*name a shipped domain"),
+                            ({"mix": {"generated": 0, "retrieved": 0}}, r"^mix=\(0.0, 0.0\) .*do not both equal 0"),
+                            ({"mix": {"generated": -0.1, "retrieved": 1}}, r"^mix=\(-0.1, 1.0\) .*non-negative"),
+                            ({"mix": [0.5, 0.5]}, r"^mix=\[0.5, 0.5\] must be a mapping")]:
+        with pytest.raises(ConfigError, match=message):
+            top_level(params)
+    assert top_level({"oversample": 1.0, "mix": {"generated": 0, "retrieved": 1}}).mix.real_share == 1.0   # bounds
+
+
+def test_mix_real_share_is_the_normalised_retrieved_share():
+    from pas.core.config import MixConfig
+
+    assert MixConfig().real_share == 0.5
+    assert MixConfig(generated=3, retrieved=1).real_share == 0.25
+    assert MixConfig(generated=0.0, retrieved=2.0).real_share == 1.0
