@@ -74,15 +74,18 @@ def test_top_level_parses_every_key_once_with_one_line_errors():
     assert (top.size, top.seed, top.domain, top.oversample) == (1_200_000, 3, "food", 1.0)
     assert top.mix.real_share == 0.75 and isinstance(top.oversample, float)
     assert top_level({}) == top_level({"size": 300, "seed": 0, "domain": "animals"})          # defaults
-    for params, message in [({"seed": -1}, r"^seed=-1 .*use an integer >= 0"),
-                            ({"oversample": 0.99}, r"^oversample=0.99 .*use a number >= 1.0"),
-                            ({"domain": "  "}, r"^domain='  ' .*name a shipped domain"),
+    for params, message in [({"seed": -1}, r"^seed=-1 is not allowed; use an integer >= 0$"),
+                            ({"oversample": 0.99}, r"^oversample=0.99 is not allowed; use a number >= 1.0 \(candidates "
+                                                   r"per final image\)$"),
+                            ({"domain": "  "}, r"^domain='  ' is not allowed; name a shipped domain \(animals, food, "
+                                               r"birds\)$"),
                             ({"mix": {"generated": 0, "retrieved": 0}}, r"^mix=\(0.0, 0.0\) .*do not both equal 0"),
                             ({"mix": {"generated": -0.1, "retrieved": 1}}, r"^mix=\(-0.1, 1.0\) .*non-negative"),
                             ({"mix": [0.5, 0.5]}, r"^mix=\[0.5, 0.5\] must be a mapping")]:
         with pytest.raises(ConfigError, match=message):
             top_level(params)
     assert top_level({"oversample": 1.0, "mix": {"generated": 0, "retrieved": 1}}).mix.real_share == 1.0   # bounds
+    assert top_level({"seed": 0, "mix": {"generated": 1, "retrieved": 0}}).mix.real_share == 0.0
 
 
 def test_mix_real_share_is_the_normalised_retrieved_share():

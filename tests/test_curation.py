@@ -179,3 +179,24 @@ def test_a_source_short_of_its_share_leaves_room_to_the_other():
     rows += [{"key": "r0", "concept": "cat", "source": "retrieved", "domain_score": 0.9}]
     chosen = source_share(rows, ["cat"] * len(rows), list(range(6)), share=0.5)
     assert len(chosen) == 6 and sum(rows[i]["source"] == "retrieved" for i in chosen) == 1
+
+
+def test_source_share_ranks_by_domain_score_then_key_and_splits_by_largest_remainder():
+    import random
+
+    from pas.curation.balance import source_share
+
+    rows = [{"key": f"{c}-{s}-{i:02d}", "concept": c, "source": s, "domain_score": round(0.1 * (i % 5), 1)}
+            for c in ("cat", "dog") for s in ("generated", "retrieved") for i in range(10)]   # ties: i and i + 5
+    random.Random(0).shuffle(rows)                                       # list order says nothing about rank
+    labels = [r["concept"] for r in rows]
+    cats = [i for i, r in enumerate(rows) if r["concept"] == "cat"][:3]
+    dogs = [i for i, r in enumerate(rows) if r["concept"] == "dog"][:7]
+    chosen = source_share(rows, labels, cats + dogs, 0.4)                # 10 x 0.4 = 4 retrieved
+    real = Counter(rows[i]["concept"] for i in chosen if rows[i]["source"] == "retrieved")
+    assert real == {"cat": 1, "dog": 3}        # cat 1.2, dog 2.8: the spare image goes to dog's larger remainder
+    picked_cat_real = [rows[i] for i in chosen if rows[i]["concept"] == "cat" and rows[i]["source"] == "retrieved"]
+    assert [r["key"] for r in picked_cat_real] == ["cat-retrieved-04"]   # 04 and 09 tie at 0.4: the key decides
+    dog_real = sorted(r["key"] for i, r in enumerate(rows) if i in chosen and r["concept"] == "dog"
+                      and r["source"] == "retrieved")
+    assert dog_real == ["dog-retrieved-03", "dog-retrieved-04", "dog-retrieved-09"]   # 0.4, 0.4, then 0.3 (03 < 08)
