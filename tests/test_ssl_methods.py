@@ -147,6 +147,16 @@ def test_dino_loss_equals_a_hand_computed_value() -> None:
     expected = (ce(t[0], s[1]) + ce(t[0], s[2]) + ce(t[1], s[0]) + ce(t[1], s[2])) / 4
     got = dino_loss(student, teacher, torch.tensor(center, dtype=torch.float32), 1.0, temp)
     assert got.item() == pytest.approx(expected, abs=1e-6)
+    student_temp = 0.1                                                   # the student's own sharpening
+    s_sharp = [x / student_temp for x in s]
+    expected = (ce(t[0], s_sharp[1]) + ce(t[0], s_sharp[2]) + ce(t[1], s_sharp[0]) + ce(t[1], s_sharp[2])) / 4
+    got = dino_loss(student, teacher, torch.tensor(center, dtype=torch.float32), student_temp, temp)
+    assert got.item() == pytest.approx(expected, abs=1e-5)
+    batch = [torch.cat([x, x.flip(1)]) for x in student], [torch.cat([x, x.flip(1)]) for x in teacher]
+    mirrored = dino_loss(*batch, torch.zeros(2), 1.0, 1.0)               # a batch of 2: the mean over images
+    one = dino_loss(student, teacher, torch.zeros(2), 1.0, 1.0)
+    flipped = dino_loss([x.flip(1) for x in student], [x.flip(1) for x in teacher], torch.zeros(2), 1.0, 1.0)
+    assert mirrored.item() == pytest.approx((one.item() + flipped.item()) / 2, abs=1e-6)
 
 
 def test_dino_schedules() -> None:
@@ -187,6 +197,17 @@ def test_barlow_twins_loss_equals_a_hand_computed_value() -> None:
     on, off = barlow_twins_loss(z, z.clone(), lambd=0.5)
     assert on.item() == pytest.approx(0.0, abs=1e-4)
     assert off.item() == pytest.approx(2 * 0.5, rel=1e-4)
+    # A general case against numpy, written from the paper's definition: N = 5 images, D = 3 features, raw
+    # (shifted, scaled) embeddings, C from batch-standardised views, on = sum (1 - C_ii)^2, off = sum_{i!=j} C_ij^2.
+    rng = np.random.default_rng(0)
+    a = rng.normal(3.0, 2.0, (5, 3))
+    b = a @ rng.normal(size=(3, 3)) + rng.normal(-1.0, 0.5, (5, 3))
+    standard = lambda x: (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)  # noqa: E731  (biased variance, as the paper)
+    c = standard(a).T @ standard(b) / 5
+    want_on = ((np.diag(c) - 1) ** 2).sum()
+    want_off = 0.3 * ((c - np.diag(np.diag(c))) ** 2).sum()
+    on, off = barlow_twins_loss(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32), lambd=0.3)
+    assert (on.item(), off.item()) == pytest.approx((want_on, want_off), rel=1e-4)
 
 
 def _steps(transform) -> list[object]:
