@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +19,6 @@ from pas.ssl.pretrain import cluster_shape
 
 RANK_SCRIPT = """
 import json, sys
-from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 torch.set_num_threads(1)

@@ -110,7 +110,7 @@ def test_index_choice_follows_size_and_budget():
     assert pq_bytes(512, 10_000_000, 2048) == 128                               # 10M x 136 B fits 2 GB
     assert pq_bytes(512, 10_000_000, 1024) == 64                                # 10M x 72 B fits 1 GB
     assert pq_bytes(512, 10_000_000, 100) == 32                                 # nothing fits: the coarsest
-    assert pq_bytes(512) == 64
+    assert pq_bytes(64, 20_000, 1) == 16                                        # 20k x 24 B fits 1 MB
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq8", "hnsw"])

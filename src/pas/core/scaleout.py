@@ -22,6 +22,7 @@ from pas.core.config import PasError
 log = logging.getLogger(__name__)
 
 RETRIES = 3  # restarts of a killed actor, and retries of the task it was running
+_END = object()  # the end of a task stream
 
 
 def ray_address() -> str | None:
@@ -116,6 +117,3 @@ def map_on_ray(make_worker: Callable[[], Callable[..., Any]], tasks: Iterable[An
     finally:
         for handle in actors:
             ray.kill(handle)
-
-
-_END = object()

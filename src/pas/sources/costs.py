@@ -21,6 +21,7 @@ import yaml
 
 from pas.core.config import ConfigError, PasError, load_params, top_level
 from pas.sources.plan import candidate_counts
+from pas.sources.pool_sources import IMAGE_SUFFIXES
 
 # Peak dense bf16 tensor TFLOPs (vendor data sheets: H100 SXM, A100 SXM, L4) and memory; a CPU has no such peak
 # worth quoting, so only figures measured on a CPU are used for it.
@@ -91,6 +92,18 @@ def clip_arch(name: str) -> str:
     return name if name.startswith("tiny://") else name.split("/")[0].removeprefix("hf-hub:")
 
 
+def clip_dim(arch: str) -> int:
+    """Embedding width of a CLIP architecture, from open_clip's bundled config (pas's tiny config for tiny://clip);
+    512 for a local folder or an unknown name."""
+    import open_clip
+
+    from pas.models.tiny import TINY_CLIP_CONFIG
+
+    if arch == "tiny://clip":
+        return TINY_CLIP_CONFIG["model_cfg"]["embed_dim"]
+    return (open_clip.get_model_config(arch) or {}).get("embed_dim", 512)
+
+
 def generator_model(name: str) -> str:
     """The throughput-table name of a generator: a preset name, or the repo name of a hub id."""
     aliases = {"stabilityai/sdxl-turbo": "sdxl-turbo", "stabilityai/sd-turbo": "sd-turbo",
@@ -128,7 +141,7 @@ def disk_gb(params: dict[str, Any], pool_images: int | None) -> dict[str, float]
     top = top_level(params)
     counts = candidate_counts(top.size, top.oversample, top.mix)
     side = int(params.get("generate", {}).get("output_size", 64))
-    dim = 768 if "ViT-L" in str(params.get("models", {}).get("clip", "")) else 512
+    dim = clip_dim(clip_arch(str(params.get("models", {}).get("clip", "tiny://clip"))))
     shards = (counts["generated"] + counts["retrieved"]) * side * side * JPEG_BYTES_PER_PIXEL
     embeddings = (counts["generated"] + counts["retrieved"]) * dim * 2
     pool = (pool_images or 0) * (dim * 2 + dim + 8)
@@ -145,8 +158,7 @@ def pool_size(source: str) -> int | None:
         return None
     if is_embedding_pool(path):
         return 0
-    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-    return sum(1 for f in (path.rglob("*") if path.is_dir() else [path]) if f.suffix.lower() in suffixes)
+    return sum(1 for f in (path.rglob("*") if path.is_dir() else [path]) if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def plan(params: dict[str, Any], figures: list[dict[str, Any]], device: str, gpus: int,

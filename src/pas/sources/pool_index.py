@@ -212,12 +212,10 @@ def _ivf_sq8(dim: int, n: int, budget_mb: int) -> faiss.Index:
                                          faiss.METRIC_INNER_PRODUCT)
 
 
-def pq_bytes(dim: int, n: int = 0, budget_mb: int = 0) -> int:
+def pq_bytes(dim: int, n: int, budget_mb: int) -> int:
     """Bytes of one IVF-PQ code (8-bit sub-quantizers): the finest of dim/4, dim/8, dim/16 whose codes of `n`
-    vectors (plus their ids) fit the budget, else the coarsest; dim/8 when no budget is given."""
+    vectors (plus their ids) fit the budget, else the coarsest."""
     options = [m for m in (dim // 4, dim // 8, dim // 16) if m >= 1 and dim % m == 0] or [1]
-    if not budget_mb:
-        return options[min(1, len(options) - 1)]
     fitting = [m for m in options if n * (m + 8) <= budget_mb * 2**20]
     return fitting[0] if fitting else options[-1]
 
