@@ -19,6 +19,7 @@ from pas.ssl.pretrain import cluster_shape
 
 RANK_SCRIPT = """
 import json, sys
+from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 torch.set_num_threads(1)
