@@ -11,7 +11,7 @@ from typing import Any
 from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.shards import write_json
-from pas.core.tracking import StageRun, stage_run
+from pas.core.tracking import PIPELINE_KEYS, StageRun, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
         top_level(params)  # a bad size/seed/domain/oversample/mix stops here, before any work or tracking
         check_command_size(getattr(args, "size", None), everything, args.params)
         experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input
-        with stage_run(stage, params, experiment) as run:
+        with stage_run(stage, params, experiment, select(everything, PIPELINE_KEYS)) as run:
             metrics = body(args, params, run)
             write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)

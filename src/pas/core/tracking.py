@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -17,26 +18,32 @@ from pas.core.runtime import dvc_ancestor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 INVOCATION_TAG = "pas.invocation"
+ERROR_TAG = "pas.error"
+# MLflow 3 opens an experiment without this tag in the GenAI view; this value is its classic training-runs view
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# the params that tell one experiment from another: the pipeline run's columns in the MLflow runs table
+PIPELINE_KEYS = ("size", "seed", "domain", "mix", "models.generator", "models.clip", "pretrain.method",
+                 "pretrain.backbone", "pretrain.budget", "pretrain.dataset")
 
 
 EXP_WORKSPACE = (".dvc", "tmp", "exps")   # where DVC runs queued and --temp experiments: <repo>/.dvc/tmp/exps/<tmp>
 
 
 def tracking_uri(cwd: str | Path | None = None) -> str:
-    """The tracking URI: MLFLOW_TRACKING_URI if set, else the repository's SQLite file mlflow.db.
+    """The tracking URI: MLFLOW_TRACKING_URI if set, else the repository's SQLite file mlflow.db (absolute).
 
     A queued (`dvc exp run --queue`) or `--temp` experiment runs in a throw-away copy under
     <repo>/.dvc/tmp/exps/; it logs into <repo>/mlflow.db so that sweeps land in one store.
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    parts = Path(cwd or os.getcwd()).absolute().parts
+    here = Path(cwd or os.getcwd()).absolute()
+    parts = here.parts
     for i in range(len(parts) - len(EXP_WORKSPACE)):
         if parts[i:i + len(EXP_WORKSPACE)] == EXP_WORKSPACE:
             return f"sqlite:///{Path(*parts[:i]) / 'mlflow.db'}"
-    return DEFAULT_URI
+    return f"sqlite:///{here / 'mlflow.db'}"   # absolute: MLflow caches one store per URI string in a process
 
 
 def invocation_id() -> str:
@@ -76,20 +83,78 @@ def _metric_value(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _parent_run(client: Any, experiment_id: str, invocation: str) -> str:
+def _git(*args: str) -> str | None:
+    """Output of `git args` in the working directory (stripped), or None outside a git repository / without git."""
+    try:
+        proc = subprocess.run(["git", *args], check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit, dirty state and DVC experiment name of this execution, as MLflow tags.
+
+    An experiment (`dvc exp run`, queued or not) runs from DVC_EXP_BASELINE_REV with its params applied, so it
+    counts as dirty; DVC_EXP_NAME is its name. Outside DVC or git the tags are left out.
+    """
+    tags: dict[str, str] = {}
+    commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        if status is not None:
+            tags["pas.git.dirty"] = str(bool(status)).lower()
+        if branch := _git("symbolic-ref", "--short", "-q", "HEAD"):
+            tags["mlflow.source.git.branch"] = branch
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = exp_name
+    return tags
+
+
+def _parent_run(client: Any, experiment_id: str, invocation: str, params: Mapping[str, Any],
+                tags: Mapping[str, str]) -> str:
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}' and tags.`pas.kind` = 'pipeline'",
         max_results=1
     )
     if found:
         return found[0].info.run_id
-    exp_name = os.environ.get("DVC_EXP_NAME")
-    name = exp_name or time.strftime("repro-%Y%m%d-%H%M%S")
-    tags = {INVOCATION_TAG: invocation, "pas.kind": "pipeline"}
-    if exp_name:
-        tags["dvc.exp_name"] = exp_name
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, INVOCATION_TAG: invocation, "pas.kind": "pipeline"})
+    _log_params(client, run.info.run_id, params)
     return run.info.run_id
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    params_list = [Param(key, value) for key, value in _flatten(params, _param_value).items()]
+    for start in range(0, len(params_list), 100):  # MLflow's log_batch limit for params
+        client.log_batch(run_id, params=params_list[start:start + 100])
+
+
+def chosen_only(params: Mapping[str, Any]) -> dict[str, Any]:
+    """params with each section's `method_args` narrowed to its chosen `method` (pretrain logs only the method it runs)."""
+    narrowed: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and isinstance(value.get("method_args"), Mapping) and "method" in value:
+            method = value["method"]
+            value = {**value, "method_args": {method: value["method_args"].get(method) or {}}}
+        narrowed[key] = value
+    return narrowed
+
+
+def repo_path(path: str | Path) -> str:
+    """`path` relative to the repository it lies in (the nearest folder above it holding .dvc), else absolute.
+
+    A queued experiment runs in <repo>/.dvc/tmp/exps/<tmp>/, a copy with its own .dvc: its data/x names data/x.
+    """
+    full = Path(path).absolute()
+    for root in full.parents:
+        if (root / ".dvc").is_dir():
+            return full.relative_to(root).as_posix()
+    return full.as_posix()
 
 
 def dataset_record(name: str, path: str | Path) -> dict[str, str]:
@@ -172,7 +237,7 @@ class StageRun:
 
         with warnings.catch_warnings():   # a local path matches several equivalent local source types
             warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(str(Path(record["path"]).absolute()))
+            source = resolve_dataset_source(repo_path(record["path"]))
         dataset = MetaDataset(source, name=record["name"], digest=record["md5"])
         inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
         for run_id in filter(None, (self.run_id, self.parent_id)):
@@ -188,6 +253,24 @@ class StageRun:
         batch = [Metric(key, value, stamp, step or 0) for key, value in _flatten(metrics, _metric_value).items()]
         for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
             self.guard.call(self.client.log_batch, self.run_id, metrics=batch[start:start + 1000])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log extra params on this stage run (values a stage learns while running, e.g. from a model card)."""
+        if self.active:
+            self.guard.call(_log_params, self.client, self.run_id, params)
+
+    def log_parent_metrics(self, metrics: Mapping[str, Any], keep: Callable[[str], bool] | None = None) -> None:
+        """Copy numeric leaves of `metrics` (dotted keys; those `keep(key)` accepts) onto the pipeline run too, so
+        the runs table compares experiments by their headline numbers without opening each stage run."""
+        if not self.active or self.parent_id is None:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        flat = _flatten(metrics, _metric_value)
+        batch = [Metric(key, value, stamp, 0) for key, value in flat.items() if keep is None or keep(key)]
+        for start in range(0, len(batch), 1000):
+            self.guard.call(self.client.log_batch, self.parent_id, metrics=batch[start:start + 1000])
 
     def lightning_loggers(self) -> list[Any]:
         """[a Lightning MLFlowLogger into this stage run, best-effort like the rest], or [] without tracking."""
@@ -225,42 +308,110 @@ class StageRun:
             self.log_artifact(png)
 
 
+def _experiment_id(client: Any, experiment: str) -> str:
+    """The experiment's id, created if new; tagged for MLflow's classic training-runs view."""
+    existing = client.get_experiment_by_name(experiment)
+    if existing is None:
+        return client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in existing.tags:
+            client.set_experiment_tag(existing.experiment_id, key, value)
+    return existing.experiment_id
+
+
+def relocate_artifacts(client: Any, root: Path) -> int:
+    """Point local artifact locations recorded under another folder's mlruns/ at `root`/mlruns (the repository's
+    own): a moved or copied repository keeps logging into itself. Returns how many records were changed.
+
+    MLflow stores absolute paths (its SQLite store resolves ./mlruns against the working directory of whoever
+    created the experiment, e.g. a queued experiment's temporary folder), so they are re-resolved per repository.
+    """
+    from mlflow.store.tracking.dbmodels import models
+
+    here = (root.absolute() / "mlruns").as_posix()
+    tables = [(models.SqlExperiment, "artifact_location"), (models.SqlRun, "artifact_uri")]
+    if hasattr(models, "SqlLoggedModel"):
+        tables.append((models.SqlLoggedModel, "artifact_location"))
+    changed = 0
+    with client._tracking_client.store.ManagedSessionMaker(read_only=False) as session:
+        experiments = session.query(models.SqlExperiment).all()
+        if all(_moved(exp.artifact_location, here) is None for exp in experiments):
+            return 0
+        for table, column in tables:
+            for row in session.query(table).filter(getattr(table, column).like("%/mlruns/%")):
+                if (new := _moved(getattr(row, column), here)) is not None:
+                    setattr(row, column, new)
+                    changed += 1
+    log.info("MLflow artifact locations of %d records moved to %s (the repository was moved or copied)", changed, here)
+    return changed
+
+
+def _moved(location: str | None, here: str) -> str | None:
+    """`location` (a local path or file: URI ending in .../mlruns/<rest>) under `here` instead, or None if it is
+    already there or not a local mlruns path."""
+    if not location:
+        return None
+    path = location.removeprefix("file://") if location.startswith("file://") else location
+    if "://" in path or ":" in path.split("/", 1)[0] or "/mlruns/" not in path:
+        return None
+    rest = path[path.rindex("/mlruns/") + len("/mlruns"):]
+    return None if path.startswith(here + "/") else here + rest
+
+
+def _repo_store(uri: str) -> Path | None:
+    """The folder of the repository's own SQLite store when pas chose it (no MLFLOW_TRACKING_URI), else None."""
+    if os.environ.get("MLFLOW_TRACKING_URI") or not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).absolute().parent
+
+
 def _open_run(client: Any, guard: TrackingGuard, stage: str, params: Mapping[str, Any],
-              experiment: str) -> tuple[str | None, str | None]:
+              experiment: str, pipeline_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(run id, parent run id) of a new stage run with its params, each call guarded; (None, None) on failure."""
-    from mlflow.entities import Param
-
-    def experiment_id() -> str:
-        existing = client.get_experiment_by_name(experiment)
-        return existing.experiment_id if existing else client.create_experiment(experiment)
-
-    exp_id = guard.call(experiment_id)
-    parent = guard.call(_parent_run, client, exp_id, invocation_id()) if exp_id else None
-    tags = {"mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()}
+    exp_id = guard.call(_experiment_id, client, experiment)
+    if exp_id and (root := _repo_store(tracking_uri())) is not None:
+        try:
+            relocate_artifacts(client, root)
+        except Exception as err:  # noqa: BLE001 - artifacts may land in the old folder; never fail the stage for it
+            log.warning("could not re-point MLflow artifact locations at %s/mlruns (%s: %s)", root,
+                        type(err).__name__, err)
+    source = source_tags()
+    parent = guard.call(_parent_run, client, exp_id, invocation_id(), pipeline_params, source) if exp_id else None
+    tags = {**source, "mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()}
     run = guard.call(client.create_run, exp_id, run_name=stage, tags=tags) if parent else None
     if run is None:
         return None, None
-    params_list = [Param(key, value) for key, value in _flatten(params, _param_value).items()]
-    for start in range(0, len(params_list), 100):  # MLflow's log_batch limit for params
-        guard.call(client.log_batch, run.info.run_id, params=params_list[start:start + 100])
+    guard.call(_log_params, client, run.info.run_id, chosen_only(params))
     return run.info.run_id, parent
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
-    """Open the nested MLflow run `stage` under this execution's parent run in `experiment` (best-effort)."""
+def stage_run(stage: str, params: Mapping[str, Any], experiment: str,
+              pipeline_params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+    """Open the nested MLflow run `stage` under this execution's parent run in `experiment` (best-effort).
+
+    `pipeline_params` (see PIPELINE_KEYS) go on the parent run when this stage creates it. A stage that raises
+    ends FAILED (KILLED on Ctrl-C), its run and the parent tagged `pas.error` with the error's message.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
     guard = TrackingGuard(stage)
     client = MlflowClient(tracking_uri=tracking_uri())
-    run_id, parent = _open_run(client, guard, stage, params, experiment)
+    run_id, parent = _open_run(client, guard, stage, params, experiment, pipeline_params or {})
     status = "FAILED"
     try:
         yield StageRun(client, run_id, parent, guard)
         status = "FINISHED"
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        if run_id is not None:
+            message = f"{stage}: {type(err).__name__}: {err}"[:5000]   # MLflow tag values hold 8,000 characters
+            for run in (run_id, parent):
+                guard.call(client.set_tag, run, ERROR_TAG, message)
+        raise
     finally:
         if run_id is not None:
             guard.call(client.set_terminated, run_id, status)
-            guard.call(client.set_terminated, parent, "FINISHED" if status == "FINISHED" else "FAILED")
+            guard.call(client.set_terminated, parent, status)
             log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run_id, tracking_uri())
