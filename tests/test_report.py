@@ -1,13 +1,15 @@
 """The dataset report renders offline: every figure exists, is embedded in the HTML, and the counts add up."""
 import base64
 import io
+import json
 import re
 
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 
-from conftest import make_image
+from pas.core.provenance import collect_provenance
 from pas.core.shards import encode_jpeg, write_shard
 from pas.curation.decontam import Contamination
 from pas.curation.dedup import DedupConfig, curate
@@ -85,3 +87,23 @@ def test_diversity_measures():
     assert vendi_score(x) == pytest.approx(np.exp(-(eig * np.log(eig)).sum()), rel=1e-6)
     table = diversity(x, ["a"] * 20 + ["b"] * 30)
     assert table["a"]["n"] == 20 and table["all"]["n"] == 50
+
+
+def test_report_opens_with_provenance_and_warns_about_tiny_models(inputs, tmp_path):
+    lock = tmp_path / "lock.json"
+    lock.write_text(json.dumps({"generator": {"name": "tiny://sd", "revision": "config", "sha256": "ab" * 32},
+                                "clip": {"name": "tiny://clip", "revision": "config", "sha256": "cd" * 32}}))
+    prov = collect_provenance(tmp_path, {"size": 12, "domain": "animals"}, lock)
+    build_report(inputs, ReportConfig(samples=2, groups=1), tmp_path / "report.html", tmp_path / "figures", prov)
+    page = (tmp_path / "report.html").read_text()
+    header = page[: page.index("<img")]  # before the first figure
+    assert "<h2>Provenance</h2>" in header and "class='warning'" in header
+    assert "random-weight tiny models (tiny://clip, tiny://sd)" in header and "not a real dataset" in header
+    assert f"<td>{prov['params_digest']}</td>" in header and "<td>not a git repository</td>" in header
+    assert "tiny://sd (config, sha256 abababababab)" in header and f"<td>{prov['date']}</td>" in header
+
+    lock.write_text(json.dumps({"generator": {"name": "stabilityai/sdxl-turbo", "revision": "71153311"}}))
+    prov = collect_provenance(tmp_path, {"size": 12}, lock)
+    build_report(inputs, ReportConfig(samples=2, groups=1), tmp_path / "real.html", tmp_path / "figures", prov)
+    page = (tmp_path / "real.html").read_text()
+    assert "stabilityai/sdxl-turbo (71153311)" in page and "class='warning'" not in page

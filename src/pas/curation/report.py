@@ -1,7 +1,8 @@
 """The dataset report: one self-contained HTML page (PNG figures embedded, no network) plus the PNGs as DVC plots.
 
-It accounts for every candidate (filter rejections by reason, then one dedup status each), shows the
-score distributions against their thresholds, example duplicate groups and decontaminated images,
+It opens with the provenance (pinned models, params digest, git commit, date; a warning when the images come
+from random tiny models), then accounts for every candidate (filter rejections by reason, then one dedup status
+each), shows the score distributions against their thresholds, example duplicate groups and decontaminated images,
 sample grids per source and per concept, and diversity (Vendi score, mean pairwise cosine distance)
 of the candidates and of the curated set, overall and per concept.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 import pas.curation.report_figures as figs
 from pas.core.config import require_fields
+from pas.core.provenance import provenance_html
 from pas.core.shards import atomic_path
 from pas.curation.decontam import eval_splits
 from pas.curation.dedup import STATUSES
@@ -69,8 +71,10 @@ def accounting(inputs: Inputs) -> dict[str, Any]:
                         and status.get("curated", 0) == len(inputs.curated))}
 
 
-def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figures_dir: str | Path) -> dict[str, Any]:
-    """Write the figures and the HTML page; return the report metrics (counts and diversity)."""
+def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figures_dir: str | Path,
+                 provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the figures and the HTML page (headed by `provenance` from core.provenance.collect_provenance, when
+    given); return the report metrics (counts and diversity)."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     counts = accounting(inputs)
@@ -99,7 +103,7 @@ def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figur
         ("Samples per concept", figs.image_rows(by_concept, out / "samples.png", tile=56), ""),
         ("Diversity", figs.diversity_bars(table, out / "diversity.png"), _diversity_table(table)),
     ]
-    _write_html(html_path, sections, counts)
+    _write_html(html_path, sections, counts, provenance)
     return {**counts, "diversity": {"candidates": table["candidates"]["all"], "curated": table["curated"]["all"],
                                     "curated_per_concept": {c: v for c, v in table["curated"].items() if c != "all"}},
             "figures": sorted(p.name for _, p, _ in sections)}
@@ -253,10 +257,12 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}")
 
 
-def _write_html(path: str | Path, sections: list[tuple[str, Path, str]], counts: dict[str, Any]) -> None:
+def _write_html(path: str | Path, sections: list[tuple[str, Path, str]], counts: dict[str, Any],
+                provenance: dict[str, Any] | None) -> None:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>pas dataset report</title><style>{_STYLE}"
-             f"</style></head><body><h1>Dataset report</h1><p>{counts['curated']} curated images from "
-             f"{counts['candidates']} candidates.</p>"]
+             f"</style></head><body><h1>Dataset report</h1>"
+             + (provenance_html(provenance) if provenance is not None else "")
+             + f"<p>{counts['curated']} curated images from {counts['candidates']} candidates.</p>"]
     for title, png, extra in sections:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2>{extra}<img alt='{html.escape(png.name)}' "
