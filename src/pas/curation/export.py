@@ -1,14 +1,18 @@
-"""Export the curated dataset: HF-style parquet, an ImageFolder tree by concept, WebDataset shards.
+"""Export the curated dataset: HF parquet, an ImageFolder tree by concept, WebDataset shards; each with a dataset card.
 
-    python -m pas.curation.export --curated data/curated/manifest.parquet --out exports/pas-animals
-    python -m pas.curation.export --curated data/curated/manifest.parquet --out exports/x --formats parquet
+    pas export --out exports/pas-animals
+    pas export --out exports/x --formats parquet --license cc-by-4.0
 
-<out>/parquet/data/train-00000-of-0000N.parquet   image {bytes, path}, image_name, concept, source
-                                                 (as the PaS releases; `datasets.load_dataset("parquet", ...)`
-                                                 decodes `image` as an Image feature) + README.md card
-<out>/imagefolder/<safe concept>/<image_name>     the stored JPEG bytes, one folder per concept (core.names)
-<out>/webdataset/pas-000000.tar                  key.jpg + key.json (concept, source, prompt, scores)
-Each format is written to a temporary folder; all are renamed into place only when every one is complete. Images are copied byte for byte.
+<out>/parquet/data/train-0000K-of-0000N.parquet  image {bytes, path}, concept (a ClassLabel: the HF features sit in
+                                                 the parquet schema), then the per-image fields (FIELDS)
+<out>/imagefolder/<safe concept>/<key>.jpg       the stored JPEG bytes, one folder per concept (core.names), and
+<out>/imagefolder/metadata.jsonl                 one line per image: file_name, concept and FIELDS (HF imagefolder)
+<out>/webdataset/pas-000000.tar                  key.jpg + key.json (concept, label = class index, FIELDS)
+<out>/<format>/README.md                         the dataset card: YAML front matter (license, task and size
+                                                 categories, features with the concept as a ClassLabel), per-class
+                                                 counts, per-image fields, license note, provenance, how to load
+Each format is written to a temporary folder; all are renamed into place only when every one is complete. Images are
+copied byte for byte. Generated images keep prompt, seed and model; retrieved ones url, caption, pool_id, similarity.
 """
 from __future__ import annotations
 
@@ -16,26 +20,51 @@ import argparse
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from pas.core.names import safe_name
-from pas.core.shards import atomic_dir, read_table, shard_name, write_shard
-from pas.curation.fingerprints import read_bytes
+from pas.core.provenance import provenance_markdown, tiny_warning
+from pas.core.shards import atomic_dir, read_shard, read_table, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTION = ("url", "caption", "pool_id")  # where a retrieved image came from (empty for generated ones)
-HF_FEATURES = {"image": {"_type": "Image"}, "image_name": {"dtype": "string", "_type": "Value"},
-               "concept": {"dtype": "string", "_type": "Value"}, "source": {"dtype": "string", "_type": "Value"},
-               **{name: {"dtype": "string", "_type": "Value"} for name in ATTRIBUTION}}
+# per-image fields after `concept`, with their HF dtypes; the source-specific ones are empty for the other source
+FIELDS = {"key": "string", "source": "string", "prompt": "string", "seed": "int64", "model": "string",
+          "url": "string", "caption": "string", "pool_id": "string", "similarity": "float64", "width": "int64",
+          "height": "int64", "domain_score": "float64", "concept_score": "float64"}
+ONLY = {"generated": ("prompt", "seed", "model"), "retrieved": ("url", "caption", "pool_id", "similarity")}
+ABOUT = {"key": "the image's id in the pipeline", "source": "`generated` (text-to-image) or `retrieved` (image pool)",
+         "prompt": "generated: the text prompt", "seed": "generated: the sampling seed",
+         "model": "generated: the generator (pinned under Provenance)", "url": "retrieved: the source URL, when known",
+         "caption": "retrieved: the pool's caption, when known", "pool_id": "retrieved: the image's id in the pool",
+         "similarity": "retrieved: CLIP cosine of the image to its concept's query",
+         "width": "pixels", "height": "pixels", "domain_score": "CLIP domain score that passed the filter",
+         "concept_score": "CLIP probability of its own concept"}
+ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-META = ("key", "source", "concept", "prompt", "seed", "width", "height", "domain_score", "concept_score",
-        "pool_id", "url", "caption", "similarity")  # attribution of every retrieved image
+DEFAULT_LICENSE = "other"
+LICENSE_NOTE = ("Mixed sources: generated images follow the license of the generator that made them (see the models "
+                "under Provenance), retrieved images the licenses of their sources (see `url` / `pool_id`); check "
+                "both before redistributing.")
+Record = tuple[dict[str, Any], bytes]
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What a card says besides its counts: class names (ClassLabel order), license, provenance (or None)."""
+
+    names: list[str]
+    license: str = DEFAULT_LICENSE
+    provenance: dict[str, Any] | None = None
+    counts: Counter = field(default_factory=Counter)  # (concept, source) -> images written
 
 
 def image_name(row: dict[str, Any]) -> str:
@@ -43,112 +72,219 @@ def image_name(row: dict[str, Any]) -> str:
     return f"{row['key']}.jpg"
 
 
-def _images(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
-    for i, data in read_bytes(rows):
-        yield rows[i], data
+def image_record(row: dict[str, Any], shard_meta: dict[str, Any]) -> dict[str, Any]:
+    """concept + FIELDS of one image: the manifest row, completed from its shard's json (e.g. a generator's model)."""
+    record: dict[str, Any] = {"concept": row["concept"]}
+    for name, dtype in FIELDS.items():
+        value = row.get(name) if row.get(name) is not None else shard_meta.get(name)
+        if any(name in only for source, only in ONLY.items() if source != row["source"]):
+            value = None
+        record[name] = None if value is None else {"int64": int, "float64": float}.get(dtype, str)(value)
+    return record
 
 
-def export_parquet(rows: list[dict[str, Any]], out: Path, rows_per_file: int = 10_000) -> int:
-    """HF-style parquet files under out/data plus a dataset card; returns the image count."""
-    files = max(1, -(-len(rows) // rows_per_file))
-    schema = pa.schema([("image", IMAGE_TYPE), ("image_name", pa.string()), ("concept", pa.string()),
-                        ("source", pa.string()), *((name, pa.string()) for name in ATTRIBUTION)],
-                       metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
-    count, part, batch = 0, 0, []
+def _records(rows: list[dict[str, Any]]) -> Iterator[Record]:
+    """(record, stored bytes) per row, reading each shard once, in shard order."""
+    by_shard: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], {})[row["key"]] = row
+    for shard, wanted in by_shard.items():
+        for key, data, meta in read_shard(shard):
+            if key in wanted:
+                yield image_record(wanted[key], meta), data
+
+
+def hf_features(names: list[str]) -> dict[str, Any]:
+    """The `datasets` Features dict (as Features.to_dict writes it) of the parquet export."""
+    return {"image": {"_type": "Image"}, "concept": {"names": list(names), "_type": "ClassLabel"},
+            **{name: {"dtype": dtype, "_type": "Value"} for name, dtype in FIELDS.items()}}
+
+
+def export_parquet(records: Iterable[Record], out: Path, names: list[str], rows_per_file: int = 10_000) -> int:
+    """out/data/train-*.parquet: image, concept as a class index, FIELDS; the schema carries the HF features."""
+    schema = pa.schema([("image", IMAGE_TYPE), ("concept", pa.int64()),
+                        *((name, ARROW[dtype]) for name, dtype in FIELDS.items())],
+                       metadata={"huggingface": json.dumps({"info": {"features": hf_features(names)}})})
+    label = {name: i for i, name in enumerate(names)}
     (out / "data").mkdir(parents=True)
+    parts, batch, count = [], [], 0
 
     def flush() -> None:
-        nonlocal part
-        table = pa.Table.from_pylist(batch, schema=schema)
-        pq.write_table(table, out / "data" / f"train-{part:05d}-of-{files:05d}.parquet")
-        part += 1
+        path = out / "data" / f".part-{len(parts):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(batch, schema=schema), path)
+        parts.append(path)
         batch.clear()
 
-    for row, data in _images(rows):
-        batch.append({"image": {"bytes": data, "path": image_name(row)}, "image_name": image_name(row),
-                      "concept": row["concept"], "source": row["source"],
-                      **{name: row.get(name) for name in ATTRIBUTION}})
+    for record, data in records:
+        batch.append({**record, "image": {"bytes": data, "path": image_name(record)},
+                      "concept": label[record["concept"]]})
         count += 1
         if len(batch) == rows_per_file:
             flush()
-    if batch or part == 0:
+    if batch or not parts:
         flush()
-    (out / "README.md").write_text(_card(count, part))
+    for i, path in enumerate(parts):  # the total is known only now: train-00000-of-00002.parquet
+        path.rename(out / "data" / f"train-{i:05d}-of-{len(parts):05d}.parquet")
     return count
 
 
-def _card(count: int, files: int) -> str:
-    return ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
-            "dataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: image_name\n    dtype: string\n"
-            "  - name: concept\n    dtype: string\n  - name: source\n    dtype: string\n"
-            + "".join(f"  - name: {name}\n    dtype: string\n" for name in ATTRIBUTION) + "---\n"
-            f"# pas curated dataset\n\n{count} images in {files} parquet file(s), "
-            "curated by pas (Precision at Scale): generated and retrieved images, filtered, de-duplicated and "
-            "decontaminated against the evaluation sets.\n")
-
-
-def export_imagefolder(rows: list[dict[str, Any]], out: Path) -> int:
-    """out/<concept>/<key>.jpg with the stored bytes, and out/metadata.jsonl (the HF imagefolder convention: one
-    line per image with its file_name, concept, source and attribution); returns the image count."""
+def export_imagefolder(records: Iterable[Record], out: Path, names: list[str]) -> int:
+    """out/<concept>/<key>.jpg with the stored bytes, and out/metadata.jsonl (the HF imagefolder convention: one line
+    per image, file_name then concept and FIELDS); returns the image count."""
     count = 0
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "metadata.jsonl", "w") as metadata:
-        for row, data in _images(rows):
-            folder = out / safe_name(row["concept"])  # distinct names never share a folder
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / image_name(row)).write_bytes(data)
-            record = {"file_name": f"{folder.name}/{image_name(row)}", **{k: row.get(k) for k in META}}
-            metadata.write(json.dumps(record, default=str) + "\n")
+        for record, data in records:
+            folder = out / safe_name(record["concept"])  # distinct names never share a folder
+            folder.mkdir(exist_ok=True)
+            (folder / image_name(record)).write_bytes(data)
+            metadata.write(json.dumps({"file_name": f"{folder.name}/{image_name(record)}", **record}) + "\n")
             count += 1
     return count
 
 
-def export_webdataset(rows: list[dict[str, Any]], out: Path, shard_size: int = 5_000) -> int:
-    """out/pas-NNNNNN.tar shards of key.jpg + key.json; returns the image count."""
-    out.mkdir(parents=True, exist_ok=True)
-    records = ((row["key"], data, {k: row.get(k) for k in META}) for row, data in _images(rows))
+def export_webdataset(records: Iterable[Record], out: Path, names: list[str], shard_size: int = 5_000) -> int:
+    """out/pas-NNNNNN.tar shards of key.jpg + key.json (concept, label, FIELDS); returns the image count."""
+    label = {name: i for i, name in enumerate(names)}
+    samples = ((r["key"], data, {**r, "label": label[r["concept"]]}) for r, data in records)
     count, index = 0, 0
-    while True:
-        chunk = [record for _, record in zip(range(shard_size), records)]
-        if not chunk:
-            break
+    while chunk := [sample for _, sample in zip(range(shard_size), samples)]:
         count += write_shard(out / shard_name("pas", index), chunk)
         index += 1
     return count
 
 
-FORMATS: dict[str, Callable[[list[dict[str, Any]], Path], int]] = {
+FORMATS: dict[str, Callable[[Iterable[Record], Path, list[str]], int]] = {
     "parquet": export_parquet, "imagefolder": export_imagefolder, "webdataset": export_webdataset}
 
 
-def export(curated: str | Path, out: str | Path, formats: Sequence[str] = tuple(FORMATS)) -> dict[str, int]:
-    """Write each format under out/<format>; returns images written per format."""
+def _yaml_features(names: list[str], fmt: str) -> list[dict[str, Any]]:
+    concept = {"name": "concept", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}}
+    fields = [{"name": name, "dtype": dtype} for name, dtype in FIELDS.items()]
+    if fmt == "webdataset":  # the columns datasets' webdataset builder makes: the json becomes a struct
+        struct = [concept, {"name": "label", "dtype": "int64"}, *fields]
+        return [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
+                {"name": "jpg", "dtype": "image"}, {"name": "json", "struct": struct}]
+    return [{"name": "image", "dtype": "image"}, concept, *fields]
+
+
+DATA_FILES = {"parquet": "data/train-*.parquet", "imagefolder": ["*/*.jpg", "metadata.jsonl"], "webdataset": "*.tar"}
+SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket of n examples."""
+    return next((label for bound, label in SIZES if n < bound), "1B<n<10B")
+
+
+def front_matter(fmt: str, info: CardInfo, total: int) -> dict[str, Any]:
+    """The card's YAML metadata: license, categories, tags, the data files and features (concept: ClassLabel)."""
+    tiny = info.provenance is not None and tiny_warning(info.provenance) is not None
+    features = _yaml_features(info.names, fmt)
+    meta: dict[str, Any] = {"license": info.license}
+    if info.license == "other":
+        meta["license_name"] = "mixed-sources"
+    domain = (info.provenance or {}).get("params", None) or {}
+    meta.update({"pretty_name": " ".join(["pas curated dataset", str(domain.get("domain", ""))]).strip(), "task_categories": ["image-classification"],
+                 "size_categories": [size_category(total)],
+                 "tags": ["pas", "synthetic", "image-retrieval", *(["random-tiny-models"] if tiny else [])],
+                 "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILES[fmt]}],
+                              # what load_dataset(<folder>) applies (the webdataset builder reads dataset_info's)
+                              **({} if fmt == "webdataset" else {"features": features})}],
+                 "dataset_info": {"features": features}})
+    return meta
+
+
+HOW_TO_LOAD = {
+    "parquet": ('from datasets import load_dataset\nds = load_dataset("parquet", data_dir="{dir}/data", '
+                'split="train")  # or load_dataset("{dir}")\nds.features["concept"].names'),
+    "imagefolder": ('from datasets import load_dataset\nds = load_dataset("{dir}", split="train")  # concept is a '
+                    'ClassLabel (from this card)\n# or: load_dataset("imagefolder", data_dir="{dir}", split="train") '
+                    '(concept as text)\n# or: torchvision.datasets.ImageFolder("{dir}")'),
+    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..NNNNNN}}.tar").decode("pil")'
+                   '.to_tuple("jpg", "json")\n# or: datasets.load_dataset("{dir}", split="train")  '
+                   '# json.concept is a ClassLabel'),
+}
+
+
+def dataset_card(fmt: str, info: CardInfo, directory: str = ".") -> str:
+    """The README.md of one exported format: YAML front matter, then counts, fields, license, provenance, loading."""
+    total = sum(info.counts.values())
+    by_source = Counter()
+    for (_, source), n in info.counts.items():
+        by_source[source] += n
+    summary = (f"{total} images of {len(info.names)} concepts ({fmt}), curated by pas (Precision at Scale): "
+               "generated and retrieved images, filtered by CLIP domain and concept scores, de-duplicated, "
+               "decontaminated against the evaluation sets and balanced across concepts.")
+    warning = tiny_warning(info.provenance) if info.provenance is not None else None
+    lines = ["---", yaml.safe_dump(front_matter(fmt, info, total), sort_keys=False, allow_unicode=True).rstrip(),
+             "---", "", "# pas curated dataset", "", *([f"> **Warning:** {warning}.", ""] if warning else []),
+             summary, "", "## Classes", "", "| label | concept | images | generated | retrieved |",
+             "|---:|---|---:|---:|---:|"]
+    for i, name in enumerate(info.names):
+        gen, ret = info.counts[(name, "generated")], info.counts[(name, "retrieved")]
+        lines.append(f"| {i} | {name.replace('|', '/')} | {gen + ret} | {gen} | {ret} |")
+    lines += [f"| | **total** | {total} | {by_source['generated']} | {by_source['retrieved']} |", "",
+              "## Per-image fields", "", "- `concept`: the class (ClassLabel; `label` is its index in WebDataset json)",
+              *(f"- `{name}`: {ABOUT[name]}" for name in FIELDS), "", "## License", "",
+              f"`{info.license}`. {LICENSE_NOTE}", "",
+              provenance_markdown(info.provenance, with_params=True, warn=False) if info.provenance is not None
+              else "## Provenance\n\nnot recorded (exported without models/lock.json and params)\n",
+              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory), "```", ""]
+    return "\n".join(lines)
+
+
+def export(curated: str | Path, out: str | Path, formats: Sequence[str] = tuple(FORMATS),
+           license_id: str = DEFAULT_LICENSE, provenance: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write each format (and its card) under out/<format>; returns images written per format."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown export format {unknown[0]!r}; use one of {', '.join(FORMATS)}")
     rows = read_table(curated).to_pylist()
+    if missing := sorted({row["shard"] for row in rows if not Path(row["shard"]).is_file()}):
+        from pas.core.config import PasError
+
+        raise PasError(f"{len(missing)} shard(s) listed in {curated} not found (e.g. {missing[0]}); shard paths are "
+                       "relative to the repository root: run pas export there, after dvc pull")
+    names = sorted({row["concept"] for row in rows})
     written = {}
     with contextlib.ExitStack() as stack:  # every format renamed into place only when all of them succeeded
         for name in formats:
             tmp = stack.enter_context(atomic_dir(Path(out) / name))
-            written[name] = FORMATS[name](rows, tmp)
+            info = CardInfo(names, license_id, provenance)
+            written[name] = FORMATS[name](_counted(_records(rows), info.counts), tmp, names)
+            (tmp / "README.md").write_text(dataset_card(name, info, str(Path(out) / name)), encoding="utf-8")
             log.info("exported %d images as %s to %s", written[name], name, Path(out) / name)
     if any(n != len(rows) for n in written.values()):
         log.warning("the manifest lists %d images but %s were exported (missing from their shards)", len(rows), written)
     return written
 
 
+def _counted(records: Iterable[Record], counts: Counter) -> Iterator[Record]:
+    for record, data in records:
+        counts[(record["concept"], record["source"])] += 1
+        yield record, data
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
-    """Command line: python -m pas.curation.export --curated <manifest> --out <folder> [--formats ...]."""
+    """Command line: pas export --out <folder> [--curated <manifest>] [--formats ...] [--license ID]."""
+    from pas.core.config import load_params
+    from pas.core.provenance import DATASET_PARAMS, collect_provenance
     from pas.core.runtime import setup_logging
 
     setup_logging()
-    parser = argparse.ArgumentParser(prog="python -m pas.curation.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pas export", description=__doc__.splitlines()[0])
     parser.add_argument("--curated", default="data/curated/manifest.parquet", help="curated manifest (dedup output)")
     parser.add_argument("--out", required=True, help="folder to write the exports into")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument("--license", default=DEFAULT_LICENSE,
+                        help=f"the cards' license id (default {DEFAULT_LICENSE}: {LICENSE_NOTE})")
+    parser.add_argument("--params", default="params.yaml", help="params file, for the cards' provenance")
+    parser.add_argument("--lock", default="models/lock.json", help="models lock, for the cards' provenance")
     args = parser.parse_args(argv)
-    written = export(args.curated, args.out, args.formats)
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    picked = None if params is None else {k: v for k, v in params.items() if k in DATASET_PARAMS}
+    written = export(args.curated, args.out, args.formats, args.license, collect_provenance(".", picked, args.lock))
     print(json.dumps(written))
     return written
 

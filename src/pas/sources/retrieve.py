@@ -186,6 +186,7 @@ class PoolFiles:
     ids: list[str]
     urls: list[str | None] | None = None      # a URL pool (no local copies): hits are downloaded
     captions: list[str | None] | None = None
+    source_urls: list[str | None] | None = None  # every item's URL when known, local copies or not (attribution)
 
     @classmethod
     def read(cls, folder: Path) -> PoolFiles:
@@ -193,8 +194,15 @@ class PoolFiles:
         table = read_table(folder / "files.parquet")
         names = table.column_names
         web = "url" in names and "image_path" not in names
-        column = (lambda name: table.column(name).to_pylist() if name in names else None)
-        return cls(table.column("id").to_pylist(), column("url") if web else None, column("caption"))
+        column = (lambda *options: next((table.column(n).to_pylist() for n in options if n in names), None))
+        return cls(table.column("id").to_pylist(), column("url") if web else None, column("caption", "TEXT"),
+                   column("url", "URL"))
+
+
+def _url(files: PoolFiles, row: int) -> str | None:
+    """Where pool item `row` came from, when the pool's metadata says."""
+    urls = files.source_urls or files.urls
+    return urls[row] if urls else None
 
 
 def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig,
@@ -284,7 +292,7 @@ def retrieve(
         meta = {"key": key, "source": "retrieved", "concept": concept["name"], "prompt": concept["prompts"][0],
                 "pool_source": str(pool_source), "pool_id": pool_id, "pool_row": claim["pool_row"],
                 "similarity": claim["similarity"],
-                "url": files.urls[claim["pool_row"]] if files.urls else None,
+                "url": _url(files, claim["pool_row"]),
                 "caption": files.captions[claim["pool_row"]] if files.captions else None,
                 "rank": claim["rank"], "shard": shard_name("retrieved", shard_index),
                 "width": image.width, "height": image.height}
