@@ -1,4 +1,6 @@
 """evaluate: top-1/top-5/per-class per dataset, init and protocol -> metrics/eval.json, report and plots."""
+import json
+from pathlib import Path
 
 from pas.core.config import build
 from pas.core.shards import atomic_dir, atomic_path
@@ -7,18 +9,30 @@ from pas.evaluate.eval_md import render_eval_md
 from pas.evaluate.metrics import EvaluateConfig, evaluate
 from pas.transfer.index import pretrain_dataset, read_finetune_index
 
-# size, mix and pretrain.* are read only to label the results: MLflow then holds each result with the
-# experiment coordinates that `python -m pas.evaluate.compare` plots against
-KEYS = ("size", "mix", "pretrain.method", "pretrain.backbone", "evaluate")
+# size and mix are read only to label the results (pretrain's method, backbone, budget and images seen come from
+# its model card): MLflow then holds each result with the experiment coordinates that `pas compare` plots against
+KEYS = ("size", "mix", "evaluate")
+CARD_COORDINATES = ("method", "backbone", "budget", "images_seen", "dataset")
+
+
+def pretrain_coordinates(folder):
+    """pretrain.method / backbone / budget / images_seen / dataset as the pretrain stage ran them (its model card)."""
+    card = json.loads((folder / "model_card.json").read_text())
+    values = {"method": card["method"], "backbone": card["backbone"],
+              "budget": card.get("derived", {}).get("budget") or "epochs",
+              "images_seen": card.get("metrics", {}).get("images_seen"),
+              "dataset": (card.get("dataset") or {}).get("name")}
+    return {f"pretrain.{key}": values[key] for key in CARD_COORDINATES}
 
 
 def body(args, params, run):
     cfg = build(EvaluateConfig, params.get("evaluate"), "evaluate")
+    concepts = json.loads(Path(args.concepts).read_text())["concepts"] if args.concepts else None
     with atomic_dir(args.plots) as plots:
-        metrics = evaluate(args.finetune, cfg, plots)
-    pretrain = params.get("pretrain", {})
-    coordinates = {"size": params.get("size"), "mix": params.get("mix"), "pretrain.method": pretrain.get("method"),
-                   "pretrain.backbone": pretrain.get("backbone")}
+        metrics = evaluate(args.finetune, cfg, plots, concepts)
+    card = pretrain_coordinates(Path(args.pretrained))
+    run.log_params(card)
+    coordinates = {"size": params.get("size"), "mix": params.get("mix"), **card}
     index = read_finetune_index(args.finetune)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)
@@ -34,4 +48,6 @@ if __name__ == "__main__":
     parser.add_argument("--finetune", required=True, help="finetune output folder")
     parser.add_argument("--plots", required=True, help="folder for confusion, learning-curve and summary PNGs")
     parser.add_argument("--report", required=True, help="markdown report to write")
+    parser.add_argument("--pretrained", required=True, help="pretrain output folder (its model card names the run)")
+    parser.add_argument("--concepts", help="concepts.json: its names are compared with each dataset's classes")
     run_stage("evaluate", KEYS, parser, body, metrics_name="eval")

@@ -1,10 +1,20 @@
 """finetune: linear, kNN, few-shot, full fine-tune (and ELFIS) for each downstream dataset and init."""
+import json
+from pathlib import Path
+
 from pas.core.config import top_level
+from pas.core.recipes import with_recipe
 from pas.core.shards import atomic_dir
 from pas.core.stage import run_stage, stage_parser
-from pas.transfer.finetune import finetune_config, pretrain_dataset, read_finetune_index, run_finetune, select_datasets
+from pas.transfer.finetune import (
+    finetune_config,
+    pretrain_dataset,
+    read_finetune_index,
+    run_finetune,
+    select_datasets,
+)
 
-KEYS = ("seed", "pretrain.backbone", "finetune")
+KEYS = ("seed", "finetune")
 CURVE_POINTS = 10  # learning-curve points per result sent to MLflow (the full curves are in index.json)
 
 
@@ -20,12 +30,21 @@ def log_curves(run, index_datasets):
                                     step=point["epoch"])
 
 
+def pretrained_backbone(folder):
+    """The architecture the pretrain stage trained (its model card), which `arch: pretrain` inits use."""
+    card = folder / "model_card.json"
+    if not card.is_file():
+        raise FileNotFoundError(f"{card} not found; run the pretrain stage first (dvc repro pretrain)")
+    return json.loads(card.read_text())["backbone"]
+
+
 def body(args, params, run):
-    cfg = finetune_config(params.get("finetune"))
+    cfg = finetune_config(with_recipe(params, "finetune"))
     seed = top_level(params).seed
     datasets = select_datasets(args.downstream, cfg, seed)
+    backbone = pretrained_backbone(Path(args.pretrained))
     with atomic_dir(args.out) as out:
-        metrics = run_finetune(datasets, params["pretrain"]["backbone"], args.pretrained, cfg, out, seed)
+        metrics = run_finetune(datasets, backbone, args.pretrained, cfg, out, seed)
     index = read_finetune_index(args.out)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)

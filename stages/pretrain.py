@@ -2,19 +2,20 @@
 from pathlib import Path
 
 from pas.core.config import build, top_level
-from pas.core.shards import atomic_dir, read_table
+from pas.core.recipes import with_recipe
+from pas.core.shards import atomic_dir
 from pas.core.stage import run_stage, stage_parser
-from pas.core.tracking import dataset_record
+from pas.ssl.datasets import resolve_dataset
 from pas.ssl.pretrain import PretrainConfig, pretrain
 
 KEYS = ("seed", "pretrain")
 
 
 def body(args, params, run):
-    cfg = build(PretrainConfig, params.get("pretrain"), "pretrain")
-    manifest = read_table(args.curated)  # shard paths in it are relative to the repository root
+    cfg = build(PretrainConfig, with_recipe(params, "pretrain"), "pretrain")
+    # curated: shard paths relative to the repository root; another dataset's shards are absolute
+    manifest, dataset = resolve_dataset(cfg.dataset, Path(args.curated))
     knn_val = Path(args.knn_val) if args.knn_val else None
-    dataset = dataset_record("curated", args.curated)
     run.log_input_dataset(dataset)
     with atomic_dir(args.out) as out:
         return pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=run.lightning_loggers(),

@@ -6,13 +6,17 @@ import csv
 import pytest
 from PIL import Image
 
+from pas.core.config import parse_size
 from pas.core.tracking import stage_run
 from pas.evaluate.compare import collect, main
 
 
-def _evaluate_run(size, linear: dict[str, float], method="simclr", label_free: float | None = None):
+def _evaluate_run(size, linear: dict[str, float], method="simclr", label_free: float | None = None,
+                  budget="epochs", images_seen=None):
+    seen = images_seen if images_seen is not None else 2 * parse_size(size)   # 2 epochs unless a budget is set
     params = {"size": size, "mix": {"generated": 0.5, "retrieved": 0.5},
-              "pretrain": {"method": method, "backbone": "resnet18"}, "evaluate": {"reference": "pas"}}
+              "pretrain": {"method": method, "backbone": "resnet18", "budget": budget, "images_seen": seen},
+              "evaluate": {"reference": "pas"}}
     metrics = {"animals": {init: {"linear": {"top1": v, "top5": 1.0},
                                   "fewshot_5": {"top1": v / 2, "top1_std": 0.01, "top5": 0.9}}
                            for init, v in linear.items()},
@@ -47,9 +51,12 @@ def test_two_sizes_give_two_rows_a_csv_and_a_plot(tracking_db, tmp_path, capsys)
     assert main(["--out", str(tmp_path / "cmp")]) == 0
     assert "2 experiment point(s)" in capsys.readouterr().out
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "## animals: linear" in table and "| size | method | backbone | mix | exp | pas | imagenet | random |" in table
-    assert "| 300 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | 45.0 | 90.0 | 30.0 | -45.0 | +15.0 |" in table
-    assert "| 2000 | simclr" in table
+    assert "## animals: linear" in table
+    assert "| size | method | backbone | mix | exp | budget | images seen | pas | imagenet | random |" in table
+    assert ("| 300 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | epochs | 600 | 45.0 | 90.0 | 30.0 | -45.0 "
+            "| +15.0 |") in table
+    assert "| 2000 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | epochs | 4000 |" in table
+    assert "Unequal compute" in table   # 2 epochs of 300 vs 2 epochs of 2000 images
     with open(tmp_path / "cmp" / "compare.csv") as handle:
         csv_rows = list(csv.DictReader(handle))
     assert len(csv_rows) == len(rows) == 12
@@ -82,3 +89,16 @@ def test_the_rank_correlation_says_when_the_score_disagrees_with_the_labels(trac
         _evaluate_run(size, {"pas": top1, "random": 0.30}, method="lejepa", label_free=loss)
     main(["--out", str(tmp_path / "cmp")])
     assert "**-1.00** over 3 experiments" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_budget_sweep_shows_equal_images_seen_and_no_compute_warning(tracking_db, tmp_path):
+    _evaluate_run("300", {"pas": 0.45, "random": 0.30, "imagenet": 0.90}, budget=1024, images_seen=1024)
+    _evaluate_run("2k", {"pas": 0.60, "random": 0.30, "imagenet": 0.90}, budget=1024, images_seen=1024)
+    assert main(["--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| 300 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | 1024 | 1024 |" in table
+    assert "| 2000 | simclr | resnet18 | generated=0.5 retrieved=0.5 | - | 1024 | 1024 |" in table
+    assert "Unequal compute" not in table
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
+    assert {(r["size"], r["budget"], r["images_seen"]) for r in rows} == {("300", "1024", "1024"),
+                                                                          ("2000", "1024", "1024")}

@@ -25,8 +25,8 @@ from pas.core.shards import atomic_path
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("experiment", "run_id", "exp_name", "size", "method", "backbone", "mix", "dataset", "init", "result",
-          "top1", "top1_std", "top5", "label_free_score")
+FIELDS = ("experiment", "run_id", "exp_name", "size", "method", "backbone", "mix", "budget", "images_seen", "dataset",
+          "init", "result", "top1", "top1_std", "top5", "label_free_score")
 _SKIP = {"gain", "elfis_gain", "summary"}
 
 
@@ -48,6 +48,8 @@ class Row:
     top1_std: float | None
     top5: float | None
     label_free_score: float | None = None  # LeJEPA's held-out loss of the pretrained backbone (lower: better)
+    budget: str = "-"        # pretrain.budget in images, or "epochs" (a fixed number of passes: compute grows with size)
+    images_seen: str = "-"   # images the pretraining actually trained on (steps x global batch)
 
 
 def _mix(params: dict[str, str]) -> str:
@@ -62,7 +64,8 @@ def _rows_of_run(run: Any, experiment: str, exp_name: str) -> list[Row]:
         return []
     coords = dict(experiment=experiment, run_id=run.info.run_id, exp_name=exp_name, size=parse_size(params["size"]),
                   method=params.get("pretrain.method", "-"), backbone=params.get("pretrain.backbone", "-"),
-                  mix=_mix(params))
+                  mix=_mix(params), budget=params.get("pretrain.budget", "-"),
+                  images_seen=params.get("pretrain.images_seen", "-"))
     rows = []
     for key, value in metrics.items():
         parts = key.rsplit(".", 3)
@@ -127,18 +130,30 @@ def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> 
                 continue
             inits = sorted({r.init for r in chosen}, key=lambda i: (i != reference, i))
             baselines = [i for i in inits if i != reference]
-            points = sorted({(r.size, r.method, r.backbone, r.mix, r.exp_name) for r in chosen})
-            head = ["size", "method", "backbone", "mix", "exp", *inits,
+            points = sorted({(r.size, r.method, r.backbone, r.mix, r.exp_name, r.budget, r.images_seen)
+                             for r in chosen})
+            head = ["size", "method", "backbone", "mix", "exp", "budget", "images seen", *inits,
                     *(f"{reference} − {b}" for b in baselines if reference in inits)]
             lines += [f"## {dataset}: {result}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for point in points:
-                top1 = {r.init: r.top1 for r in chosen if (r.size, r.method, r.backbone, r.mix, r.exp_name) == point}
+                top1 = {r.init: r.top1 for r in chosen
+                        if (r.size, r.method, r.backbone, r.mix, r.exp_name, r.budget, r.images_seen) == point}
                 gains = [_pct(top1[reference] - top1[b], "+") if reference in top1 and b in top1 else "—"
                          for b in baselines] if reference in inits else []
-                lines.append("| " + " | ".join([str(point[0]), *point[1:4], point[4] or "-",
+                lines.append("| " + " | ".join([str(point[0]), *point[1:4], point[4] or "-", *point[5:7],
                                                  *(_pct(top1.get(i)) for i in inits), *gains]) + " |")
             lines.append("")
+            lines += _compute_note(chosen)
     return "\n".join(lines + label_free_ranking(rows, reference, results[0] if results else "linear"))
+
+
+def _compute_note(rows: list[Row]) -> list[str]:
+    """A warning when points of different sizes trained on different numbers of images (a fixed epoch count)."""
+    seen = {r.images_seen for r in rows}
+    if len({r.size for r in rows}) > 1 and (len(seen) > 1 or "epochs" in {r.budget for r in rows}):
+        return ["**Unequal compute: these points trained for a number of epochs, so a larger dataset also got "
+                "more training (images seen differ); set pretrain.budget to compare sizes at equal compute.**", ""]
+    return []
 
 
 def label_free_ranking(rows: list[Row], reference: str, result: str) -> list[str]:

@@ -30,10 +30,12 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}"
 
 
-def _results_table(metrics: dict[str, Any], inits: list[str], reference: str) -> list[str]:
+def _results_table(metrics: dict[str, Any], inits: list[str], reference: str,
+                   mixed: dict[str, Any] | None = None) -> list[str]:
     baselines = [i for i in inits if i != reference]
     names = sorted({n for i in inits for n in metrics[i]}, key=_order)
-    head = ["result", *inits, *(f"{reference} − {b}" for b in baselines)]
+    head = ["result", *inits, *(f"{reference} − {b}" + (" **(different architecture)**" if b in (mixed or {}) else "")
+                                for b in baselines)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         row = [name, *(_cell(metrics[i].get(name)) for i in inits),
@@ -58,12 +60,34 @@ def _elfis_section(dataset: str, entry: dict[str, Any], metrics: dict[str, Any])
     return ([f"### ELFIS on {dataset}", ""] + lines) if lines else []
 
 
+def honesty_lines(summary: dict[str, Any]) -> list[str]:
+    """Warnings a reader cannot miss: gains across architectures, oracle concepts (or the overlap found)."""
+    lines = []
+    for baseline, pair in summary.get("mixed_architecture", {}).items():
+        lines += [f"> **CONFOUNDED: the gain over {baseline} compares different architectures ({pair['reference']} "
+                  f"vs {pair['baseline']}); it mixes architecture with pretraining data and is not evidence for "
+                  f"or against the data.** (evaluate.allow_mixed_arch is true)", ""]
+    for dataset, overlap in summary.get("concept_overlap", {}).items():
+        share = f"{overlap['named']} of {overlap['classes']} classes of {dataset}"
+        sources = ", ".join(f"{n} {s}" for s, n in sorted(overlap["by_source"].items())) or "none"
+        if overlap["oracle"]:
+            lines += [f"> **ORACLE CONCEPTS: the shipped concept bank names {share} (by source: {sources}; e.g. "
+                      f"{', '.join(overlap['examples'][:5])}). This result measures the oracle-concept setting, "
+                      f"not the paper's autonomous one (an LLM alone: concepts.discover.use_bank: false).**", ""]
+        else:
+            lines += [f"Concept overlap: concepts name {share} (by source: {sources}); none comes from the shipped "
+                      f"bank, so the concepts were not handed the downstream classes.", ""]
+    return lines
+
+
 def render_eval_md(metrics: dict[str, Any], index: dict[str, Any], reference: str,
                   coordinates: dict[str, Any] | None = None) -> str:
     """Markdown: what was compared, a table per dataset (top-1 %, gains in points), ELFIS, data problems."""
     order = [spec["name"] for spec in index.get("config", {}).get("inits", [])] or list(index["inits"])
     inits = [reference] + [name for name in order if name != reference and name in index["inits"]]
     lines = ["# Downstream evaluation", ""]
+    summary_all = metrics.get(SUMMARY, {})
+    lines += honesty_lines(summary_all)
     if coordinates:
         lines += ["Experiment: " + ", ".join(f"{k} = {v}" for k, v in coordinates.items()), ""]
     lines += ["| init | architecture | weights |", "|---|---|---|"]
@@ -77,7 +101,7 @@ def render_eval_md(metrics: dict[str, Any], index: dict[str, Any], reference: st
         lines += [f"## {dataset}", "",
                   f"{entry['format']}, {entry['num_classes']} classes, {entry['train']['images']} train / "
                   f"{entry['test']['images']} test images.", ""]
-        lines += _results_table(metrics[dataset], inits, reference) + [""]
+        lines += _results_table(metrics[dataset], inits, reference, summary_all.get("mixed_architecture")) + [""]
         lines += _elfis_section(dataset, entry, metrics[dataset])
         problems = entry.get("problems", [])
         if problems:

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as sklearn_confusion
 
 from pas.core.config import require
+from pas.evaluate.honesty import check_architectures, concept_overlap
 from pas.transfer.index import read_finetune_index
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class EvaluateConfig:
 
     reference: str = "pas"  # gain = reference top-1 minus each other init's, per result
     confusion: tuple[str, ...] = ("linear", "full")
+    allow_mixed_arch: bool = False  # report gains across architectures (marked as confounded) instead of refusing
 
     def validate(self, prefix: str) -> None:
         """Raise a ConfigError naming the first bad value."""
@@ -102,8 +104,12 @@ def elfis_gains(dataset_metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Path) -> dict[str, Any]:
-    """Metrics per dataset, init and result; gains of cfg.reference; confusion, curve and summary PNGs."""
+def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Path,
+             concepts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Metrics per dataset, init and result; gains of cfg.reference; confusion, curve and summary PNGs.
+
+    Gains across architectures are refused (or, with cfg.allow_mixed_arch, listed under summary.mixed_architecture);
+    with `concepts` (concepts.json's list) each dataset's class names are compared with the concept names."""
     from pas.evaluate.plots import plot_confusion, plot_dataset
 
     finetune_dir, plots_dir = Path(finetune_dir), Path(plots_dir)
@@ -111,12 +117,17 @@ def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Pat
     if cfg.reference not in index["inits"]:
         raise ValueError(f"evaluate.reference={cfg.reference!r} is not an init of this run; "
                          f"inits: {', '.join(index['inits'])}")
+    mixed = check_architectures({name: init["arch"] for name, init in index["inits"].items()}, cfg.reference,
+                                cfg.allow_mixed_arch)
     results: dict[str, Any] = {}
+    overlaps: dict[str, Any] = {}
     for dataset, entry in index["datasets"].items():
         if "skipped" in entry:
             log.warning("%s was skipped by finetune: %s", dataset, entry["skipped"])
             continue
         names, labels = entry["class_names"], np.load(finetune_dir / entry["test_labels"])
+        if concepts is not None:
+            overlaps[dataset] = concept_overlap(concepts, names)
         results[dataset] = {}
         for init, record in entry["inits"].items():
             results[dataset][init] = {}
@@ -134,6 +145,12 @@ def evaluate(finetune_dir: str | Path, cfg: EvaluateConfig, plots_dir: str | Pat
             results[dataset][ELFIS_GAIN] = elfis
         log.info("%s: %s minus each baseline = %s", dataset, cfg.reference, results[dataset][GAIN])
     results[SUMMARY] = summarise(results, cfg.reference)
+    results[SUMMARY]["architectures"] = {name: init["arch"] for name, init in index["inits"].items()}
+    if mixed:   # only with allow_mixed_arch: these gains mix architecture with data
+        results[SUMMARY]["mixed_architecture"] = mixed
+    if overlaps:
+        results[SUMMARY]["concept_overlap"] = overlaps
+        results[SUMMARY]["oracle_concepts"] = any(o["oracle"] for o in overlaps.values())
     score = index["inits"][cfg.reference]["source"].get("label_free_score")
     if score is not None:  # carried from the model card, so a restored pretrain stage still reports it
         results[SUMMARY]["label_free_score"] = score

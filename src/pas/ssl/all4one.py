@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pas.core.config import require, require_fields
-from pas.ssl.augment import simclr_view
+from pas.ssl.augment import byol_views, simclr_view
 from pas.ssl.barlow_twins import off_diagonal
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.centroid import CentroidEncoder
@@ -22,6 +22,8 @@ from pas.ssl.dist import gather
 from pas.ssl.heads import cosine_momentum, ema_update, mlp, momentum_copy
 from pas.ssl.nnclr import check_queue, nn_contrast, symmetric
 from pas.ssl.support import SupportQueue
+
+CIFAR_SIZE = 32   # solo-learn's CIFAR recipes blur nothing; its ImageNet-100 ones do
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,12 @@ class All4One(SSLMethod):
 
     @classmethod
     def view_transforms(cls, args: All4OneArgs, image_size: int) -> list[Transform]:
-        """Asymmetric views: view 2 adds solarisation with p 0.2."""
-        return [simclr_view(image_size), simclr_view(image_size, solarize=0.2)]
+        """solo-learn's asymmetric views: at CIFAR size (32 px) no blur and solarisation 0.2 on view 2
+        (scripts/pretrain/cifar/augmentations/asymmetric.yaml); above it blur 1.0 on view 1, blur 0.1 +
+        solarisation 0.2 on view 2 (scripts/pretrain/imagenet-100/augmentations/asymmetric.yaml)."""
+        if image_size <= CIFAR_SIZE:
+            return [simclr_view(image_size), simclr_view(image_size, solarize=0.2)]
+        return byol_views(image_size)
 
     @classmethod
     def check(cls, args: All4OneArgs, image_size: int, global_batch: int, prefix: str) -> None:

@@ -66,17 +66,22 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     log.info("loaded backbone weights from %s", path)
 
 
-def create_backbone(name: str, init: str = "random") -> tuple[nn.Module, int]:
-    """Build timm model `name` without a head (num_classes=0) -> (module, feature dimension)."""
+def create_backbone(name: str, init: str = "random", **kwargs: float) -> tuple[nn.Module, int]:
+    """Build timm model `name` without a head (num_classes=0) -> (module, feature dimension).
+
+    `kwargs` go to timm.create_model (e.g. drop_path_rate for a DINO student)."""
     import timm
 
     check_backbone(name)
     try:  # transformers then accept any image size; parameter shapes are unchanged
-        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
+        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
     except TypeError as err:
         if "dynamic_img_size" not in str(err):
-            raise
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+            raise ConfigError(f"backbone={name!r} does not take {', '.join(kwargs)} ({err})") from err
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except TypeError as err2:
+            raise ConfigError(f"backbone={name!r} does not take {', '.join(kwargs)} ({err2})") from err2
     if init != "random":
         load_weights(model, init)
     return model, int(model.num_features)

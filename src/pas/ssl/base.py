@@ -53,12 +53,18 @@ class SSLMethod(nn.Module, abc.ABC):
 
     Args: ClassVar[type]         # the method's frozen dataclass of hyperparameters
     grad_clip: float = 0.0       # clip the gradient norm to this before each step (0: no clipping)
+    grad_clip_per_parameter: bool = False  # clip each tensor's norm (DINO) instead of the global norm
     heldout_images: int = 0      # images pretrain keeps out of training to compute label_free_score on
 
     @classmethod
     def view_transforms(cls, args: Any, image_size: int) -> list[Transform]:
         """The augmentation of every view the method trains on (in the order forward expects)."""
         return [simclr_view(image_size), simclr_view(image_size)]
+
+    @classmethod
+    def backbone_kwargs(cls, args: Any) -> dict[str, Any]:
+        """Extra timm create_model arguments for the online backbone (DINO: drop_path_rate)."""
+        return {}
 
     @classmethod
     def check(cls, args: Any, image_size: int, global_batch: int, prefix: str) -> None:

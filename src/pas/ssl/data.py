@@ -45,7 +45,7 @@ def shard_plan(manifest: pa.Table, root: Path) -> ShardPlan:
     plan = []
     for shard in sorted(groups):
         path = Path(root) / shard
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"shard {path} listed in the manifest does not exist")
         plan.append((path, frozenset(groups[shard])))
     return plan
@@ -56,13 +56,26 @@ def mix_seed(*values: int) -> int:
     return int(np.random.SeedSequence([v % 2**64 for v in values]).generate_state(1)[0])
 
 
+def read_records(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (key, encoded image) of the listed keys from a tar shard, a parquet file or an image folder."""
+    from pas.ssl.datasets import read_folder_images, read_parquet_rows
+
+    if path.is_dir():
+        return read_folder_images(path, keys)
+    if path.suffix == ".parquet":
+        return read_parquet_rows(path, keys)
+    return read_listed(path, keys)
+
+
 def read_listed(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]]:
-    """Yield (key, jpeg bytes) in tar order for the listed keys; fail if one is missing."""
+    """Yield (key, image bytes) in tar order for the listed keys; fail if one is missing."""
+    from pas.ssl.datasets import TAR_IMAGE_EXTS
+
     found = set()
     with tarfile.open(path, mode="r|*") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
-            if member.isfile() and ext == "jpg" and key in keys and key not in found:
+            if member.isfile() and ext.lower() in TAR_IMAGE_EXTS and key in keys and key not in found:
                 found.add(key)
                 yield key, tar.extractfile(member).read()
     if len(found) != len(keys):
@@ -153,7 +166,7 @@ class ViewStream(IterableDataset):
     def _records(self, rank: int, world: int, worker: int, workers: int) -> Iterator[tuple[str, bytes]]:
         for index, start in self._shards(worker, workers):
             path, keys = self.plan[index]
-            for j, record in enumerate(read_listed(path, keys)):
+            for j, record in enumerate(read_records(path, keys)):
                 if self._keep(start + j, rank, world, worker, workers):
                     yield record
 

@@ -18,16 +18,18 @@ from pas.ssl.heads import cosine_momentum, ema_update, momentum_copy
 
 @dataclass(frozen=True)
 class DINOArgs:
-    """params.pretrain.method_args.dino (defaults: the paper's ViT recipe)."""
+    """params.pretrain.method_args.dino. Defaults: the vanilla main_dino.py argument defaults (facebookresearch/dino,
+    get_args_parser), not the README's "boosting" ViT-S variant (teacher_temp 0.07 over 30 warm-up epochs,
+    norm_last_layer false): recipes/dino_vits16.yaml cites each value."""
 
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
     student_temp: float = 0.1
-    teacher_temp: float = 0.07
+    teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 30.0
+    warmup_teacher_temp_epochs: float = 0.0
     center_momentum: float = 0.9
     base_momentum: float = 0.996
     final_momentum: float = 1.0
@@ -36,7 +38,8 @@ class DINOArgs:
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
     freeze_last_layer_epochs: float = 1.0
-    grad_clip: float = 3.0
+    grad_clip: float = 3.0                   # each parameter's gradient norm (utils.clip_gradients), not a global one
+    drop_path_rate: float = 0.1              # stochastic depth in the student; the teacher has none
 
     def validate(self, prefix: str) -> None:
         """Check ranges."""
@@ -44,7 +47,7 @@ class DINOArgs:
                        lambda v: v >= 1, "use an integer >= 1")
         require_fields(self, prefix, ("student_temp", "teacher_temp", "warmup_teacher_temp"),
                        lambda v: v > 0, "use a positive number")
-        require_fields(self, prefix, ("center_momentum", "base_momentum", "final_momentum"),
+        require_fields(self, prefix, ("center_momentum", "base_momentum", "final_momentum", "drop_path_rate"),
                        lambda v: 0 <= v <= 1, "use a number in [0, 1]")
         require_fields(self, prefix, ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "grad_clip",
                                       "local_crops"),
@@ -98,6 +101,16 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, stud
     return total / pairs
 
 
+def without_drop_path(module: nn.Module) -> nn.Module:
+    """Set every timm DropPath in `module` to drop nothing (the teacher of a drop-path student)."""
+    from timm.layers import DropPath
+
+    for layer in module.modules():
+        if isinstance(layer, DropPath):
+            layer.drop_prob = 0.0
+    return module
+
+
 def teacher_temperature(args: DINOArgs, epoch: float) -> float:
     """Linear warm-up from warmup_teacher_temp to teacher_temp over warmup_teacher_temp_epochs, then constant."""
     if epoch >= args.warmup_teacher_temp_epochs:
@@ -110,13 +123,14 @@ class DINO(SSLMethod):
     """Student = backbone + head; teacher = their EMA copies; centre = EMA of the teacher's mean logits."""
 
     Args = DINOArgs
+    grad_clip_per_parameter = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, args: DINOArgs) -> None:
         super().__init__()
         self.args = args
         self.grad_clip = args.grad_clip
         self.head = DINOHead(feature_dim, args)
-        self.teacher_backbone = momentum_copy(backbone)
+        self.teacher_backbone = without_drop_path(momentum_copy(backbone))
         self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(args.out_dim))
         self.register_buffer("epoch", torch.zeros(()))            # epochs done, for the temperature schedule
@@ -130,6 +144,11 @@ class DINO(SSLMethod):
             simclr_view(image_size, args.global_crop_scale, blur=0.1, solarize=0.2),
             *[simclr_view(args.local_crop_size, args.local_crop_scale, blur=0.5) for _ in range(args.local_crops)],
         ]
+
+    @classmethod
+    def backbone_kwargs(cls, args: DINOArgs) -> dict[str, float]:
+        """The student backbone gets stochastic depth (main_dino.py builds the teacher without it)."""
+        return {"drop_path_rate": args.drop_path_rate}
 
     @classmethod
     def check(cls, args: DINOArgs, image_size: int, global_batch: int, prefix: str) -> None:

@@ -34,6 +34,16 @@ def cosine_between(start: float, end: float, step: int, total_steps: int) -> flo
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
 
 
+@torch.no_grad()
+def clip_per_parameter(parameters: Any, max_norm: float) -> None:
+    """Scale each gradient whose own norm exceeds max_norm down to it (DINO utils.clip_gradients)."""
+    for p in parameters:
+        if p.grad is not None:
+            coef = max_norm / (float(p.grad.norm(2)) + 1e-6)
+            if coef < 1:
+                p.grad.mul_(coef)
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """Optimizer and schedules: AdamW or LARS (SGD momentum with layer-wise trust ratios)."""
@@ -43,7 +53,8 @@ class OptimizerConfig:
     weight_decay: float = 1e-4
     weight_decay_end: float | None = None   # cosine from weight_decay to this over training (DINO: 0.04 -> 0.4)
     momentum: float = 0.9                   # lars
-    trust_coeff: float = 0.001              # lars: the trust ratio's eta
+    trust_coeff: float = 0.02               # lars: the trust ratio's eta
+    trust_clip: bool = True                 # lars: adaptive lr clipped at the global lr (solo-learn `clip_lr`)
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -53,7 +64,7 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.
         from timm.optim import Lars
 
         groups = [{**group, "always_adapt": group["decay"]} for group in groups]
-        return Lars(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
+        return Lars(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coeff=cfg.trust_coeff, trust_clip=cfg.trust_clip)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.name!r}; use adamw or lars")
@@ -146,8 +157,12 @@ class PretrainModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
-        """Clip the gradient norm to the method's grad_clip (if any)."""
-        if self.method.grad_clip > 0:
+        """Clip gradients to the method's grad_clip (if any): one global norm, or each tensor's (DINO)."""
+        if self.method.grad_clip <= 0:
+            return
+        if self.method.grad_clip_per_parameter:
+            clip_per_parameter(self.parameters(), self.method.grad_clip)
+        else:
             self.clip_gradients(optimizer, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pas.core.config import ConfigError, require
+from pas.core.config import ConfigError, parse_size, require
+from pas.core.recipes import load_recipe
 from pas.core.runtime import num_workers, pick_device
 from pas.core.shards import atomic_path, write_json
 
@@ -28,24 +29,31 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "lars")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+LR_SCALINGS = ("linear", "none")
+LR_REFERENCE_BATCH = 256   # DINO main_dino.py and solo-learn: lr x global batch / 256
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """params.pretrain: SSL method (+ per-method args), backbone, optimisation and the kNN monitor."""
 
+    recipe: str = ""                        # a file of recipes/ whose pretrain block overrides these values
+    dataset: str = "curated"                # curated | a parquet / WebDataset .tar / ImageFolder path or glob
     method: str = "simclr"
-    backbone: str = "resnet18"
+    backbone: str = "tf_efficientnet_lite0"
     init: str = "random"
     image_size: int = 64
     epochs: int = 2
+    budget: int | str = 0                   # images seen (500k, 1.2M); 0: `epochs` decide
     batch_size: int = 64
     optimizer: str = "adamw"                # adamw | lars
-    lr: float = 1e-3
+    lr: float = 4e-3                        # base lr: x global batch / 256 with lr_scaling linear
+    lr_scaling: str = "linear"              # linear (lr x global batch / 256) | none (lr as given)
     weight_decay: float = 1e-4
     weight_decay_end: float | None = None   # cosine weight-decay schedule to this value (DINO: 0.04 -> 0.4)
     momentum: float = 0.9                   # lars
-    trust_coeff: float = 0.001              # lars
+    trust_coeff: float = 0.02               # lars eta (solo-learn: 0.02)
+    trust_clip: bool = True                 # lars: clip the adaptive lr at the global lr (solo-learn clip_lr)
     warmup_epochs: float = 0.0
     max_steps: int = -1
     accumulate_grad_batches: int = 1        # batches per optimizer step (effective batch = batch_size x this x GPUs)
@@ -73,6 +81,12 @@ class PretrainConfig:
                 f"use one of {', '.join(OPTIMIZERS)}")
         require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
                 f"use one of {', '.join(PRECISIONS)}")
+        if self.recipe:
+            load_recipe(self.recipe, prefix)   # names the recipes there are when this one is not
+        require(self.lr_scaling in LR_SCALINGS, f"{prefix}.lr_scaling", self.lr_scaling,
+                f"use one of {', '.join(LR_SCALINGS)}")
+        if self.budget != 0:
+            parse_size(self.budget, f"{prefix}.budget")
         for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2),
                           ("accumulate_grad_batches", 1)):
             value = getattr(self, name)
@@ -93,16 +107,26 @@ class PretrainConfig:
             key = f"{prefix}.method_args.{name}"
             require(name in METHODS, key, block, f"unknown method; use one of {', '.join(sorted(METHODS))}")
             require(block is None or isinstance(block, dict), key, block, "use a mapping of that method's keys")
-            args = method_args(name, block, key)
-            METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
+            args = method_args(name, block, key)   # every block's values are checked; sizes only for the method run
+            if name == self.method:
+                METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
 
-    def optimizer_config(self) -> Any:
-        """The optimizer settings for PretrainModule."""
+    @property
+    def images_budget(self) -> int:
+        """Images to train on in all (0: `epochs` passes over the dataset)."""
+        return 0 if self.budget == 0 else parse_size(self.budget, "pretrain.budget")
+
+    def effective_lr(self, global_batch: int) -> float:
+        """The peak learning rate: `lr` x global batch / 256 under the linear scaling rule, else `lr`."""
+        return self.lr * global_batch / LR_REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
+
+    def optimizer_config(self, global_batch: int = LR_REFERENCE_BATCH) -> Any:
+        """The optimizer settings for PretrainModule at this global batch (images per optimizer step)."""
         from pas.ssl.module import OptimizerConfig
 
-        return OptimizerConfig(name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                               weight_decay_end=self.weight_decay_end, momentum=self.momentum,
-                               trust_coeff=self.trust_coeff)
+        return OptimizerConfig(name=self.optimizer, lr=self.effective_lr(global_batch),
+                               weight_decay=self.weight_decay, weight_decay_end=self.weight_decay_end,
+                               momentum=self.momentum, trust_coeff=self.trust_coeff, trust_clip=self.trust_clip)
 
     def args(self) -> Any:
         """The selected method's frozen Args (paper defaults for keys not set)."""
@@ -162,6 +186,18 @@ def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:
         tmp.write_bytes(save(state, metadata=metadata))
 
 
+def training_length(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> tuple[int, int]:
+    """(optimizer steps, epochs to run): `epochs` passes, or with a budget the steps that see budget images
+    (rounded up to whole global batches), so every dataset size trains on the same number of images."""
+    if cfg.images_budget:
+        total_steps = math.ceil(cfg.images_budget / global_batch)
+    else:
+        total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps > 0:
+        total_steps = min(total_steps, cfg.max_steps)
+    return total_steps, max(1, math.ceil(total_steps / steps_per_epoch))
+
+
 def _metrics(module: Any, knn: Any, steps: int, start_step: int, images: int, images_per_step: int,
              seconds: float) -> dict[str, Any]:
     """metrics/pretrain.json: losses, the last epoch's monitor values and method terms, speed."""
@@ -177,6 +213,7 @@ def _metrics(module: Any, knn: Any, steps: int, start_step: int, images: int, im
         "steps": steps,
         "resumed_at_step": start_step,
         "images": images,
+        "images_seen": steps * images_per_step,
         "images_per_second": (steps - start_step) * images_per_step / max(seconds, 1e-9),
     }
     if knn is not None and knn.history:
@@ -203,7 +240,13 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
 
     from pas.ssl import get_method
     from pas.ssl.backbones import create_backbone
-    from pas.ssl.checkpoint import AtomicCheckpointIO, StepCheckpoint, finish, last_checkpoint, run_dir
+    from pas.ssl.checkpoint import (
+        AtomicCheckpointIO,
+        StepCheckpoint,
+        finish,
+        last_checkpoint,
+        run_dir,
+    )
     from pas.ssl.data import StreamSync, ViewStream, make_loader, split_heldout
     from pas.ssl.module import PretrainModule
     from pas.ssl.monitor import KnnMonitor, load_labeled_set, score_heldout
@@ -232,21 +275,21 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     require(batches_per_epoch >= accumulate, "pretrain.accumulate_grad_batches", accumulate,
             f"use at most {batches_per_epoch} (the full batches per epoch and device)")
     steps_per_epoch = batches_per_epoch // accumulate    # optimizer steps; a partial accumulation is not trained on
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps > 0:
-        total_steps = min(total_steps, cfg.max_steps)
+    global_batch = cfg.batch_size * accumulate * world
+    total_steps, epochs = training_length(cfg, steps_per_epoch, global_batch)
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_nodes": nodes,
                "num_workers": workers,
                "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
-               "effective_batch_size": cfg.batch_size * accumulate * world, "total_steps": total_steps,
-               "warmup_steps": warmup_steps,
+               "effective_batch_size": global_batch, "total_steps": total_steps, "epochs": epochs,
+               "budget": cfg.images_budget, "images_seen": total_steps * global_batch,
+               "lr": cfg.effective_lr(global_batch), "warmup_steps": warmup_steps,
                "views": len(dataset.transforms)}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 
-    backbone, feature_dim = create_backbone(cfg.backbone, cfg.init)
+    backbone, feature_dim = create_backbone(cfg.backbone, cfg.init, **cls.backbone_kwargs(args))
     method = cls(backbone, feature_dim, args)
-    module = PretrainModule(backbone, method, cfg.optimizer_config(), warmup_steps, total_steps,
+    module = PretrainModule(backbone, method, cfg.optimizer_config(global_batch), warmup_steps, total_steps,
                             steps_per_epoch)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
     callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
@@ -270,7 +313,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             accelerator=accelerator, devices=devices, num_nodes=nodes,
             strategy="ddp" if world > 1 else "auto",
             precision=trainer_precision(cfg.precision, accelerator), accumulate_grad_batches=accumulate,
-            max_epochs=cfg.epochs, max_steps=cfg.max_steps, limit_train_batches=steps_per_epoch * accumulate,
+            max_epochs=epochs, max_steps=total_steps, limit_train_batches=steps_per_epoch * accumulate,
             logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
             callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
         )
@@ -282,8 +325,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
         seconds = time.perf_counter() - start
 
-    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images,
-                       cfg.batch_size * accumulate * world, seconds)
+    metrics = _metrics(module, knn, trainer.global_step, module.start_step, images, global_batch, seconds)
     if heldout is not None and heldout.num_rows and trainer.is_global_zero:
         items = list(ViewStream(heldout, root, dataset.transforms, seed))
         views = [torch.stack([item["views"][v] for item in items]) for v in range(len(dataset.transforms))]

@@ -23,16 +23,33 @@ import numpy as np
 import torch
 
 from pas.core.config import ConfigError, build, require
+from pas.core.recipes import load_recipe
 from pas.core.runtime import pick_device
 from pas.core.shards import atomic_path, save_embeddings, write_json
-from pas.data.downstream import Dataset, DownstreamDataError, find_datasets, load_dataset
-from pas.transfer.elfis import ElfisConfig, MetaCategories, discover_meta_categories, embed_class_names
+from pas.data.downstream import (
+    Dataset,
+    DownstreamDataError,
+    find_datasets,
+    load_dataset,
+)
+from pas.transfer.elfis import (
+    ElfisConfig,
+    MetaCategories,
+    discover_meta_categories,
+    embed_class_names,
+)
 from pas.transfer.features import extract_features, load_pixels, pixel_features
 from pas.transfer.fulltune import FullConfig
 from pas.transfer.index import index_path, pretrain_dataset, read_finetune_index
 from pas.transfer.inits import InitInfo, InitSpec, build_init
 from pas.transfer.probe import LinearConfig, train_linear_probe
-from pas.transfer.protocols import PROTOCOLS, Context, FewshotConfig, KnnConfig, ProtocolSettings
+from pas.transfer.protocols import (
+    PROTOCOLS,
+    Context,
+    FewshotConfig,
+    KnnConfig,
+    ProtocolSettings,
+)
 
 __all__ = ["FinetuneConfig", "extract_features", "finetune_config", "pretrain_dataset", "read_finetune_index",
            "run_finetune", "train_linear_probe"]
@@ -52,6 +69,7 @@ _NESTED = {"linear": LinearConfig, "knn": KnnConfig, "fewshot": FewshotConfig, "
 class FinetuneConfig:
     """params.finetune: datasets, inits (each its own architecture + weights), protocols and their settings."""
 
+    recipe: str = ""  # a file of recipes/ whose finetune block overrides these values
     image_size: int = 64  # shorter side resized to this, then centre-cropped square
     batch_size: int = 256  # images per forward pass when extracting features or scoring
     datasets: tuple[str, ...] = ()  # folders under the downstream root (or paths); () = every dataset there
@@ -66,6 +84,8 @@ class FinetuneConfig:
 
     def validate(self, prefix: str) -> None:
         """Raise a ConfigError naming the first out-of-range value or inconsistent pair."""
+        if self.recipe:
+            load_recipe(self.recipe, prefix)   # names the recipes there are when this one is not
         require(self.image_size >= 8, f"{prefix}.image_size", self.image_size, "use an integer >= 8")
         require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use an integer >= 1")
         require(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "use a number in (0, 1)")

@@ -1,7 +1,9 @@
 """Full fine-tuning of backbone + head with layer-wise learning-rate decay (BEiT/MAE recipe, timm's layer groups).
 
 The head trains at `lr`; backbone layer group i of L at lr * layer_decay ** (L + 1 - i), so the stem
-moves least. AdamW, linear warm-up over the first epoch's 10% then cosine to 0; flips and padded random crops.
+moves least. AdamW, linear warm-up over the first epoch's 10% then cosine to 0. Augmentation (`augment`): the
+ImageNet recipe's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip at ImageNet resolutions (auto: >= 128 px),
+CIFAR-style flips and padded random crops below that.
 The head sees L2-normalised features and, by default, starts from the linear probe (LP-FT, Kumar et al.
 2022), so a short run refines a working classifier instead of distorting features under a random head.
 Batch norm keeps its running statistics by default, so training starts from the very features the
@@ -27,6 +29,10 @@ from pas.transfer.probe import HeadLoss
 log = logging.getLogger(__name__)
 
 
+AUGMENTS = ("auto", "random_resized_crop", "pad_crop")
+IMAGENET_MIN_SIZE = 128  # auto: from this side up the ImageNet recipe's crops, below it CIFAR's
+
+
 @dataclasses.dataclass(frozen=True)
 class FullConfig:
     """params.finetune.full: end-to-end fine-tuning settings."""
@@ -39,6 +45,7 @@ class FullConfig:
     weight_decay: float = 0.05
     probe_init: bool = True  # LP-FT: start the head from a linear probe on the frozen features
     freeze_bn_stats: bool = True  # batch norm keeps its running statistics (affine weights still train)
+    augment: str = "auto"  # auto | random_resized_crop (ImageNet) | pad_crop (CIFAR); auto: RRC from 128 px
 
     def validate(self, prefix: str) -> None:
         """Raise a ConfigError naming the first out-of-range value."""
@@ -49,6 +56,13 @@ class FullConfig:
         require(self.lr > 0, f"{prefix}.lr", self.lr, "use a number > 0")
         require(0 < self.layer_decay <= 1, f"{prefix}.layer_decay", self.layer_decay, "use a number in (0, 1]")
         require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
+        require(self.augment in AUGMENTS, f"{prefix}.augment", self.augment, f"use one of {', '.join(AUGMENTS)}")
+
+    def augmentation(self, image_size: int) -> str:
+        """The training augmentation at this resolution: `augment`, with auto resolved."""
+        if self.augment != "auto":
+            return self.augment
+        return "random_resized_crop" if image_size >= IMAGENET_MIN_SIZE else "pad_crop"
 
 
 class NormalisedHead(nn.Module):
@@ -97,6 +111,31 @@ def subset_positions(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def random_resized_crop(batch: torch.Tensor, gen: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """ImageNet training crops: per image a RandomResizedCrop (torchvision's sampling) back to the side, then a
+    random horizontal flip."""
+    size = batch.shape[-1]
+    out = []
+    for image in batch:
+        for _ in range(10):   # torchvision's attempts, then the whole image
+            area = size * size * float(torch.empty(1).uniform_(*scale, generator=gen))
+            log_ratio = torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+            aspect = math.exp(float(log_ratio))
+            w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < w <= size and 0 < h <= size:
+                y = int(torch.randint(0, size - h + 1, (1,), generator=gen))
+                x = int(torch.randint(0, size - w + 1, (1,), generator=gen))
+                break
+        else:
+            y, x, h, w = 0, 0, size, size
+        crop = image[None, :, y:y + h, x:x + w]
+        crop = nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                         antialias=True)[0]
+        out.append(crop.flip(-1) if float(torch.rand(1, generator=gen)) < 0.5 else crop)
+    return torch.stack(out)
+
+
 def _augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random crop of the image padded by 1/8 of its side (reflect)."""
     size = batch.shape[-1]
@@ -123,12 +162,13 @@ def finetune_full(backbone: nn.Module, head: nn.Module, loss_fn: HeadLoss, pixel
         opt, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(pixels), torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    augment = random_resized_crop if cfg.augmentation(pixels.shape[-1]) == "random_resized_crop" else _augment
     history = []
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(len(y), generator=gen)[: steps_per_epoch * cfg.batch_size]
         loss_sum, correct, seen = 0.0, 0, 0
         for idx in order.split(min(cfg.batch_size, len(order))):
-            images = normalise(_augment(x[idx].float() / 255.0, gen).to(device), init.mean, init.std)
+            images = normalise(augment(x[idx].float() / 255.0, gen).to(device), init.mean, init.std)
             loss, scores = loss_fn(head(backbone(images)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
