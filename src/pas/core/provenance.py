@@ -22,7 +22,7 @@ TINY_WARNING = ("images come from random-weight tiny models ({names}): this data
                 "it is not a real dataset")
 # params sections that shape the curated dataset: the params the dataset report and the export cards digest
 DATASET_PARAMS = ("size", "seed", "domain", "oversample", "mix", "models", "sample_data", "concepts", "generate",
-                  "pool_index", "retrieve", "embed", "filter", "dedup")
+                  "pool_index", "retrieve", "filter", "dedup")
 PIPELINE_WRITTEN = ("dvc.lock", "metrics", "plots")  # git-tracked files the pipeline itself rewrites: not "dirty"
 
 

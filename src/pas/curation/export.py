@@ -201,13 +201,13 @@ HOW_TO_LOAD = {
     "imagefolder": ('from datasets import load_dataset\nds = load_dataset("{dir}", split="train")  # concept is a '
                     'ClassLabel (from this card)\n# or: load_dataset("imagefolder", data_dir="{dir}", split="train") '
                     '(concept as text)\n# or: torchvision.datasets.ImageFolder("{dir}")'),
-    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..NNNNNN}}.tar").decode("pil")'
+    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..{last:06d}}}.tar", shardshuffle=False).decode("pil")'
                    '.to_tuple("jpg", "json")\n# or: datasets.load_dataset("{dir}", split="train")  '
                    '# json.concept is a ClassLabel'),
 }
 
 
-def dataset_card(fmt: str, info: CardInfo, directory: str = ".") -> str:
+def dataset_card(fmt: str, info: CardInfo, directory: str = ".", files: int = 1) -> str:
     """The README.md of one exported format: YAML front matter, then counts, fields, license, provenance, loading."""
     total = sum(info.counts.values())
     by_source = Counter()
@@ -230,7 +230,7 @@ def dataset_card(fmt: str, info: CardInfo, directory: str = ".") -> str:
               f"`{info.license}`. {LICENSE_NOTE}", "",
               provenance_markdown(info.provenance, with_params=True, warn=False) if info.provenance is not None
               else "## Provenance\n\nnot recorded (exported without models/lock.json and params)\n",
-              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory), "```", ""]
+              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory, last=max(files - 1, 0)), "```", ""]
     return "\n".join(lines)
 
 
@@ -253,7 +253,8 @@ def export(curated: str | Path, out: str | Path, formats: Sequence[str] = tuple(
             tmp = stack.enter_context(atomic_dir(Path(out) / name))
             info = CardInfo(names, license_id, provenance)
             written[name] = FORMATS[name](_counted(_records(rows), info.counts), tmp, names)
-            (tmp / "README.md").write_text(dataset_card(name, info, str(Path(out) / name)), encoding="utf-8")
+            card = dataset_card(name, info, str(Path(out) / name), len(list(tmp.glob("*.tar"))))
+            (tmp / "README.md").write_text(card, encoding="utf-8")
             log.info("exported %d images as %s to %s", written[name], name, Path(out) / name)
     if any(n != len(rows) for n in written.values()):
         log.warning("the manifest lists %d images but %s were exported (missing from their shards)", len(rows), written)
