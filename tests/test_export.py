@@ -68,7 +68,8 @@ def check_source_fields(record, rows):
         assert record["url"] is record["caption"] is record["pool_id"] is record["similarity"] is None
     else:
         assert (record["url"], record["caption"], record["pool_id"]) == (row["url"], row["caption"], row["pool_id"])
-        assert record["similarity"] == pytest.approx(0.25) and record["seed"] is record["model"] is record["prompt"] is None
+        assert record["similarity"] == pytest.approx(0.25)
+        assert record["seed"] is record["model"] is record["prompt"] is None
 
 
 def test_every_format_holds_every_image_byte_for_byte(exported):

@@ -58,7 +58,8 @@ def git_state(repo_root: str | Path) -> dict[str, Any]:
     """
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], check=False, cwd=repo_root, capture_output=True, text=True, timeout=30)
+            done = subprocess.run(["git", *args], check=False, cwd=repo_root, capture_output=True, text=True,
+                                  timeout=30)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout if done.returncode == 0 else None
@@ -117,8 +118,8 @@ def _commit_line(prov: dict[str, Any]) -> str:
 def provenance_lines(prov: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows shared by every rendering."""
     models = "; ".join(_model_line(m) for m in prov["models"]) or "not recorded (no models/lock.json)"
-    return [("models", models), ("params digest", prov["params_digest"] or "not recorded (no params)"), ("git commit", _commit_line(prov)),
-            ("date", prov["date"])]
+    return [("models", models), ("params digest", prov["params_digest"] or "not recorded (no params)"),
+            ("git commit", _commit_line(prov)), ("date", prov["date"])]
 
 
 def params_yaml(prov: dict[str, Any]) -> str:

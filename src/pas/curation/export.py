@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 from collections import Counter
@@ -177,6 +178,12 @@ def size_category(n: int) -> str:
     return next((label for bound, label in SIZES if n < bound), "1B<n<10B")
 
 
+def title(info: CardInfo) -> str:
+    """The card's title: pas <domain> curated dataset."""
+    domain = ((info.provenance or {}).get("params") or {}).get("domain")
+    return f"pas {domain} curated dataset" if domain else "pas curated dataset"
+
+
 def front_matter(fmt: str, info: CardInfo, total: int) -> dict[str, Any]:
     """The card's YAML metadata: license, categories, tags, the data files and features (concept: ClassLabel)."""
     tiny = info.provenance is not None and tiny_warning(info.provenance) is not None
@@ -184,14 +191,13 @@ def front_matter(fmt: str, info: CardInfo, total: int) -> dict[str, Any]:
     meta: dict[str, Any] = {"license": info.license}
     if info.license == "other":
         meta["license_name"] = "mixed-sources"
-    domain = (info.provenance or {}).get("params", None) or {}
-    meta.update({"pretty_name": " ".join(["pas curated dataset", str(domain.get("domain", ""))]).strip(), "task_categories": ["image-classification"],
+    meta.update({"pretty_name": title(info), "task_categories": ["image-classification"],
                  "size_categories": [size_category(total)],
                  "tags": ["pas", "synthetic", "image-retrieval", *(["random-tiny-models"] if tiny else [])],
                  "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILES[fmt]}],
                               # what load_dataset(<folder>) applies (the webdataset builder reads dataset_info's)
                               **({} if fmt == "webdataset" else {"features": features})}],
-                 "dataset_info": {"features": features}})
+                 "dataset_info": {"features": copy.deepcopy(features)}})  # a copy: no YAML anchors
     return meta
 
 
@@ -201,8 +207,8 @@ HOW_TO_LOAD = {
     "imagefolder": ('from datasets import load_dataset\nds = load_dataset("{dir}", split="train")  # concept is a '
                     'ClassLabel (from this card)\n# or: load_dataset("imagefolder", data_dir="{dir}", split="train") '
                     '(concept as text)\n# or: torchvision.datasets.ImageFolder("{dir}")'),
-    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..{last:06d}}}.tar", shardshuffle=False).decode("pil")'
-                   '.to_tuple("jpg", "json")\n# or: datasets.load_dataset("{dir}", split="train")  '
+    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..{last:06d}}}.tar", '
+                   'shardshuffle=False).decode("pil").to_tuple("jpg", "json")\n# or: datasets.load_dataset("{dir}", split="train")  '
                    '# json.concept is a ClassLabel'),
 }
 
@@ -218,7 +224,7 @@ def dataset_card(fmt: str, info: CardInfo, directory: str = ".", files: int = 1)
                "decontaminated against the evaluation sets and balanced across concepts.")
     warning = tiny_warning(info.provenance) if info.provenance is not None else None
     lines = ["---", yaml.safe_dump(front_matter(fmt, info, total), sort_keys=False, allow_unicode=True).rstrip(),
-             "---", "", "# pas curated dataset", "", *([f"> **Warning:** {warning}.", ""] if warning else []),
+             "---", "", f"# {title(info)}", "", *([f"> **Warning:** {warning}.", ""] if warning else []),
              summary, "", "## Classes", "", "| label | concept | images | generated | retrieved |",
              "|---:|---|---:|---:|---:|"]
     for i, name in enumerate(info.names):
@@ -230,7 +236,8 @@ def dataset_card(fmt: str, info: CardInfo, directory: str = ".", files: int = 1)
               f"`{info.license}`. {LICENSE_NOTE}", "",
               provenance_markdown(info.provenance, with_params=True, warn=False) if info.provenance is not None
               else "## Provenance\n\nnot recorded (exported without models/lock.json and params)\n",
-              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory, last=max(files - 1, 0)), "```", ""]
+              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory, last=max(files - 1, 0)),
+              "```", ""]
     return "\n".join(lines)
 
 
@@ -279,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     parser.add_argument("--out", required=True, help="folder to write the exports into")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--license", default=DEFAULT_LICENSE,
-                        help=f"the cards' license id (default {DEFAULT_LICENSE}: {LICENSE_NOTE})")
+                        help=f"the cards' license id (default {DEFAULT_LICENSE}: generated images follow their "
+                             "generator's license, retrieved images their sources' licenses)")
     parser.add_argument("--params", default="params.yaml", help="params file, for the cards' provenance")
     parser.add_argument("--lock", default="models/lock.json", help="models lock, for the cards' provenance")
     args = parser.parse_args(argv)
