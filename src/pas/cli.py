@@ -1,6 +1,11 @@
-"""`pas` command: small user-facing tools around the pipeline (`dvc repro` runs the stages)."""
+"""`pas` command: small user-facing tools around the pipeline (`dvc repro` runs the stages).
+
+    pas --version
+    pas [-q | -v] <command> [options]      pas <command> --help for its options and defaults
+"""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -9,18 +14,60 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pas.evaluate.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
     "plan": ("pas.sources.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
 }
+LEVELS = {"-q": "WARNING", "--quiet": "WARNING", "-v": "DEBUG", "--verbose": "DEBUG"}
+
+
+def usage() -> str:
+    """The top-level help: global options and the commands."""
+    lines = [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return ("usage: pas [-h] [--version] [-q | -v] <command> [options]\n\n"
+            "options:\n  -h, --help     show this help and exit\n  --version      print pas's version and exit\n"
+            "  -q, --quiet    warnings and errors only (PAS_LOG_LEVEL=WARNING)\n"
+            "  -v, --verbose  debug messages, and a traceback with every error (PAS_LOG_LEVEL=DEBUG)\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\n`pas <command> --help` shows a command's options and defaults.")
+
+
+def version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("pas")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch `pas <command> ...` to the command's own `main(argv)`."""
+    """Dispatch `pas [-q|-v] <command> ...` to the command's own `main(argv)`; expected errors are one line."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        lines = [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: pas <command> [options]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    module = __import__(COMMANDS[args[0]][0], fromlist=["main"])
+    while args and args[0] in LEVELS:   # global options come before the command
+        os.environ["PAS_LOG_LEVEL"] = LEVELS[args.pop(0)]   # read by setup_logging in this process
+    if not args:
+        print(usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args[0] == "--version":
+        print(f"pas {version()}")
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        known = "see pas --help" if name.startswith("-") else f"choose one of: {', '.join(COMMANDS)}"
+        print(f"pas: unknown {'option' if name.startswith('-') else 'command'} {name!r}; {known}", file=sys.stderr)
+        return 2
+    from pas.core.config import PasError
+
+    module = __import__(COMMANDS[name][0], fromlist=["main"])
     run: Callable[[Sequence[str]], object] = module.main
-    result = run(args[1:])
+    try:
+        result = run(args[1:])
+    except (PasError, FileNotFoundError) as err:   # expected: bad input, missing file; anything else is a bug
+        if os.environ.get("PAS_LOG_LEVEL") == "DEBUG":
+            raise
+        print(f"pas {name}: error: {err}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 

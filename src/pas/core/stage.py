@@ -80,3 +80,10 @@ def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
                         help="the params size, repeated in dvc.yaml's cmd so DVC's run cache keys on it "
                              "(treeverse/dvc#10296); checked against params")
     return parser
+
+
+def command_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `pas <command>` (every user command uses it): prog `pas <command>` in usage and errors, the
+    doc's first line as description, and each option's default shown in --help."""
+    return argparse.ArgumentParser(prog=f"pas {command}", description=(doc or "").strip().splitlines()[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -46,6 +46,18 @@ def tracking_uri(cwd: str | Path | None = None) -> str:
     return f"sqlite:///{here / 'mlflow.db'}"   # absolute: MLflow caches one store per URI string in a process
 
 
+def read_tracking_uri(uri: str | None = None) -> str:
+    """The store a reader (pas compare, pas show) opens: `uri`, else tracking_uri(). A SQLite file that does not
+    exist is a PasError naming it: reading never creates an empty mlflow.db (MLflow would)."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        from pas.core.config import PasError
+
+        raise PasError(f"no MLflow store {uri.removeprefix('sqlite:///')}: run pas in the repository (after dvc repro "
+                       "or dvc exp run), or point MLFLOW_TRACKING_URI / --tracking-uri at the store")
+    return uri
+
+
 def invocation_id() -> str:
     """Identify the pipeline execution this process belongs to.
 

@@ -63,8 +63,9 @@ def build_tiny_sd(dest: Path) -> None:
             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
             norm_num_groups=16, sample_size=64,
         )
-        scheduler = EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
+        scheduler = EulerDiscreteScheduler(   # steps_offset=1 as diffusers expects (unused by "trailing" spacing)
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing",
+            steps_offset=1,
         )
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

@@ -84,7 +84,10 @@ def _parquet_items(path: Path, root: Path) -> Iterator[PoolItem]:
         names = pq.read_schema(path).names
         column = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
         if column is None:
-            log.warning("%s has no image column (%s); skipped", path, ", ".join(PARQUET_IMAGE_COLUMNS))
+            if path.with_suffix(".tar").is_file():   # img2dataset's metadata table beside its shard (url, caption, ...)
+                log.debug("%s: metadata of the shard %s; its images are read from the shard", path, path.stem + ".tar")
+            else:
+                log.warning("%s has no image column (%s); skipped", path, ", ".join(PARQUET_IMAGE_COLUMNS))
             return
         for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=256):
             for value in batch.column(0).to_pylist():
