@@ -143,7 +143,9 @@ def build_concepts(domain: str, cfg: ConceptsConfig, seed: int,
         if cfg.captions and chat is not None:
             captions = llm_captions(chat, record, spec, cfg.captions)
             unusable += not captions
-        record["prompts"] = captions + diversify(record, spec, cfg.prompts_per_concept - len(captions), seed)
+        templated = diversify(record, spec, cfg.prompts_per_concept - len(captions), seed)
+        record["prompts"] = captions + templated
+        record["prompt_sources"] = ["llm captions"] * len(captions) + ["templates"] * len(templated)
         concepts.append(record)
     report = discovery.report()
     names = {c["name"] for c in concepts}

@@ -77,6 +77,15 @@ def _leaves(prefix: str, value: Any) -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+def _yaml_value(value: Any) -> str:
+    """A flag value any YAML reader parses back to `value` (1e-05 is a string to YAML 1.1 readers: 0.00001)."""
+    if isinstance(value, float) and "e" in repr(value):
+        import numpy as np
+
+        return np.format_float_positional(value, trim="-")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def recipe_flags(name: str, root: Path = RECIPES_DIR) -> list[str]:
     """The recipe as `-S key=value` flags of `dvc exp run` (values in YAML/JSON syntax)."""
     path = Path(root) / f"{name}.yaml"
@@ -86,8 +95,7 @@ def recipe_flags(name: str, root: Path = RECIPES_DIR) -> list[str]:
     flags = []
     for section in SECTIONS:
         for key, value in _leaves(section, data.get(section) or {}):
-            text = json.dumps(value) if not isinstance(value, str) else value
-            flags.append(f"-S '{key}={text}'")
+            flags.append(f"-S '{key}={_yaml_value(value)}'")
     return flags
 
 
