@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from pas.core.config import build
+from pas.core.provenance import collect_provenance, provenance_markdown
 from pas.core.shards import atomic_dir, atomic_path
 from pas.core.stage import run_stage, stage_parser
 from pas.evaluate.eval_md import render_eval_md
@@ -37,7 +38,9 @@ def body(args, params, run):
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)
     with atomic_path(args.report) as tmp:
-        tmp.write_text(render_eval_md(metrics, index, cfg.reference, coordinates))
+        title, report = render_eval_md(metrics, index, cfg.reference, coordinates).split("\n", 1)
+        provenance = provenance_markdown(collect_provenance(".", params, args.lock))
+        tmp.write_text(f"{title}\n\n{provenance}{report}")
     run.log_figures(args.plots)
     run.log_artifact(args.report)
     return metrics
@@ -49,5 +52,6 @@ if __name__ == "__main__":
     parser.add_argument("--plots", required=True, help="folder for confusion, learning-curve and summary PNGs")
     parser.add_argument("--report", required=True, help="markdown report to write")
     parser.add_argument("--pretrained", required=True, help="pretrain output folder (its model card names the run)")
+    parser.add_argument("--lock", default="models/lock.json", help="models/lock.json: the pinned models named up top")
     parser.add_argument("--concepts", help="concepts.json: its names are compared with each dataset's classes")
     run_stage("evaluate", KEYS, parser, body, metrics_name="eval")

@@ -1,6 +1,7 @@
 """The paper's claim tested honestly: same-architecture gains only, oracle concepts flagged, LLM-only concepts."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_concepts import FOOD101
 from test_llm import LLMServer
@@ -98,3 +99,17 @@ def test_paper_faithful_concepts_come_from_the_llm_alone_and_are_not_oracle(tmp_
         assert overlap["oracle"] is True and overlap["named"] == 101 and overlap["by_source"]["shipped"] == 101
     finally:
         server.close()
+
+
+def test_diversity_is_compared_on_equal_samples_in_one_space():
+    from pas.curation.diversity import against_references
+
+    eye = np.eye(16)                                   # 16 orthogonal images: as diverse as 16 can be
+    same = np.tile(eye[:1], (40, 1))                   # 40 copies of one image
+    out = against_references(eye, {"flat/train": same, "wide/train": np.vstack([eye, eye])}, cap=10)
+    assert out["flat/train"]["n"] == 10 == out["wide/train"]["n"]            # min(16, 40, cap)
+    assert out["flat/train"]["curated_vendi"] == pytest.approx(10.0)         # 10 sampled orthogonal rows
+    assert out["flat/train"]["reference_vendi"] == pytest.approx(1.0)
+    assert out["flat/train"]["reference_mean_cosine_distance"] == pytest.approx(0.0)
+    assert out["flat/train"]["curated_mean_cosine_distance"] == pytest.approx(1.0)
+    assert against_references(eye, {"x/train": same}, cap=2000)["x/train"]["n"] == 16

@@ -45,6 +45,9 @@ class Thresholds:
     crop_steps: int = 4
 
 
+SAMPLE_KEPT = 2000   # evaluation embeddings kept per set for the diversity comparison
+
+
 @dataclass
 class Contamination:
     """Per candidate: which evaluation set it is too close to (or -1), by which signal, and how close."""
@@ -57,6 +60,7 @@ class Contamination:
     copy_score: np.ndarray  # (N,) float32 best thumbnail correlation seen (NaN if none computed)
     per_set: dict[str, int] = field(default_factory=dict)  # candidates too close to each set (may overlap)
     sizes: dict[str, int] = field(default_factory=dict)  # images per evaluation set
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # a seeded sample of each set's CLIP embeddings
 
     @property
     def mask(self) -> np.ndarray:
@@ -81,7 +85,7 @@ def decontaminate(embeddings: np.ndarray, hashes: list[str], thumbs: np.ndarray,
     items: dict[str, np.ndarray] = {s: np.full(n, -1, np.int64) for s in SIGNALS}  # the matched image in that set
     nearest = np.full(n, np.nan, np.float32)
     copy_score = np.full(n, np.nan, np.float32)
-    per_set, sizes = {}, {}
+    per_set, sizes, samples = {}, {}, {}
     fractions = crop_fractions(limits.max_crop, limits.crop_steps)
     for index, (name, info) in enumerate(splits):
         found = np.zeros(n, bool)
@@ -90,6 +94,8 @@ def decontaminate(embeddings: np.ndarray, hashes: list[str], thumbs: np.ndarray,
         positions: list[int] = []
         images = _stream(info, batch, greys, eval_hashes, positions)
         eval_embeddings = encoder.encode_images(images, total=len(info.labels), desc=name)
+        keep = np.random.default_rng(index).permutation(len(eval_embeddings))[:SAMPLE_KEPT]
+        samples[name] = eval_embeddings[np.sort(keep)]   # diversity is compared on the same space later
         sizes[name] = len(greys)
         eval_hashes.pop("", None)
         by_hash = np.flatnonzero([bool(h) and h in eval_hashes for h in hashes])
@@ -114,7 +120,8 @@ def decontaminate(embeddings: np.ndarray, hashes: list[str], thumbs: np.ndarray,
     for kind in reversed(SIGNALS):  # the first signal in SIGNALS wins
         for i in np.flatnonzero(hits[kind] >= 0):
             set_index[i], item[i], signal[i] = hits[kind][i], items[kind][i], kind
-    return Contamination([name for name, _ in splits], set_index, item, signal, nearest, copy_score, per_set, sizes)
+    return Contamination([name for name, _ in splits], set_index, item, signal, nearest, copy_score, per_set, sizes,
+                         samples)
 
 
 def _stream(info: SplitInfo, batch: int, greys: list[np.ndarray], hashes: dict[str, int],

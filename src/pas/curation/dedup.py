@@ -22,6 +22,7 @@ from pas.core.runtime import pick_device
 from pas.core.shards import load_embeddings, read_table
 from pas.curation.balance import BALANCERS, source_share
 from pas.curation.decontam import Contamination, Thresholds, decontaminate, eval_splits
+from pas.curation.diversity import against_references
 from pas.curation.duplicates import SOURCES, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
 from pas.curation.fingerprints import read_fingerprints
 from pas.curation.neighbors import SearchConfig
@@ -90,7 +91,12 @@ def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, 
     dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(downstream), encoder,
                           Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())
     names = [c["name"] for c in json.loads(Path(concepts).read_text())["concepts"]]
-    return curate(rows, embeddings, content, dirty, size, names, cfg, real_share=real_share)
+    result = curate(rows, embeddings, content, dirty, size, names, cfg, real_share=real_share)
+    position = {r["key"]: i for i, r in enumerate(rows)}
+    curated = embeddings[[position[r["key"]] for r in result.curated]]
+    trains = {name: sample for name, sample in dirty.samples.items() if name.endswith("/train")}
+    result.metrics["diversity_vs_downstream"] = against_references(curated, trains)
+    return result
 
 
 def _nan_to_none(value: float) -> float | None:

@@ -44,3 +44,20 @@ def _one(x: np.ndarray) -> dict[str, float]:
     distance = mean_cosine_distance(x)
     return {"n": int(len(x)), "vendi": round(vendi_score(x), 4),
             "mean_cosine_distance": None if np.isnan(distance) else round(distance, 4)}
+
+
+def against_references(curated: np.ndarray, references: dict[str, np.ndarray], cap: int = 2000,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """Vendi score and mean cosine distance of the curated set next to each reference set (a downstream train
+    split), each pair on a seeded sample of the same size (min of both and `cap`) in the same embedding space:
+    {reference: {n, curated_vendi, reference_vendi, curated_mean_cosine_distance, reference_mean_cosine_distance}}."""
+    out = {}
+    for name, reference in sorted(references.items()):
+        n = min(len(curated), len(reference), cap)
+        rng = np.random.default_rng(seed)
+        mine = _one(curated[np.sort(rng.permutation(len(curated))[:n])])
+        theirs = _one(reference[np.sort(rng.permutation(len(reference))[:n])])
+        out[name] = {"n": n, "curated_vendi": mine["vendi"], "reference_vendi": theirs["vendi"],
+                     "curated_mean_cosine_distance": mine["mean_cosine_distance"],
+                     "reference_mean_cosine_distance": theirs["mean_cosine_distance"]}
+    return out
