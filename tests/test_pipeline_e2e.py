@@ -80,6 +80,12 @@ def test_repro_runs_the_whole_dag_offline(repo, reproduced):
     for folder in ("data/filtered", "data/curated"):               # manifests only: never copies of images
         copies = [p for p in (repo / folder).rglob("*") if p.suffix in (".jpg", ".jpeg", ".png", ".tar")]
         assert (repo / folder / "manifest.parquet").is_file() and copies == []
+    summary = evaluation["summary"]               # same-architecture comparison, oracle concepts said out loud
+    assert set(summary["architectures"].values()) == {"tf_efficientnet_lite0"} and "mixed_architecture" not in summary
+    assert summary["oracle_concepts"] is True and summary["concept_overlap"]["animal_shapes"]["named"] == classes
+    report = (repo / "metrics/eval.md").read_text()
+    assert "**ORACLE CONCEPTS: the shipped concept bank names 10 of 10 classes of animal_shapes" in report
+    assert "CONFOUNDED" not in report and "Warning:** images come from random-weight tiny models" in report
     shapes = evaluation["animal_shapes"]           # real ImageNet weights beat a random init of their architecture
     assert shapes["imagenet"]["linear"]["top1"] > shapes["random"]["linear"]["top1"]
     with sqlite3.connect(repo / "mlflow.db") as db:
@@ -118,7 +124,9 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, re
     """
     # commit the baseline results first, as a user would: queued runs start from the committed dvc.lock
     run("git add -A && git commit -qm baseline", repo)
-    run("dvc exp run --queue -S size=400 && dvc exp run --queue -S size=300", repo)
+    # at equal compute: every size pretrains on the same 640 images (pretrain.budget), as DataComp does
+    run("dvc exp run --queue -S size=400 -S pretrain.budget=640 && dvc exp run --queue -S size=300 "
+        "-S pretrain.budget=640", repo)
     proc = run("dvc exp run --run-all", repo)
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not ran(proc) & {"models", "concepts", "sample_data", "pool_index"}   # the baseline's, from the cache
@@ -141,8 +149,11 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, re
         rows = list(csv.DictReader(handle))
     assert {int(row["size"]) for row in rows} == {300, 400}
     assert {row["init"] for row in rows} >= {"pas", "random"}
+    assert {(row["budget"], row["images_seen"]) for row in rows} == {("640", "640")}   # equal images seen
     assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
-    assert "| 400 |" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    assert "| 400 | simclr | tf_efficientnet_lite0 |" in table and "| 640 | 640 |" in table
+    assert "Unequal compute" not in table
 
 
 def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, reproduced, tmp_path, tiny_models):

@@ -10,7 +10,6 @@ value, run its flags (`pas recipe NAME`) with that flag edited instead of the re
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,8 +100,10 @@ def recipe_flags(name: str, root: Path = RECIPES_DIR) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`pas recipe [NAME]`: list the recipes, or print one as dvc exp run flags."""
-    parser = argparse.ArgumentParser(prog="pas recipe", description="List the recipes of recipes/, or print one as "
-                                     "`dvc exp run -S` flags (apply a recipe whole with pretrain.recipe / finetune.recipe).")
+    from pas.core.stage import command_parser
+
+    parser = command_parser("recipe", "List the recipes of recipes/, or print one as `dvc exp run -S` flags (apply a "
+                                      "recipe whole with pretrain.recipe / finetune.recipe).")
     parser.add_argument("name", nargs="?", help="a recipe name (a file of recipes/ without .yaml)")
     parser.add_argument("--root", default=str(RECIPES_DIR), help="the recipes folder")
     args = parser.parse_args(argv)
