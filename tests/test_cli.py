@@ -127,3 +127,14 @@ def test_the_tiny_generator_loads_without_diffusers_warnings(tmp_path):
         build_tiny_sd(tmp_path / "sd")
         StableDiffusionPipeline.from_pretrained(str(tmp_path / "sd"))
     assert [str(w.message) for w in caught if "steps_offset" in str(w.message) or "outdated" in str(w.message)] == []
+
+
+@pytest.mark.parametrize("order", ["setup first", "lightning first"])
+def test_lightning_lines_are_printed_once(tmp_path, order):
+    steps = ["from pas.core.runtime import setup_logging", "setup_logging()", "import lightning.pytorch"]
+    if order == "lightning first":
+        steps = [steps[2], *steps[:2]]
+    code = "; ".join([*steps, "from lightning.fabric.utilities.seed import seed_everything", "seed_everything(3)"])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=True)
+    assert proc.stderr.count("Seed set to 3") == 1

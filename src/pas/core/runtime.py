@@ -50,6 +50,7 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("pas").setLevel(os.environ.get("PAS_LOG_LEVEL", "INFO"))
+    logging.getLogger("lightning").propagate = False   # Lightning prints its lines itself ("INFO: ..."): not twice
 
 
 def dvc_ancestor() -> psutil.Process | None:
