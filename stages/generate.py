@@ -5,7 +5,13 @@ from pathlib import Path
 from pas.core.config import build, top_level
 from pas.core.stage import run_stage, stage_parser
 from pas.models.registry import read_entry
-from pas.sources.generate import GenerateConfig, generate, makeup_jobs, plan_jobs, retrieval_shortfall
+from pas.sources.generate import (
+    GenerateConfig,
+    generate,
+    makeup_jobs,
+    plan_jobs,
+    retrieval_shortfall,
+)
 from pas.sources.plan import candidate_counts
 
 KEYS = ("size", "seed", "oversample", "mix", "generate")
