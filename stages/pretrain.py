@@ -9,6 +9,7 @@ from pas.ssl.datasets import resolve_dataset
 from pas.ssl.pretrain import PretrainConfig, pretrain
 
 KEYS = ("seed", "pretrain")
+TIMM_FOLDER = ("config.json", "model.safetensors", "README.md", "model_card.json")
 
 
 def body(args, params, run):
@@ -18,9 +19,12 @@ def body(args, params, run):
     knn_val = Path(args.knn_val) if args.knn_val else None
     run.log_input_dataset(dataset)
     with atomic_dir(args.out) as out:
-        return pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=run.lightning_loggers(),
-                        knn_val=knn_val, checkpoint_dir=Path(args.checkpoints), checkpoint_every=args.checkpoint_every,
-                        source=dataset)
+        metrics = pretrain(manifest, Path("."), cfg, out, top_level(params).seed, loggers=run.lightning_loggers(),
+                           knn_val=knn_val, checkpoint_dir=Path(args.checkpoints),
+                           checkpoint_every=args.checkpoint_every, source=dataset)
+    # the timm folder as the run's model artifact: MLflow's "backbone/" loads with timm.create_model("local-dir:...")
+    run.log_folder(args.out, "backbone", TIMM_FOLDER)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -166,3 +166,29 @@ def test_command_line_writes_the_chosen_formats_with_the_given_license(curated, 
     with pytest.raises(SystemExit) as stop:
         main(["--curated", str(manifest), "--out", str(tmp_path / "y"), "--formats", "zip"])
     assert stop.value.code == 2 and not (tmp_path / "y").exists()
+
+
+def test_the_backbone_exports_as_a_folder_timm_loads(tmp_path):
+    import timm
+    import torch
+
+    from pas.core.config import PasError
+    from pas.curation.export import export_backbone
+    from pas.ssl.pretrain import save_timm_folder
+
+    model = timm.create_model("test_resnet", num_classes=0)
+    card = {"backbone": "test_resnet", "method": "dino", "feature_dim": model.num_features, "images": 32, "steps": 4,
+            "dataset": {"name": "curated"}, "metrics": {"images_seen": 128}, "exported": "ema teacher",
+            "input": {"image_size": 48, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    (tmp_path / "pretrain").mkdir()
+    save_timm_folder(model, tmp_path / "pretrain", card)
+    export_backbone(tmp_path / "pretrain", tmp_path / "out" / "backbone")
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'out' / 'backbone'}", pretrained=True).eval()
+    config = timm.data.resolve_data_config({}, model=loaded)
+    assert config["input_size"] == (3, 48, 48) and tuple(config["mean"]) == (0.5, 0.5, 0.5)
+    pixels = torch.randn(1, 3, 48, 48)
+    assert torch.equal(loaded(pixels), model.eval()(pixels))
+    assert "pretrained by pas (dino)" in (tmp_path / "out" / "backbone" / "README.md").read_text()
+    with pytest.raises(PasError, match=r"is not a pretrained backbone folder \(no config.json, model.safetensors\)"):
+        export_backbone(tmp_path / "nothing", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

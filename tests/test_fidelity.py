@@ -206,3 +206,36 @@ def test_webdataset_shards_and_image_folders_are_datasets_too(tmp_path):
     (tmp_path / "mixed" / "b.txt").write_text("x")
     with pytest.raises(ConfigError, match=r"matches .parquet, .txt files; use parquet files"):
         resolve_dataset(str(tmp_path / "mixed" / "*"), tmp_path)
+
+
+def test_the_pretrain_stage_trains_on_a_released_parquet_and_logs_input_and_backbone(tmp_path):
+    """`pretrain.dataset` = a pas-f parquet glob through the real stage: MLflow names the dataset (name, path,
+    digest) and holds the timm folder as the run's `backbone/` artifact."""
+    import subprocess
+    import sys
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO
+
+    _pas_f_parquet(tmp_path / "pas-f" / "data", 24)
+    spec = str(tmp_path / "pas-f" / "data" / "*.parquet")
+    params = {"seed": 0, "pretrain": {"dataset": spec, "method": "simclr", "backbone": TINY, "image_size": 32,
+                                      "epochs": 1, "batch_size": 8, "method_args": {"simclr": TINY_ARGS["simclr"]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri, "PAS_DEVICE": "cpu", "PAS_NUM_WORKERS": "0"}
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "pretrain.py"), "--curated", "no-curated-set",
+                           "--out", "out", "--checkpoints", "ck"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    assert card["dataset"]["path"] == spec and card["dataset"]["images"] == 24 and card["images"] == 24
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+              if r.data.tags.get("pas.stage") == "pretrain"]
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert (dataset.name, dataset.digest) == ("data", card["dataset"]["md5"])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "backbone")}
+    assert {"backbone/config.json", "backbone/model.safetensors", "backbone/README.md"} <= logged

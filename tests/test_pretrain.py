@@ -154,12 +154,25 @@ def test_pretrain_writes_a_strictly_loadable_backbone(curated: tuple[pa.Table, P
     assert metrics["knn_top1"] >= 0.9          # three far-apart colours: a neighbour shares its colour
     assert set(metrics["monitor"]) == {"embedding_std", "embedding_rank", "feature_std", "feature_rank"}
     assert all(np.isfinite(v) and v > 0 for v in metrics["monitor"].values())
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.safetensors", "model_card.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "backbone.safetensors", "config.json",
+                                                      "model.safetensors", "model_card.json"]
     assert not any(cwd.iterdir())                                     # no lightning_logs litter
 
     model = timm.create_model(TINY, num_classes=0)
     model.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
     assert torch.isfinite(model.eval()(torch.randn(2, 3, 32, 32))).all()
+    # the folder loads the way timm users load any model: local-dir (the hf-hub layout), no num_classes to guess
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    config = timm.data.resolve_data_config({}, model=loaded)
+    assert loaded.num_classes == 0 and config["input_size"] == (3, 32, 32)            # the training resolution
+    assert (tuple(config["mean"]), tuple(config["std"])) == (timm.data.IMAGENET_DEFAULT_MEAN,
+                                                              timm.data.IMAGENET_DEFAULT_STD)
+    pixels = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(pixels), model(pixels))                                   # the trained weights
+    with_head = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=3)   # a classifier on top
+    assert with_head(pixels).shape == (2, 3)
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: timm") and 'timm.create_model("local-dir:' in readme
 
     card = json.loads((out / "model_card.json").read_text())
     assert card["backbone"] == TINY and card["method"] == "simclr" and card["images"] == 32

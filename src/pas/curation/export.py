@@ -274,6 +274,27 @@ def _counted(records: Iterable[Record], counts: Counter) -> Iterator[Record]:
         yield record, data
 
 
+BACKBONE_FILES = ("config.json", "model.safetensors", "README.md", "model_card.json")
+
+
+def export_backbone(folder: str | Path, out: Path) -> None:
+    """Copy the pretrain stage's timm folder (config.json, model.safetensors, model card) to `out`, atomically."""
+    import shutil
+
+    from pas.core.config import PasError
+    from pas.core.shards import atomic_dir
+
+    missing = [name for name in BACKBONE_FILES[:2] if not (Path(folder) / name).is_file()]
+    if missing:
+        raise PasError(f"{folder} is not a pretrained backbone folder (no {', '.join(missing)}); run the pretrain stage "
+                       f"(dvc repro pretrain) or name the folder: --backbone PATH")
+    with atomic_dir(out) as tmp:
+        for name in BACKBONE_FILES:
+            if (Path(folder) / name).is_file():
+                shutil.copy2(Path(folder) / name, tmp / name)
+    log.info("backbone exported to %s (timm.create_model('local-dir:%s', pretrained=True))", out, out)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     """Command line: pas export --out <folder> [--curated <manifest>] [--formats ...] [--license ID]."""
     from pas.core.config import load_params
@@ -290,7 +311,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
                              "generator's license, retrieved images their sources' licenses)")
     parser.add_argument("--params", default="params.yaml", help="params file, for the cards' provenance")
     parser.add_argument("--lock", default="models/lock.json", help="models lock, for the cards' provenance")
+    parser.add_argument("--backbone", nargs="?", const="data/pretrain", default=None, metavar="FOLDER",
+                        help="also export the pretrained backbone (a timm local-dir / hf-hub folder) to OUT/backbone; "
+                             "FOLDER defaults to data/pretrain")
     args = parser.parse_args(argv)
+    if args.backbone is not None:
+        export_backbone(args.backbone, Path(args.out) / "backbone")
     params = load_params(args.params) if Path(args.params).is_file() else None
     picked = None if params is None else {k: v for k, v in params.items() if k in DATASET_PARAMS}
     written = export(args.curated, args.out, args.formats, args.license, collect_provenance(".", picked, args.lock))

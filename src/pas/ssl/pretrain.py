@@ -186,6 +186,56 @@ def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:
         tmp.write_bytes(save(state, metadata=metadata))
 
 
+MODEL_CARD = """---
+library_name: timm
+license: other
+tags: [image-feature-extraction, timm, self-supervised, pas]
+---
+# {backbone} pretrained by pas ({method})
+
+A `{backbone}` backbone without a classifier (`num_classes: 0`, {feature_dim}-d pooled features), pretrained with
+{method} on {images} images of `{dataset}` for {steps} steps ({images_seen} images seen) at {image_size} px.
+{exported}
+
+## Load it
+
+```python
+import timm, torch
+model = timm.create_model("local-dir:{path}", pretrained=True)      # this folder; or "hf-hub:ORG/NAME" once pushed
+config = timm.data.resolve_data_config({{}}, model=model)           # input_size {image_size} px, mean/std it trained with
+transform = timm.data.create_transform(**config)
+features = model(transform(image).unsqueeze(0))                     # (1, {feature_dim})
+# a classifier on top: timm.create_model("local-dir:{path}", pretrained=True, num_classes=10)
+```
+
+`model_card.json` beside this file holds the full training record (config, metrics, dataset digest).
+"""
+
+
+def save_timm_folder(backbone: Any, out_dir: Path, card: dict[str, Any]) -> None:
+    """Write `backbone` as a folder timm loads (`timm.create_model("local-dir:OUT", pretrained=True)`, the hf-hub
+    layout): model.safetensors, config.json (architecture, num_classes 0, the training input size, mean and std)
+    and a README model card; backbone.safetensors is the same file under pas's older name."""
+    from timm.models import save_for_hf
+
+    size = card["input"]["image_size"]
+    save_for_hf(backbone, out_dir, safe_serialization=True,
+                model_config={"pretrained_cfg": {"tag": f"pas_{card['method']}", "license": "other"}},
+                data_config={"input_size": (3, size, size), "mean": tuple(card["input"]["mean"]),
+                             "std": tuple(card["input"]["std"]), "crop_pct": 1.0, "interpolation": "bicubic"})
+    try:
+        os.link(out_dir / "model.safetensors", out_dir / "backbone.safetensors")
+    except OSError:
+        save_backbone(backbone, out_dir / "backbone.safetensors", {"backbone": card["backbone"],
+                                                                   "method": card["method"]})
+    dataset = (card.get("dataset") or {}).get("name") or "curated"
+    text = MODEL_CARD.format(backbone=card["backbone"], method=card["method"], feature_dim=card["feature_dim"],
+                             images=card["images"], dataset=dataset, steps=card["steps"],
+                             images_seen=card["metrics"].get("images_seen"), image_size=size,
+                             exported=f"Its weights are the {card['exported']}.", path="path/to/this/folder")
+    (out_dir / "README.md").write_text(text)
+
+
 def training_length(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> tuple[int, int]:
     """(optimizer steps, epochs to run): `epochs` passes, or with a budget the steps that see budget images
     (rounded up to whole global batches), so every dataset size trains on the same number of images."""
@@ -336,12 +386,11 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     if trainer.is_global_zero:
         out_dir = Path(out_dir)
         export = method.export_backbone(backbone)
-        save_backbone(export, out_dir / "backbone.safetensors", {"backbone": cfg.backbone, "method": cfg.method})
         card = {
             "backbone": cfg.backbone,
             "method": cfg.method,
             "method_args": dataclasses.asdict(args),
-            "weights": "backbone.safetensors",
+            "weights": "backbone.safetensors",   # = model.safetensors; config.json + README.md make a timm folder
             "exported": "ema teacher" if export is not backbone else "online backbone",
             "timm": {"model_name": cfg.backbone, "num_classes": 0},
             "feature_dim": feature_dim,
@@ -358,6 +407,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             "config": dataclasses.asdict(cfg),
             "derived": derived,
         }
+        save_timm_folder(export, out_dir, card)
         write_json(card, out_dir / "model_card.json")
         if run_path is not None:
             finish(run_path)
