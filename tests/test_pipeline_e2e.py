@@ -99,6 +99,16 @@ def test_repro_runs_the_whole_dag_offline(repo, reproduced):
     assert datasets == {("curated", curated)}       # MLflow's input dataset is the manifest DVC tracks
 
 
+def test_pas_show_is_one_page_of_the_workspace(repo, reproduced):
+    page = run("pas show", repo).stdout
+    assert page.startswith("pas show: workspace") and "Params that differ from HEAD:\n  none" in page
+    assert "-> 300 curated" in page and "top-1 %" in page and "\n  pas  " in page
+    assert "MLflow: run " in page and "reports/dataset.html" in page and len(page.splitlines()) <= 40
+    shown = json.loads(run("dvc exp show --json", repo).stdout)    # exp show: the summary, not 500 detail columns
+    assert list(shown[0]["data"]["metrics"]) == ["metrics/summary.json"]
+    assert len(shown[0]["data"]["metrics"]["metrics/summary.json"]["data"]) <= 24
+
+
 def test_second_repro_does_nothing(repo, reproduced):
     proc = run("dvc repro", repo)
     assert ran(proc) == set() and "Data and pipelines are up to date" in proc.stdout
@@ -133,10 +143,12 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, re
     shown = json.loads(run("dvc exp show --json", repo).stdout)
     revs = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
     assert sorted(data["params"]["params.yaml"]["data"]["size"] for data in revs) == [300, 400]
+    # the one DVC metric is the summary: dvc exp show lists its ~20 numbers, not every stage's details
+    assert {tuple(data["metrics"]) for data in revs} == {("metrics/summary.json",)}
     params = yaml.safe_load((repo / "params.yaml").read_text())
     seen = {(data["params"]["params.yaml"]["data"]["size"],
-             *(data["metrics"][f"metrics/{name}.json"]["data"][key] for name, key in
-               (("generate", "images"), ("retrieve", "requested"), ("filter", "candidates"), ("dedup", "curated"))))
+             *(data["metrics"]["metrics/summary.json"]["data"][key]
+               for key in ("generated", "retrieved", "candidates", "curated")))
             for data in revs}
     expected = set()
     for size in (300, 400):
@@ -154,6 +166,11 @@ def test_queued_size_sweep_then_compare_gives_a_row_per_size_and_a_plot(repo, re
     table = (out / "compare.md").read_text()
     assert "| 400 | simclr | tf_efficientnet_lite0 |" in table and "| 640 | 640 |" in table
     assert "Unequal compute" not in table
+    (name,) = [rev["name"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]
+               if rev["data"]["params"]["params.yaml"]["data"]["size"] == 400]
+    page = run(f"pas show {name}", repo).stdout                   # one page for that experiment
+    assert "size: 300 -> 400" in page and "pretrain.budget: 0 -> 640" in page
+    assert "-> 400 curated" in page and "pretrained on 640 images seen" in page and "ORACLE CONCEPTS" in page
 
 
 def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, reproduced, tmp_path, tiny_models):
@@ -170,13 +187,16 @@ def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, repro
     finally:
         server.close()
     shown = json.loads(run("dvc exp show --json", repo).stdout)
-    (data,) = [rev["data"] for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]
-               if rev.get("name") == "webpool"]
-    retrieved = data["metrics"]["metrics/retrieve.json"]["data"]
-    pool = data["metrics"]["metrics/pool_index.json"]["data"]
+    (rev,) = [rev for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]
+              if rev.get("name") == "webpool"]
+
+    def stage_metrics(name):   # a stage's detail file, as committed in the experiment (not a DVC metric)
+        return json.loads(run(f"git show {rev['rev']}:metrics/{name}.json", repo).stdout)
+
+    retrieved, pool = stage_metrics("retrieve"), stage_metrics("pool_index")
     assert pool["kind"] == "embeddings" and pool["indexed"] == GOOD + BAD
     assert retrieved["images"] == retrieved["requested"] and retrieved["downloads"]["downloaded"] >= retrieved["images"]
-    assert data["metrics"]["metrics/dedup.json"]["data"]["curated"] == 40
+    assert stage_metrics("dedup")["curated"] == 40
     assert sum(fetched(server).values()) < GOOD + BAD                   # only hits were fetched, not the pool
 
 

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pas.curation.export", "export the curated dataset (HF parquet, ImageFolder, WebDataset)"),
     "compare": ("pas.evaluate.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
     "plan": ("pas.sources.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
+    "show": ("pas.evaluate.show", "one page for the workspace or an experiment: params changed, funnel, headline"),
     "recipe": ("pas.core.recipes", "list the official recipes of recipes/, or print one as dvc exp run -S flags"),
 }
 LEVELS = {"-q": "WARNING", "--quiet": "WARNING", "-v": "DEBUG", "--verbose": "DEBUG"}

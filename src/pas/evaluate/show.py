@@ -1,0 +1,123 @@
+"""`pas show [EXPERIMENT]`: one terminal page for the workspace or an experiment: params that differ from HEAD, the
+dataset funnel, the headline metrics, and where the report, plots and MLflow run are."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pas.core.config import PasError
+from pas.evaluate.summary import PROTOCOLS
+
+SUMMARY = "metrics/summary.json"
+
+
+def _dvc(*args: str) -> str:
+    """stdout of a dvc command run in the current repository; a PasError with its message when it fails."""
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if proc.returncode:
+        message = (proc.stderr.strip().splitlines() or ["dvc failed"])[-1].removeprefix("ERROR: ")
+        raise PasError(f"dvc {' '.join(args)}: {message}")
+    return proc.stdout
+
+
+def read_summary(experiment: str | None) -> dict[str, Any]:
+    """metrics/summary.json of the workspace, or as committed in an experiment (name or rev)."""
+    if experiment is None:
+        if not Path(SUMMARY).is_file():
+            raise PasError(f"{SUMMARY} not found; run the pipeline first (dvc repro)")
+        return json.loads(Path(SUMMARY).read_text())
+    import dvc.api
+
+    try:
+        return json.loads(dvc.api.read(SUMMARY, repo=".", rev=experiment))
+    except Exception as err:  # noqa: BLE001 - an unknown rev or a run without the file: one line either way
+        raise PasError(f"no {SUMMARY} in experiment {experiment!r} ({type(err).__name__}: {err}); "
+                       "list them with dvc exp show") from err
+
+
+def params_changed(experiment: str | None) -> dict[str, tuple[Any, Any]]:
+    """{param: (HEAD value, this value)} for every param that differs from HEAD."""
+    revs = [] if experiment is None else ["HEAD", experiment]
+    diff = json.loads(_dvc("params", "diff", *revs, "--json") or "{}")
+    return {key: (change.get("old"), change.get("new")) for changes in diff.values() for key, change in
+            sorted(changes.items())}
+
+
+def funnel_lines(summary: dict[str, Any]) -> list[str]:
+    """The dataset funnel: sources -> candidates -> filter -> dedup -> curated."""
+    get = summary.get
+    return [f"  generated {get('generated')} + retrieved {get('retrieved')} = {get('candidates')} candidates",
+            f"  -> {get('kept_by_filter')} kept by the filter -> {get('duplicates_removed')} near-duplicates and "
+            f"{get('contaminated_removed')} evaluation look-alikes removed",
+            f"  -> {get('curated')} curated ({100 * (get('real_share') or 0):.0f}% real), pretrained on "
+            f"{get('pretrain_images_seen')} images seen"]
+
+
+def metric_lines(summary: dict[str, Any]) -> list[str]:
+    """Top-1 per init and protocol, the gains, and the honesty flags."""
+    baselines = {key.split(".")[1] for key in summary if key.startswith("gain.")}
+    inits = sorted(dict.fromkeys(key.split(".")[1] for key in summary if key.startswith("top1.")),
+                   key=lambda init: (init in baselines, init))        # the reference (no gain of its own) first
+    lines = ["  " + f"{'top-1 %':<10}" + "".join(f"{p:>9}" for p in PROTOCOLS)]
+    for init in inits:
+        cells = [summary.get(f"top1.{init}.{p}") for p in PROTOCOLS]
+        lines.append(f"  {init:<10}" + "".join(f"{'—' if c is None else f'{100 * c:.1f}':>9}" for c in cells))
+    gains = [f"{key.split('.')[1]} {100 * value:+.1f}" for key, value in summary.items() if key.startswith("gain.")]
+    if gains:
+        lines.append("  gain of the reference (linear, points): " + ", ".join(gains))
+    if summary.get("mixed_architecture"):
+        lines.append("  CONFOUNDED: a gain compares different architectures (see metrics/eval.md)")
+    if summary.get("oracle_concepts"):
+        lines.append("  ORACLE CONCEPTS: the shipped bank names downstream classes (see metrics/eval.md)")
+    return lines
+
+
+def pipeline_run(experiment: str | None) -> str:
+    """Where the MLflow pipeline run of the workspace (the latest) is, or how to find an experiment's."""
+    from pas.core.tracking import read_tracking_uri
+
+    try:
+        uri = read_tracking_uri()
+    except PasError as err:
+        return f"  MLflow: {err}"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("pas-")]
+    query = "tags.`pas.kind` = 'pipeline'" + (f" and tags.`dvc.exp_name` = '{experiment}'" if experiment else "")
+    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1) \
+        if experiments else []
+    if not runs:
+        return f"  MLflow: no pipeline run{f' of {experiment}' if experiment else ''} in {uri}"
+    run = runs[0]
+    return (f"  MLflow: run {run.info.run_id} ({run.info.run_name}) in {uri}; "
+            f"`mlflow ui --backend-store-uri {uri}`")
+
+
+def render(experiment: str | None) -> str:
+    """The page."""
+    summary = read_summary(experiment)
+    changed = params_changed(experiment)
+    lines = [f"pas show: {experiment or 'workspace'}", "", "Params that differ from HEAD:"]
+    lines += [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items()] or ["  none"]
+    lines += ["", "Dataset funnel:", *funnel_lines(summary), "", "Headline metrics (metrics/summary.json):",
+              *metric_lines(summary), "", "Where things are:",
+              "  dataset report: reports/dataset.html   evaluation: metrics/eval.md   plots: plots/",
+              pipeline_run(experiment)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: pas show [EXPERIMENT]."""
+    from pas.core.stage import command_parser
+
+    parser = command_parser("show", __doc__)
+    parser.add_argument("experiment", nargs="?", help="an experiment name or rev (dvc exp show); default: the workspace")
+    args = parser.parse_args(argv)
+    if not Path("dvc.yaml").is_file():
+        raise PasError("not in a pas repository (no dvc.yaml here); cd into one")
+    print(render(args.experiment))
+    return 0
