@@ -26,6 +26,15 @@ def pretrain_coordinates(folder):
     return {f"pretrain.{key}": values[key] for key in CARD_COORDINATES}
 
 
+def honesty_tags(summary):
+    """What the MLflow runs table must say about this comparison: oracle concepts, confounded architectures."""
+    concepts = "oracle concepts (the shipped bank names downstream classes)" if summary.get("oracle_concepts") \
+        else "autonomous" if "oracle_concepts" in summary else "not checked"
+    mixed = summary.get("mixed_architecture")
+    comparison = ("CONFOUNDED: different architectures (" + ", ".join(mixed) + ")") if mixed else "same architecture"
+    return {"pas.concepts": concepts, "pas.comparison": comparison}
+
+
 def body(args, params, run):
     cfg = build(EvaluateConfig, params.get("evaluate"), "evaluate")
     concepts = json.loads(Path(args.concepts).read_text())["concepts"] if args.concepts else None
@@ -33,6 +42,7 @@ def body(args, params, run):
         metrics = evaluate(args.finetune, cfg, plots, concepts)
     card = pretrain_coordinates(Path(args.pretrained))
     run.log_params(card)
+    run.set_tags(honesty_tags(metrics["summary"]))
     coordinates = {"size": params.get("size"), "mix": params.get("mix"), **card}
     index = read_finetune_index(args.finetune)
     if dataset := pretrain_dataset(index):

@@ -92,6 +92,9 @@ def test_repro_runs_the_whole_dag_offline(repo, reproduced):
         stages = {name for (name,) in db.execute("select value from tags where key = 'pas.stage'")}
         parents = db.execute("select count(*) from tags where key = 'pas.kind' and value = 'pipeline'").fetchone()[0]
         datasets = set(db.execute("select name, digest from datasets"))
+        honesty = set(db.execute("select key, value from tags where key in ('pas.concepts', 'pas.comparison')"))
+    assert honesty == {("pas.concepts", "oracle concepts (the shipped bank names downstream classes)"),
+                       ("pas.comparison", "same architecture")}      # on the evaluate run and the pipeline run
     assert {"models", "pretrain", "evaluate"} <= stages and parents == 1
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     (curated,) = [out["md5"] for out in lock["stages"]["dedup"]["outs"]
