@@ -49,7 +49,7 @@ def test_version_is_the_installed_packages(capsys):
     assert capsys.readouterr().out == f"pas {version('pas')}\n"
 
 
-@pytest.mark.parametrize("argv, said", [(["nope"], "unknown command 'nope'; choose one of: export, compare, plan"),
+@pytest.mark.parametrize("argv, said", [(["nope"], f"unknown command 'nope'; choose one of: {', '.join(COMMANDS)}"),
                                         (["--nope"], "unknown option '--nope'; see pas --help")])
 def test_an_unknown_command_or_option_is_one_line_and_exit_2(capsys, argv, said):
     assert main(argv) == 2
@@ -71,6 +71,7 @@ def test_every_commands_help_names_it_pas_command_and_shows_defaults(capsys, nam
     (["export", "--out", "out"], "pas export: error: manifest data/curated/manifest.parquet not found"),
     (["plan"], "pas plan: error: params file params.yaml not found"),
     (["compare"], "pas compare: error: no MLflow store"),
+    (["share"], "pas share: error: "),
 ])
 def test_expected_errors_outside_a_repository_are_one_line_and_create_nothing(tmp_path, args, said):
     proc = pas(*args, cwd=tmp_path)

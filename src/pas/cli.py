@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pas.sources.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
     "show": ("pas.evaluate.show", "one page for the workspace or an experiment: params changed, funnel, headline"),
     "recipe": ("pas.core.recipes", "list the official recipes of recipes/, or print one as dvc exp run -S flags"),
+    "share": ("pas.core.share", "push DVC's run-cache with its outputs, so colleagues' dvc exp run --pull restores"),
 }
 LEVELS = {"-q": "WARNING", "--quiet": "WARNING", "-v": "DEBUG", "--verbose": "DEBUG"}
 

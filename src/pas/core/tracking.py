@@ -4,9 +4,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,30 +94,20 @@ def _metric_value(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _git(*args: str) -> str | None:
-    """Output of `git args` in the working directory (stripped), or None outside a git repository / without git."""
-    try:
-        proc = subprocess.run(["git", *args], check=False, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
 def source_tags() -> dict[str, str]:
     """Git commit, dirty state and DVC experiment name of this execution, as MLflow tags.
 
     An experiment (`dvc exp run`, queued or not) runs from DVC_EXP_BASELINE_REV with its params applied, so it
-    counts as dirty; DVC_EXP_NAME is its name. Outside DVC or git the tags are left out.
+    counts as dirty; DVC_EXP_NAME is its name. Files the pipeline rewrites (dvc.lock, metrics/) are not changes.
     """
+    from pas.core.provenance import git_state
+
+    state = git_state(".")
     tags: dict[str, str] = {}
-    commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD")
-    if commit:
+    if commit := os.environ.get("DVC_EXP_BASELINE_REV") or state["commit"]:
         tags["mlflow.source.git.commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
-        if status is not None:
-            tags["pas.git.dirty"] = str(bool(status)).lower()
-        if branch := _git("symbolic-ref", "--short", "-q", "HEAD"):
-            tags["mlflow.source.git.branch"] = branch
+    if state["commit"]:
+        tags["pas.git.dirty"] = str(state["dirty"]).lower()
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp_name
     return tags
@@ -271,6 +260,13 @@ class StageRun:
         if self.active:
             self.guard.call(_log_params, self.client, self.run_id, params)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag this stage run and its pipeline run (words a reader of the runs table must see, e.g. oracle concepts)."""
+        if self.active:
+            for run_id in filter(None, (self.run_id, self.parent_id)):
+                for key, value in tags.items():
+                    self.guard.call(self.client.set_tag, run_id, key, str(value))
+
     def log_parent_metrics(self, metrics: Mapping[str, Any], keep: Callable[[str], bool] | None = None) -> None:
         """Copy numeric leaves of `metrics` (dotted keys; those `keep(key)` accepts) onto the pipeline run too, so
         the runs table compares experiments by their headline numbers without opening each stage run."""
@@ -313,6 +309,12 @@ class StageRun:
         """Attach a small file (report, plot) to the stage run."""
         if self.active:
             self.guard.call(self.client.log_artifact, self.run_id, str(path))
+
+    def log_folder(self, folder: str | Path, artifact_path: str, names: Iterable[str]) -> None:
+        """Attach the named files of `folder` under `artifact_path` (e.g. a model folder: backbone/config.json)."""
+        for name in names:
+            if self.active and (Path(folder) / name).is_file():
+                self.guard.call(self.client.log_artifact, self.run_id, str(Path(folder) / name), artifact_path)
 
     def log_figures(self, folder: str | Path) -> None:
         """Attach every PNG of a folder (sorted by name) to the stage run."""
