@@ -111,7 +111,7 @@ def team(s3, mlflow_server, tmp_path_factory):
     env = env_for(s3, mlflow_server)
 
     def run(cmd: str, cwd: Path = alice) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
