@@ -37,10 +37,12 @@ def honesty_tags(summary):
 
 def body(args, params, run):
     cfg = build(EvaluateConfig, params.get("evaluate"), "evaluate")
-    concepts = json.loads(Path(args.concepts).read_text())["concepts"] if args.concepts else None
+    card = pretrain_coordinates(Path(args.pretrained))
+    # the concepts describe the curated set only: a backbone pretrained on another dataset gets no concept check
+    curated = card["pretrain.dataset"] in (None, "curated")
+    concepts = json.loads(Path(args.concepts).read_text())["concepts"] if args.concepts and curated else None
     with atomic_dir(args.plots) as plots:
         metrics = evaluate(args.finetune, cfg, plots, concepts)
-    card = pretrain_coordinates(Path(args.pretrained))
     run.log_params(card)
     run.set_tags(honesty_tags(metrics["summary"]))
     coordinates = {"size": params.get("size"), "mix": params.get("mix"), **card}

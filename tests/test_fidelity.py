@@ -47,12 +47,13 @@ def test_dino_clips_each_parameter_not_the_global_norm():
     backbone, dim = create_backbone(TINY)
     dino = DINO(backbone, dim, method_args("dino", TINY_ARGS["dino"], "t"))
     module = PretrainModule(backbone, dino, PretrainConfig().optimizer_config(), 0, 10, 5)
-    for p in module.parameters():
-        if p.requires_grad:
-            p.grad = torch.full_like(p, 10.0)
+    trained = [p for p in module.parameters() if p.requires_grad]
+    for i, p in enumerate(trained):      # every other tensor's gradient has norm 1: below the cap, it must stay
+        p.grad = torch.full_like(p, 10.0) if i % 2 else torch.full_like(p, 1.0 / p.numel() ** 0.5)
     module.configure_gradient_clipping(optimizer=None)
-    norms = [float(p.grad.norm()) for p in module.parameters() if p.grad is not None]
-    assert max(norms) == pytest.approx(3.0, rel=1e-4) and min(norms) < 3.0      # each capped at 3, small ones kept
+    norms = [float(p.grad.norm()) for p in trained]
+    assert all(n == pytest.approx(3.0, rel=1e-4) for n in norms[1::2])         # each large one capped at 3 alone
+    assert all(n == pytest.approx(1.0, rel=1e-4) for n in norms[0::2])         # a global clip would shrink these
 
 
 def test_dino_student_has_drop_path_and_its_teacher_none():
@@ -125,12 +126,14 @@ def test_budget_gives_every_size_the_same_images_seen(curated, tmp_path):  # noq
     manifest, root = curated
     seen = {}
     for rows in (16, 32):
-        run = PretrainConfig(method="simclr", backbone=TINY, image_size=32, budget=48, batch_size=8,
-                             method_args={"simclr": TINY_ARGS["simclr"]})
+        run = PretrainConfig(method="simclr", backbone=TINY, image_size=32, budget=48, batch_size=8, epochs=2,
+                             warmup_epochs=1, method_args={"simclr": TINY_ARGS["simclr"]})
         metrics = pretrain(manifest.slice(0, rows), root, run, tmp_path / str(rows), seed=0)
         card = json.loads((tmp_path / str(rows) / "model_card.json").read_text())
-        seen[rows] = (metrics["images_seen"], metrics["steps"], card["derived"]["epochs"], card["derived"]["budget"])
-    assert seen == {16: (48, 6, 3, 48), 32: (48, 6, 2, 48)}      # 2 vs 4 steps per epoch, the same 6 steps
+        seen[rows] = (metrics["images_seen"], metrics["steps"], card["derived"]["epochs"], card["derived"]["budget"],
+                      card["derived"]["warmup_steps"])
+    # 2 vs 4 steps per pass, the same 6 steps; the warm-up is the same half of the run (2 nominal epochs)
+    assert seen == {16: (48, 6, 3, 48, 3), 32: (48, 6, 2, 48, 3)}
 
 
 def _pas_f_parquet(folder: Path, rows: int) -> Path:
@@ -163,6 +166,12 @@ def test_pretrain_on_a_released_pas_f_parquet(tmp_path):
     # the same folder named directly finds the parquet files; the digest is of the data, not of the spelling
     _, again = resolve_dataset(str(tmp_path / "pas-f"), tmp_path / "unused")
     assert again["md5"] == record["md5"]
+    _pas_f_parquet(tmp_path / "split" / "data", 4)
+    (tmp_path / "split" / "data" / "train-00000-of-00001.parquet").rename(tmp_path / "split" / "data" / "test-0.parquet")
+    with pytest.raises(ConfigError, match=r"holds evaluation splits too \(e.g. .*test-0.parquet\); name the training "):
+        resolve_dataset(str(tmp_path / "split"), tmp_path / "unused")
+    with pytest.raises(ConfigError, match=r"pretrain.dataset='' is not allowed"):
+        build(PretrainConfig, {"dataset": ""}, "pretrain")
 
 
 def test_webdataset_shards_and_image_folders_are_datasets_too(tmp_path):

@@ -193,8 +193,10 @@ def test_a_web_pool_downloads_only_its_hits_and_curates_exactly_size(repo, repro
     (rev,) = [rev for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]
               if rev.get("name") == "webpool"]
 
-    def stage_metrics(name):   # a stage's detail file, as committed in the experiment (not a DVC metric)
-        return json.loads(run(f"git show {rev['rev']}:metrics/{name}.json", repo).stdout)
+    def stage_metrics(name):   # a stage's detail file: a cached output of the experiment (not a DVC metric)
+        import dvc.api
+
+        return json.loads(dvc.api.read(f"metrics/{name}.json", repo=str(repo), rev=rev["rev"]))
 
     retrieved, pool = stage_metrics("retrieve"), stage_metrics("pool_index")
     assert pool["kind"] == "embeddings" and pool["indexed"] == GOOD + BAD

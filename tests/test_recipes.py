@@ -79,24 +79,35 @@ def test_bad_recipes_are_named_with_what_exists():
         with_recipe({"finetune": {"recipe": "dino_vits16"}}, "finetune", RECIPES)
 
 
-def test_the_flags_are_the_same_recipe(capsys):
-    """`pas recipe NAME` prints -S flags; setting them as dvc would gives the config the recipe key gives."""
+def test_the_flags_are_the_same_recipe(capsys, tmp_path):
+    """`pas recipe NAME` prints -S flags; applied by DVC's own override parser to params.yaml they give the config
+    the recipe key gives."""
+    from dvc.utils.hydra import apply_overrides
+
     params = load_params(REPO / "params.yaml")
-    for name in PRETRAIN_RECIPES:
-        section = json.loads(json.dumps(params["pretrain"]))
-        for flag in recipe_flags(name, RECIPES):
-            key, value = flag.removeprefix("-S '").removesuffix("'").split("=", 1)
-            *path, leaf = key.split(".")[1:]
-            target = section
-            for part in path:
-                target = target.setdefault(part, {})
-            target[leaf] = yaml.safe_load(value)
-        flagged = build(PretrainConfig, section, "pretrain")
-        recipe = build(PretrainConfig, with_recipe({"pretrain": {**params["pretrain"], "recipe": name}}, "pretrain",
-                                                   RECIPES), "pretrain")
-        assert dataclasses.replace(flagged, recipe=name) == recipe, name
+    for name in (*PRETRAIN_RECIPES, *FINETUNE_RECIPES):
+        target = tmp_path / f"{name}.yaml"
+        target.write_text((REPO / "params.yaml").read_text())
+        apply_overrides(target, [flag.removeprefix("-S '").removesuffix("'") for flag in recipe_flags(name, RECIPES)])
+        flagged = load_params(target)
+        section = "pretrain" if name in PRETRAIN_RECIPES else "finetune"
+        recipe = with_recipe({section: {**params[section], "recipe": name}}, section, RECIPES)
+        if section == "pretrain":
+            assert dataclasses.replace(build(PretrainConfig, flagged["pretrain"], "pretrain"), recipe=name) == \
+                   build(PretrainConfig, recipe, "pretrain"), name
+        else:
+            assert dataclasses.replace(finetune_config(flagged["finetune"]), recipe=name) == \
+                   finetune_config(recipe), name
     assert main(["dino_vits16", "--root", str(RECIPES)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dvc exp run \\\n  -S 'pretrain.method=dino'") and "-S 'pretrain.method_args.dino.grad_clip=3.0'" in out
+    assert out.startswith("dvc exp run \\\n  -S '++pretrain.method=dino'")
+    assert "-S '++pretrain.method_args.dino.grad_clip=3.0'" in out
     assert main(["nope", "--root", str(RECIPES)]) == 2
     assert "recipe 'nope' not found; recipes: all4one_resnet18_cifar" in capsys.readouterr().out
+
+
+def test_a_recipe_says_which_params_it_replaces(caplog):
+    with caplog.at_level("WARNING"):
+        with_recipe({"pretrain": {"recipe": "dino_vits16", "epochs": 2, "method": "dino"}}, "pretrain", RECIPES)
+    assert "pretrain.recipe=dino_vits16 replaces params.yaml's pretrain.epochs; to change one, use `pas recipe " \
+           "dino_vits16` flags instead" in caplog.text

@@ -160,7 +160,9 @@ def test_dino_loss_equals_a_hand_computed_value() -> None:
 
 
 def test_dino_schedules() -> None:
-    args = method_args("dino", {}, "x")
+    vanilla = method_args("dino", {}, "x")       # main_dino.py defaults: 0.04 throughout, no warm-up
+    assert teacher_temperature(vanilla, 0) == teacher_temperature(vanilla, 50) == pytest.approx(0.04)
+    args = method_args("dino", {"teacher_temp": 0.07, "warmup_teacher_temp_epochs": 30}, "x")   # README "boosting"
     assert teacher_temperature(args, 0) == pytest.approx(0.04)
     assert teacher_temperature(args, 15) == pytest.approx(0.055)
     assert teacher_temperature(args, 30) == teacher_temperature(args, 99) == pytest.approx(0.07)

@@ -125,12 +125,25 @@ def _close(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
 
 
+def read_yaml12(text: str) -> Any:
+    """Parse YAML 1.2 as DVC writes it (`dvc exp run -S x=0.00001` stores 1e-05, a string to a YAML 1.1 reader)."""
+    import json
+
+    from ruamel.yaml import YAML
+
+    # plain Python types (the round-trip of JSON drops ruamel's wrappers); a parse error stays one line
+    try:
+        return json.loads(json.dumps(YAML(typ="safe", pure=True).load(text)))
+    except Exception as err:  # noqa: BLE001 - ruamel's scanner/parser errors share no public base class
+        raise ConfigError(f"params file is not valid YAML: {' '.join(str(err).split())}") from err
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml (or another YAML file) into a dict, with a clear error if absent."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} not found; run from the repository root")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml12(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of parameters")
     check_keys(data, str(path))

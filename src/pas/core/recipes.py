@@ -11,6 +11,7 @@ value, run its flags (`pas recipe NAME`) with that flag edited instead of the re
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from pas.core.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 RECIPES_DIR = Path("recipes")
 SECTIONS = ("pretrain", "finetune")
@@ -67,7 +70,12 @@ def with_recipe(params: dict[str, Any], section: str, root: Path = RECIPES_DIR) 
         return values
     if not isinstance(name, str):
         raise ConfigError(f"{section}.recipe={name!r} must be a recipe name (a file of {root}/ without .yaml)")
-    return apply_recipe(values, load_recipe(name, section, root))
+    recipe = load_recipe(name, section, root)
+    replaced = sorted(k for k, v in recipe.items() if k in values and values[k] != v and k != "method_args")
+    if replaced:
+        log.warning("%s.recipe=%s replaces params.yaml's %s; to change one, use `pas recipe %s` flags instead",
+                    section, name, ", ".join(f"{section}.{k}" for k in replaced), name)
+    return apply_recipe(values, recipe)
 
 
 def _leaves(prefix: str, value: Any) -> list[tuple[str, Any]]:
@@ -77,16 +85,19 @@ def _leaves(prefix: str, value: Any) -> list[tuple[str, Any]]:
 
 
 def _yaml_value(value: Any) -> str:
-    """A flag value any YAML reader parses back to `value` (1e-05 is a string to YAML 1.1 readers: 0.00001)."""
+    """A value in the override syntax `dvc exp run -S` parses (Hydra): flow-style lists and mappings, floats
+    without exponent (1e-05 would stay a string)."""
     if isinstance(value, float) and "e" in repr(value):
         import numpy as np
 
         return np.format_float_positional(value, trim="-")
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def recipe_flags(name: str, root: Path = RECIPES_DIR) -> list[str]:
-    """The recipe as `-S key=value` flags of `dvc exp run` (values in YAML/JSON syntax)."""
+    """The recipe as `-S ++key=value` flags of `dvc exp run` (`++`: add the key when params.yaml lacks it)."""
     path = Path(root) / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"recipe {name!r} not found; recipes: {', '.join(available(root)) or '(none)'}")
@@ -94,7 +105,7 @@ def recipe_flags(name: str, root: Path = RECIPES_DIR) -> list[str]:
     flags = []
     for section in SECTIONS:
         for key, value in _leaves(section, data.get(section) or {}):
-            flags.append(f"-S '{key}={_yaml_value(value)}'")
+            flags.append(f"-S '++{key}={_yaml_value(value)}'")
     return flags
 
 

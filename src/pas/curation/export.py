@@ -16,7 +16,6 @@ copied byte for byte. Generated images keep prompt, seed and model; retrieved on
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -302,13 +301,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     from pas.core.runtime import setup_logging
 
     setup_logging()
-    parser = argparse.ArgumentParser(prog="pas export", description=__doc__.splitlines()[0])
+    from pas.core.stage import command_parser
+
+    parser = command_parser("export", __doc__)
     parser.add_argument("--curated", default="data/curated/manifest.parquet", help="curated manifest (dedup output)")
     parser.add_argument("--out", required=True, help="folder to write the exports into")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="formats to write")
     parser.add_argument("--license", default=DEFAULT_LICENSE,
-                        help=f"the cards' license id (default {DEFAULT_LICENSE}: generated images follow their "
-                             "generator's license, retrieved images their sources' licenses)")
+                        help="the cards' license id (other: generated images follow their generator's license, "
+                             "retrieved images their sources' licenses)")
     parser.add_argument("--params", default="params.yaml", help="params file, for the cards' provenance")
     parser.add_argument("--lock", default="models/lock.json", help="models lock, for the cards' provenance")
     parser.add_argument("--backbone", nargs="?", const="data/pretrain", default=None, metavar="FOLDER",

@@ -10,7 +10,6 @@ for one result (default linear), a line per init, method and source mix.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import logging
@@ -232,11 +231,12 @@ def compare(tracking_uri: str, out_dir: str | Path, experiments: Sequence[str] =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: python -m pas.evaluate.compare [--experiment pas-animals] [--out reports/compare] [--result linear]."""
+    """CLI: pas compare [--experiment pas-animals] [--out reports/compare] [--result linear]."""
     from pas.core.runtime import setup_logging
-    from pas.core.tracking import tracking_uri
+    from pas.core.stage import command_parser
+    from pas.core.tracking import read_tracking_uri
 
-    parser = argparse.ArgumentParser(prog="python -m pas.evaluate.compare", description=__doc__.strip().splitlines()[0])
+    parser = command_parser("compare", __doc__.strip())
     parser.add_argument("--experiment", action="append", default=[], help="MLflow experiment (repeatable); "
                         "default: every pas-* experiment")
     parser.add_argument("--out", default="reports/compare", help="folder for compare.md, compare.csv, compare.png")
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        summary = compare(args.tracking_uri or tracking_uri(), args.out, args.experiment, args.reference, args.result)
+        summary = compare(read_tracking_uri(args.tracking_uri), args.out, args.experiment, args.reference, args.result)
     except PasError as err:
         print(f"pas compare: error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ class Progress:
 
     step: int
     total_steps: int
-    steps_per_epoch: int
+    steps_per_epoch: float       # a nominal epoch under pretrain.budget (total steps / pretrain.epochs)
 
     @property
     def fraction(self) -> float:

@@ -47,6 +47,9 @@ def _kind(paths: list[Path], spec: str) -> tuple[str, list[Path]]:
         root = paths[0]
         for kind, pattern in (("parquet", "*.parquet"), ("webdataset", "*.tar")):
             found = sorted(root.rglob(pattern))
+            if held_out := [f for f in found if _held_out_split(f.relative_to(root))]:
+                raise ConfigError(f"pretrain.dataset={spec!r} holds evaluation splits too (e.g. {held_out[0]}); "
+                                  f"name the training files with a glob, e.g. {root}/**/train-*{pattern[1:]}")
             if found:
                 return kind, found
         return "imagefolder", [root]
@@ -57,6 +60,16 @@ def _kind(paths: list[Path], spec: str) -> tuple[str, list[Path]]:
         return "webdataset", paths
     raise ConfigError(f"pretrain.dataset={spec!r} matches {', '.join(sorted(suffixes))} files; use parquet "
                       f"files, WebDataset .tar shards or one ImageFolder folder")
+
+
+HELD_OUT = ("test", "validation", "valid", "val", "eval")
+
+
+def _held_out_split(relative: Path) -> bool:
+    """Whether a file of a dataset folder belongs to a test / validation split (HF: data/test-00000-of-00001.parquet,
+    or a test/ folder): pretraining on a whole folder must not take those in."""
+    names = [part.lower() for part in relative.parts[:-1]] + [relative.name.lower().split("-")[0].split(".")[0]]
+    return any(name in HELD_OUT for name in names)
 
 
 def _parquet_image_column(schema: pa.Schema, path: Path) -> str:

@@ -86,7 +86,7 @@ class PretrainModule(L.LightningModule):
     """Trains `backbone` with `method`; keeps per-epoch means in `history` (saved in checkpoints)."""
 
     def __init__(self, backbone: nn.Module, method: SSLMethod, optimizer: OptimizerConfig,
-                 warmup_steps: int, total_steps: int, steps_per_epoch: int, monitor_rows: int = 1024) -> None:
+                 warmup_steps: int, total_steps: int, steps_per_epoch: float, monitor_rows: int = 1024) -> None:
         super().__init__()
         self.backbone = backbone
         self.method = method

@@ -44,7 +44,8 @@ class PretrainConfig:
     init: str = "random"
     image_size: int = 64
     epochs: int = 2
-    budget: int | str = 0                   # images seen (500k, 1.2M); 0: `epochs` decide
+    budget: int | str = 0                   # images seen (500k, 1.2M); 0: `epochs` passes. With a budget, `epochs`
+                                            # divides the run into nominal epochs for the schedules
     batch_size: int = 64
     optimizer: str = "adamw"                # adamw | lars
     lr: float = 4e-3                        # base lr: x global batch / 256 with lr_scaling linear
@@ -85,8 +86,10 @@ class PretrainConfig:
             load_recipe(self.recipe, prefix)   # names the recipes there are when this one is not
         require(self.lr_scaling in LR_SCALINGS, f"{prefix}.lr_scaling", self.lr_scaling,
                 f"use one of {', '.join(LR_SCALINGS)}")
-        if self.budget != 0:
+        if self.budget not in (0, "0"):
             parse_size(self.budget, f"{prefix}.budget")
+        require(bool(str(self.dataset).strip()), f"{prefix}.dataset", self.dataset,
+                "use curated, or a parquet / WebDataset .tar / ImageFolder path or glob")
         for name, low in (("image_size", 8), ("epochs", 1), ("batch_size", 2), ("knn_k", 1), ("knn_images", 2),
                           ("accumulate_grad_batches", 1)):
             value = getattr(self, name)
@@ -114,7 +117,7 @@ class PretrainConfig:
     @property
     def images_budget(self) -> int:
         """Images to train on in all (0: `epochs` passes over the dataset)."""
-        return 0 if self.budget == 0 else parse_size(self.budget, "pretrain.budget")
+        return 0 if self.budget in (0, "0") else parse_size(self.budget, "pretrain.budget")
 
     def effective_lr(self, global_batch: int) -> float:
         """The peak learning rate: `lr` x global batch / 256 under the linear scaling rule, else `lr`."""
@@ -327,7 +330,10 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     steps_per_epoch = batches_per_epoch // accumulate    # optimizer steps; a partial accumulation is not trained on
     global_batch = cfg.batch_size * accumulate * world
     total_steps, epochs = training_length(cfg, steps_per_epoch, global_batch)
-    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    # the schedules' epoch: one pass, or with a budget a nominal epoch (total / pretrain.epochs), so warm-up, DINO's
+    # frozen last layer and teacher temperature take the same share of the run at every dataset size
+    schedule_epoch = total_steps / cfg.epochs if cfg.images_budget else steps_per_epoch
+    warmup_steps = min(total_steps, round(cfg.warmup_epochs * schedule_epoch))
     derived = {"images": images, "shards": len(dataset.plan), "world_size": world, "num_nodes": nodes,
                "num_workers": workers,
                "steps_per_epoch": steps_per_epoch, "accumulate_grad_batches": accumulate,
@@ -340,7 +346,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     backbone, feature_dim = create_backbone(cfg.backbone, cfg.init, **cls.backbone_kwargs(args))
     method = cls(backbone, feature_dim, args)
     module = PretrainModule(backbone, method, cfg.optimizer_config(global_batch), warmup_steps, total_steps,
-                            steps_per_epoch)
+                            schedule_epoch)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
     callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
     knn = None
@@ -351,7 +357,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     digest = keys_digest(manifest)
     resume, run_path = None, None
     if checkpoint_dir is not None:
-        run = {"config": dataclasses.asdict(cfg), "seed": seed, "manifest_keys_sha256": digest, "derived": derived}
+        run = {"config": dataclasses.asdict(cfg), "seed": seed, "manifest_keys_sha256": digest, "derived": derived,
+               "dataset_md5": (source or {}).get("md5")}    # positional keys (parquet rows) need the data's digest
         run_path = run_dir(checkpoint_dir, run)
         resume = last_checkpoint(run_path)
         callbacks.append(StepCheckpoint(run_path, checkpoint_every))
@@ -363,7 +370,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             accelerator=accelerator, devices=devices, num_nodes=nodes,
             strategy="ddp" if world > 1 else "auto",
             precision=trainer_precision(cfg.precision, accelerator), accumulate_grad_batches=accumulate,
-            max_epochs=epochs, max_steps=total_steps, limit_train_batches=steps_per_epoch * accumulate,
+            max_epochs=epochs + bool(cfg.images_budget), max_steps=total_steps if cfg.images_budget else cfg.max_steps,
+            limit_train_batches=steps_per_epoch * accumulate,   # max_steps only when it cuts an epoch (resume)
             logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
             callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
         )
