@@ -65,6 +65,10 @@ def test_two_sizes_give_two_rows_a_csv_and_a_plot(tracking_db, tmp_path, capsys)
 
 
 def test_no_runs_is_a_clear_error(tracking_db, tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "cmp")]) == 2                      # no store at all: named, none created
+    assert "pas compare: error: no MLflow store" in capsys.readouterr().err and not (tmp_path / "mlflow.db").exists()
+    with stage_run("finetune", {"seed": 0}, "other-experiment"):            # a store without pas-* experiments
+        pass
     assert main(["--out", str(tmp_path / "cmp")]) == 2
     assert "no MLflow experiment named pas-*" in capsys.readouterr().err
 
