@@ -133,8 +133,12 @@ def resolve_dataset(spec: str, curated: Path) -> tuple[pa.Table, dict[str, objec
         return manifest, {"name": CURATED, "path": str(curated), "md5": file_digest(curated, "md5"),
                           "format": "pas curated manifest", "images": manifest.num_rows}
     kind, files = _kind(_files(spec), spec)
-    manifest = {"parquet": _parquet_manifest, "webdataset": _tar_manifest}.get(kind, lambda f: _folder_manifest(f[0]))(
-        files)
+    if kind == "parquet":
+        manifest = _parquet_manifest(files)
+    elif kind == "webdataset":
+        manifest = _tar_manifest(files)
+    else:
+        manifest = _folder_manifest(files[0])
     if manifest.num_rows == 0:
         raise ConfigError(f"pretrain.dataset={spec!r} holds no images ({kind}: {len(files)} file(s) read)")
     name = Path(spec.split("*")[0].rstrip("/")).name or Path(spec).parent.name
