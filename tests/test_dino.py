@@ -59,6 +59,7 @@ def test_the_head_normalises_its_bottleneck_and_its_prototypes():
     assert sum(isinstance(m, torch.nn.GELU) for m in head.mlp) == 2
     assert all(float(m.bias.abs().max()) == 0 and float(m.weight.std()) < 0.05 for m in linears)   # trunc_normal 0.02
     assert not head.last_scale.requires_grad and head.last_scale.shape == (12, 1)     # norm_last_layer: g fixed at 1
+    assert head.last_layer.bias is None                                                # prototypes only, as main_dino.py
     assert DINOHead(10, DINOArgs(out_dim=12, hidden_dim=16, bottleneck_dim=6, norm_last_layer=False)).last_scale.requires_grad
     bottleneck, logits = head(torch.randn(4, 10))
     assert torch.allclose(bottleneck.norm(dim=1), torch.ones(4), atol=1e-6)
@@ -123,3 +124,24 @@ def test_the_last_layer_is_frozen_only_during_its_epochs():
     dino.before_optimizer_step(Progress(step=10, total_steps=100, steps_per_epoch=10))   # epoch 1: trains
     assert dino.head.last_layer.weight.grad is not None and dino.head.last_scale.grad is not None
     assert dino.grad_clip == 3.0 and math.isclose(dino.args.drop_path_rate, 0.1)
+
+
+def test_forward_distils_every_view_and_returns_the_first_global_embedding():
+    """Two 16 px global views and two 8 px local ones: the loss covers all four student views, the embedding is view 1's."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    args = DINOArgs(out_dim=10, hidden_dim=8, bottleneck_dim=4, local_crops=2, local_crop_size=8,
+                    warmup_teacher_temp=0.03, teacher_temp=0.07, warmup_teacher_temp_epochs=2)
+    dino = DINO(backbone, 6, args)
+    views = [torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16), torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)]
+    out = dino(backbone, views)
+    with torch.no_grad():
+        student = [dino.head(backbone(v))[1] for v in views]
+        teacher = [dino.teacher_head(dino.teacher_backbone(v))[1] for v in views[:2]]
+        only_globals = dino_loss(student[:2], teacher, dino.center, args.student_temp, 0.03)
+        expected = dino_loss(student, teacher, dino.center, args.student_temp, 0.03)
+        first_global = dino.head(backbone(views[0]))[0]
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss) != pytest.approx(float(only_globals), rel=1e-3)
+    assert torch.allclose(out.embedding, first_global, atol=1e-6)
+    assert out.logs == {"teacher_temp": pytest.approx(0.03)}                          # epoch 0: the warm-up start
