@@ -217,6 +217,45 @@ def test_webdataset_shards_and_image_folders_are_datasets_too(tmp_path):
         resolve_dataset(str(tmp_path / "mixed" / "*"), tmp_path)
 
 
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    """A tar shard holding `members` (name -> bytes) in the given order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_keys_split_as_webdataset_does_and_are_unique_across_shards(tmp_path):
+    """Keys split at the file name's first dot (so dotted folders are read); a sample's second image is not
+    a second sample; the same key in two shards is one named error, not a silent merge."""
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (value, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    write_tar(shards / "a.tar", {"./v1.2/s0.png": png(10), "./v1.2/s0.jpg.json": b"{}", "./v1.2/s0.webp": png(99),
+                                 "./v1.2/s1.seg.png": png(20)})
+    manifest, _ = resolve_dataset(str(shards / "*.tar"), tmp_path)
+    assert manifest.column("key").to_pylist() == ["./v1.2/s0", "./v1.2/s1"]
+
+    from pas.ssl.data import ViewStream, shard_plan
+    stream = ViewStream(manifest, Path("/"), [v2.Compose([v2.PILToTensor()])], seed=0)
+    reds = sorted(int(item["views"][0][0, 0, 0]) for item in stream)
+    assert reds == [10, 20]                                       # each sample's first image, none skipped
+
+    write_tar(shards / "b.tar", {"./v1.2/s1.png": png(30)})
+    with pytest.raises(ConfigError, match=r"sample key './v1.2/s1' is in both a.tar and b.tar; WebDataset keys must "
+                                          r"be unique across shards"):
+        resolve_dataset(str(shards / "*.tar"), tmp_path)
+    twice = pa.table({"key": ["x", "y", "x"], "shard": ["a.tar", "b.tar", "b.tar"]})
+    with pytest.raises(ValueError, match=r"^manifest lists key 'x' more than once$"):
+        shard_plan(twice, shards)
+
+
 def test_the_pretrain_stage_trains_on_a_released_parquet_and_logs_input_and_backbone(tmp_path):
     """`pretrain.dataset` = a pas-f parquet glob through the real stage: MLflow names the dataset (name, path,
     digest) and holds the timm folder as the run's `backbone/` artifact."""

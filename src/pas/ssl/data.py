@@ -12,6 +12,7 @@ import logging
 import random
 import tarfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ def shard_plan(manifest: pa.Table, root: Path) -> ShardPlan:
     groups: dict[str, set[str]] = {}
     for key, shard in zip(keys, manifest.column("shard").to_pylist()):
         groups.setdefault(shard, set()).add(key)
-    if sum(len(g) for g in groups.values()) != len(keys) or len(set(keys)) != len(keys):
-        raise ValueError("manifest lists a key more than once")
+    if len(set(keys)) != len(keys):
+        twice = next(key for key, count in Counter(keys).items() if count > 1)
+        raise ValueError(f"manifest lists key {twice!r} more than once")
     plan = []
     for shard in sorted(groups):
         path = Path(root) / shard
@@ -69,13 +71,13 @@ def read_records(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]
 
 def read_listed(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]]:
     """Yield (key, image bytes) in tar order for the listed keys; fail if one is missing."""
-    from pas.ssl.datasets import TAR_IMAGE_EXTS
+    from pas.ssl.datasets import tar_image_key
 
     found = set()
     with tarfile.open(path, mode="r|*") as tar:
         for member in tar:
-            key, _, ext = member.name.partition(".")
-            if member.isfile() and ext.lower() in TAR_IMAGE_EXTS and key in keys and key not in found:
+            key = tar_image_key(member)
+            if key in keys and key not in found:
                 found.add(key)
                 yield key, tar.extractfile(member).read()
     if len(found) != len(keys):

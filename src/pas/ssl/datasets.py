@@ -6,7 +6,8 @@ A dataset becomes a manifest of (key, shard) rows that the view stream reads sha
 - `curated`: the dedup stage's manifest (WebDataset shards of the pipeline);
 - HF-style parquet (the PaS release format: an `image` column of {bytes, path} or raw bytes, as in
   pas-f / pas-b / pas-i): a shard is a parquet file, a key `<file index>-<row>`;
-- WebDataset `.tar` shards: a shard is a tar, a key the sample's key (its .jpg/.jpeg/.png/.webp member);
+- WebDataset `.tar` shards: a shard is a tar, a key the sample's key (its first .jpg/.jpeg/.png/.webp member;
+  keys split as WebDataset splits them and unique across shards);
 - an ImageFolder (`root/<class>/<image>`, class folders optional): a shard is a folder, a key the image's
   path below the root.
 A path may be a file, a folder or a glob (`data/pas-f/*.parquet`). The record ({name, path, md5, images,
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from webdataset.tariterators import base_plus_ext
 
 from pas.core.config import ConfigError
 from pas.core.shards import read_table
@@ -93,15 +95,32 @@ def _parquet_manifest(files: list[Path]) -> pa.Table:
     return pa.table({"key": keys, "shard": shards})
 
 
-def _tar_manifest(files: list[Path]) -> pa.Table:
-    keys, shards = [], []
+def tar_image_key(member: tarfile.TarInfo) -> str | None:
+    """The sample key of an image member of a tar shard (None for any other member), split as WebDataset splits
+    names: at the first dot of the file name; an image is a member whose last extension is an image's."""
+    key, ext = base_plus_ext(member.name)
+    if not (member.isfile() and key and ext.rpartition(".")[2].lower() in TAR_IMAGE_EXTS):
+        return None
+    return key
+
+
+def _tar_manifest(files: list[Path], spec: str) -> pa.Table:
+    keys, shards, first_shard = [], [], {}
     for path in files:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
-                key, _, ext = member.name.partition(".")
-                if member.isfile() and ext.lower() in TAR_IMAGE_EXTS:
-                    keys.append(key)
-                    shards.append(str(path.absolute()))
+                key = tar_image_key(member)
+                if key is None:
+                    continue
+                if key in first_shard:
+                    if first_shard[key] == path:
+                        continue                             # a second image of the same sample: the first is read
+                    raise ConfigError(f"pretrain.dataset={spec!r}: sample key {key!r} is in both "
+                                      f"{first_shard[key].name} and {path.name}; WebDataset keys must be unique "
+                                      "across shards (prefix each shard's keys with its name when writing them)")
+                first_shard[key] = path
+                keys.append(key)
+                shards.append(str(path.absolute()))
     return pa.table({"key": keys, "shard": shards})
 
 
@@ -136,7 +155,7 @@ def resolve_dataset(spec: str, curated: Path) -> tuple[pa.Table, dict[str, objec
     if kind == "parquet":
         manifest = _parquet_manifest(files)
     elif kind == "webdataset":
-        manifest = _tar_manifest(files)
+        manifest = _tar_manifest(files, spec)
     else:
         manifest = _folder_manifest(files[0])
     if manifest.num_rows == 0:
