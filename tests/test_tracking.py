@@ -64,7 +64,7 @@ def test_curated_dataset_is_an_input_of_the_stage_and_pipeline_runs(tracking_db,
 
 
 def test_queued_experiments_log_into_the_repository_store(tmp_path, monkeypatch):
-    from pas.core.tracking import tracking_uri
+    from pas.core.mlflow_store import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp1a2b3c"

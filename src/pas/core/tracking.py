@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from pas.core.hashing import file_digest
+from pas.core.mlflow_store import relocate_artifacts, repo_store, tracking_uri
 from pas.core.names import safe_name
 from pas.core.runtime import dvc_ancestor
 
@@ -24,37 +25,6 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # the params that tell one experiment from another: the pipeline run's columns in the MLflow runs table
 PIPELINE_KEYS = ("size", "seed", "domain", "mix", "models.generator", "models.clip", "pretrain.method",
                  "pretrain.backbone", "pretrain.budget", "pretrain.dataset")
-
-
-EXP_WORKSPACE = (".dvc", "tmp", "exps")   # where DVC runs queued and --temp experiments: <repo>/.dvc/tmp/exps/<tmp>
-
-
-def tracking_uri(cwd: str | Path | None = None) -> str:
-    """The tracking URI: MLFLOW_TRACKING_URI if set, else the repository's SQLite file mlflow.db (absolute).
-
-    A queued (`dvc exp run --queue`) or `--temp` experiment runs in a throw-away copy under
-    <repo>/.dvc/tmp/exps/; it logs into <repo>/mlflow.db so that sweeps land in one store.
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    here = Path(cwd or os.getcwd()).absolute()
-    parts = here.parts
-    for i in range(len(parts) - len(EXP_WORKSPACE)):
-        if parts[i:i + len(EXP_WORKSPACE)] == EXP_WORKSPACE:
-            return f"sqlite:///{Path(*parts[:i]) / 'mlflow.db'}"
-    return f"sqlite:///{here / 'mlflow.db'}"   # absolute: MLflow caches one store per URI string in a process
-
-
-def read_tracking_uri(uri: str | None = None) -> str:
-    """The store a reader (pas compare, pas show) opens: `uri`, else tracking_uri(). A SQLite file that does not
-    exist is a PasError naming it: reading never creates an empty mlflow.db (MLflow would)."""
-    uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        from pas.core.config import PasError
-
-        raise PasError(f"no MLflow store {uri.removeprefix('sqlite:///')}: run pas in the repository (after dvc repro "
-                       "or dvc exp run), or point MLFLOW_TRACKING_URI / --tracking-uri at the store")
-    return uri
 
 
 def invocation_id() -> str:
@@ -333,57 +303,11 @@ def _experiment_id(client: Any, experiment: str) -> str:
     return existing.experiment_id
 
 
-def relocate_artifacts(client: Any, root: Path) -> int:
-    """Point local artifact locations recorded under another folder's mlruns/ at `root`/mlruns (the repository's
-    own): a moved or copied repository keeps logging into itself. Returns how many records were changed.
-
-    MLflow stores absolute paths (its SQLite store resolves ./mlruns against the working directory of whoever
-    created the experiment, e.g. a queued experiment's temporary folder), so they are re-resolved per repository.
-    """
-    from mlflow.store.tracking.dbmodels import models
-
-    here = (root.absolute() / "mlruns").as_posix()
-    tables = [(models.SqlExperiment, "artifact_location"), (models.SqlRun, "artifact_uri")]
-    if hasattr(models, "SqlLoggedModel"):
-        tables.append((models.SqlLoggedModel, "artifact_location"))
-    changed = 0
-    with client._tracking_client.store.ManagedSessionMaker(read_only=False) as session:
-        experiments = session.query(models.SqlExperiment).all()
-        if all(_moved(exp.artifact_location, here) is None for exp in experiments):
-            return 0
-        for table, column in tables:
-            for row in session.query(table).filter(getattr(table, column).like("%/mlruns/%")):
-                if (new := _moved(getattr(row, column), here)) is not None:
-                    setattr(row, column, new)
-                    changed += 1
-    log.info("MLflow artifact locations of %d records moved to %s (the repository was moved or copied)", changed, here)
-    return changed
-
-
-def _moved(location: str | None, here: str) -> str | None:
-    """`location` (a local path or file: URI ending in .../mlruns/<rest>) under `here` instead, or None if it is
-    already there or not a local mlruns path."""
-    if not location:
-        return None
-    path = location.removeprefix("file://") if location.startswith("file://") else location
-    if "://" in path or ":" in path.split("/", 1)[0] or "/mlruns/" not in path:
-        return None
-    rest = path[path.rindex("/mlruns/") + len("/mlruns"):]
-    return None if path.startswith(here + "/") else here + rest
-
-
-def _repo_store(uri: str) -> Path | None:
-    """The folder of the repository's own SQLite store when pas chose it (no MLFLOW_TRACKING_URI), else None."""
-    if os.environ.get("MLFLOW_TRACKING_URI") or not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///")).absolute().parent
-
-
 def _open_run(client: Any, guard: TrackingGuard, stage: str, params: Mapping[str, Any],
               experiment: str, pipeline_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(run id, parent run id) of a new stage run with its params, each call guarded; (None, None) on failure."""
     exp_id = guard.call(_experiment_id, client, experiment)
-    if exp_id and (root := _repo_store(tracking_uri())) is not None:
+    if exp_id and (root := repo_store(tracking_uri())) is not None:
         try:
             relocate_artifacts(client, root)
         except Exception as err:  # noqa: BLE001 - artifacts may land in the old folder; never fail the stage for it

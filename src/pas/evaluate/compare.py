@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: pas compare [--experiment pas-animals] [--out reports/compare] [--result linear]."""
     from pas.core.runtime import setup_logging
     from pas.core.stage import command_parser
-    from pas.core.tracking import read_tracking_uri
+    from pas.core.mlflow_store import read_tracking_uri
 
     parser = command_parser("compare", __doc__.strip())
     parser.add_argument("--experiment", action="append", default=[], help="MLflow experiment (repeatable); "

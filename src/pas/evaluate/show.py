@@ -77,7 +77,7 @@ def metric_lines(summary: dict[str, Any]) -> list[str]:
 
 def pipeline_run(experiment: str | None) -> str:
     """Where the MLflow pipeline run of the workspace (the latest) is, or how to find an experiment's."""
-    from pas.core.tracking import read_tracking_uri
+    from pas.core.mlflow_store import read_tracking_uri
 
     try:
         uri = read_tracking_uri()
