@@ -72,6 +72,7 @@ def test_every_commands_help_names_it_pas_command_and_shows_defaults(capsys, nam
     (["plan"], "pas plan: error: params file params.yaml not found"),
     (["compare"], "pas compare: error: no MLflow store"),
     (["share"], "pas share: error: "),
+    (["recipe"], "pas recipe: error: no recipes folder"),
 ])
 def test_expected_errors_outside_a_repository_are_one_line_and_create_nothing(tmp_path, args, said):
     proc = pas(*args, cwd=tmp_path)
@@ -137,3 +138,25 @@ def test_lightning_lines_are_printed_once(tmp_path, order):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           check=True)
     assert proc.stderr.count("Seed set to 3") == 1
+
+
+def test_share_without_a_dvc_remote_is_dvcs_one_line(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    for args, said in ((["share"], "no remote specified"), (["share", "-r", "nope"], "remote 'nope' doesn't exist")):
+        proc = pas(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = [line for line in proc.stderr.splitlines() if line.startswith("pas share")]
+        assert line.startswith("pas share: error: config file error: ") and said in line
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`pas recipe dino_vits16 | head -1`: the pipe is closed before pas writes; pas exits 0 without a traceback."""
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PAS_LOG_LEVEL")}
+    proc = subprocess.Popen([sys.executable, "-m", "pas.cli", "recipe", "dino_vits16"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                                    # the reader is gone before pas has started up
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == ""

@@ -11,6 +11,7 @@ from conftest import make_image
 from datasets import ClassLabel, Dataset, load_dataset
 from huggingface_hub import DatasetCard
 
+from pas.core.config import ConfigError
 from pas.core.provenance import collect_provenance
 from pas.core.shards import encode_jpeg, read_shard, write_shard, write_table
 from pas.curation.export import export, main
@@ -147,7 +148,9 @@ def test_every_card_parses_its_counts_equal_the_rows_and_its_loading_code_runs(e
     assert "generated images follow the license of the generator" in card.text
 
     snippet = re.search(r"## How to load\n\n```python\n(.*?)```", card.text, re.DOTALL).group(1)
+    assert str(out) not in card.text                      # no absolute path: the card travels with its folder
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.chdir(out / fmt)                            # where the card says to run it
     scope = {}
     exec(snippet, scope)  # noqa: S102 - the card's own instructions load what was exported
     assert len(list(scope["ds"])) == 7
@@ -166,6 +169,12 @@ def test_command_line_writes_the_chosen_formats_with_the_given_license(curated, 
     with pytest.raises(SystemExit) as stop:
         main(["--curated", str(manifest), "--out", str(tmp_path / "y"), "--formats", "zip"])
     assert stop.value.code == 2 and not (tmp_path / "y").exists()
+    with pytest.raises(ConfigError, match=r"^--params /nope.yaml: no such file; pass the params file the curated set "
+                                          r"was built with, or leave --params out$"):
+        main(["--curated", str(manifest), "--out", str(tmp_path / "y"), "--params", "/nope.yaml"])
+    with pytest.raises(ConfigError, match=r"^--license 'bad license!' is not a license id; use a Hugging Face id"):
+        main(["--curated", str(manifest), "--out", str(tmp_path / "y"), "--license", "bad license!"])
+    assert not (tmp_path / "y").exists()
 
 
 def test_the_backbone_exports_as_a_folder_timm_loads(tmp_path):

@@ -102,7 +102,11 @@ def test_the_flags_are_the_same_recipe(capsys, tmp_path):
     assert out.startswith("dvc exp run \\\n  -S '++pretrain.method=dino'")
     assert "-S '++pretrain.method_args.dino.grad_clip=3.0'" in out
     assert main(["nope", "--root", str(RECIPES)]) == 2
-    assert "recipe 'nope' not found; recipes: all4one_resnet18_cifar" in capsys.readouterr().out
+    assert "recipe 'nope' not found; recipes: all4one_resnet18_cifar" in capsys.readouterr().err
+    for argv in (["--root", "/nonexistent"], ["dino_vits16", "--root", "/nonexistent"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == ("pas recipe: error: no recipes folder /nonexistent; run pas recipe in the "
+                                           "repository, or pass --root FOLDER\n")
 
 
 def test_a_recipe_says_which_params_it_replaces(caplog):

@@ -27,3 +27,15 @@ def test_bad_params_stop_a_stage_with_one_line(tmp_path, change, extra, message)
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith(message), done.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_missing_input_file_stops_a_stage_with_one_line_naming_it(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(params),
+                           "--concepts", "nope.json", "--generator", "none", "--out", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("pas generate: error: no such file or folder: nope.json (check the "
+                                                     "path, or run dvc repro to build it)")
+    assert not (tmp_path / "out").exists()

@@ -60,16 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = "see pas --help" if name.startswith("-") else f"choose one of: {', '.join(COMMANDS)}"
         print(f"pas: unknown {'option' if name.startswith('-') else 'command'} {name!r}; {known}", file=sys.stderr)
         return 2
-    from pas.core.config import PasError
+    from pas.core.config import PasError, user_error
 
     module = __import__(COMMANDS[name][0], fromlist=["main"])
     run: Callable[[Sequence[str]], object] = module.main
     try:
         result = run(args[1:])
+        sys.stdout.flush()                 # inside the try: a reader that stopped early is seen here
+    except BrokenPipeError:                # `pas show | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing left to flush at exit
+        return 0
     except (PasError, FileNotFoundError) as err:   # expected: bad input, missing file; anything else is a bug
         if os.environ.get("PAS_LOG_LEVEL") == "DEBUG":
             raise
-        print(f"pas {name}: error: {err}", file=sys.stderr)
+        print(f"pas {name}: error: {user_error(err)}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 

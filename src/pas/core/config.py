@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 T = TypeVar("T")
 
 SIZE_FORMS = "an integer (2000), an underscored integer (2_000) or a k/M/B suffix (500k, 1.2M)"
@@ -30,6 +29,13 @@ class ConfigError(PasError, ValueError):
 
 class DataError(PasError):
     """Input data is missing or unusable; the message names the file and how to fix it."""
+
+
+def user_error(err: PasError | FileNotFoundError) -> str:
+    """The one line a user sees for an expected error: its message, or the path a missing file has."""
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        return f"no such file or folder: {err.filename} (check the path, or run dvc repro to build it)"
+    return str(err)
 
 
 def parse_size(value: Any, key: str = "size") -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="a recipe name (a file of recipes/ without .yaml)")
     parser.add_argument("--root", default=str(RECIPES_DIR), help="the recipes folder")
     args = parser.parse_args(argv)
-    if not args.name:
-        for name in available(Path(args.root)):
-            data = yaml.safe_load((Path(args.root) / f"{name}.yaml").read_text()) or {}
-            print(f"{name:<28} {', '.join(f'{s}.recipe' for s in SECTIONS if s in data)}")
-        return 0
     try:
-        print("dvc exp run \\\n  " + " \\\n  ".join(recipe_flags(args.name, Path(args.root))))
+        if not Path(args.root).is_dir():
+            raise ConfigError(f"no recipes folder {Path(args.root).absolute()}; run pas recipe in the repository, "
+                              "or pass --root FOLDER")
+        if args.name:
+            print("dvc exp run \\\n  " + " \\\n  ".join(recipe_flags(args.name, Path(args.root))))
+            return 0
     except ConfigError as err:
-        print(f"pas recipe: error: {err}")
+        print(f"pas recipe: error: {err}", file=sys.stderr)
         return 2
+    for name in available(Path(args.root)):
+        data = yaml.safe_load((Path(args.root) / f"{name}.yaml").read_text()) or {}
+        print(f"{name:<28} {', '.join(f'{s}.recipe' for s in SECTIONS if s in data)}")
     return 0

@@ -24,7 +24,7 @@ def run_cache_entries(root: str | Path) -> list[tuple[str, str]]:
 
 def share(root: str | Path = ".", remote: str | None = None) -> dict[str, int]:
     """Push the run-cache entries and every object their outputs need; returns counts (entries, objects, failed)."""
-    from dvc.exceptions import NotDvcRepoError
+    from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
     from pas.core.config import PasError
@@ -34,12 +34,15 @@ def share(root: str | Path = ".", remote: str | None = None) -> dict[str, int]:
     except NotDvcRepoError:
         raise PasError(f"{Path(root).absolute()} is not inside a DVC repository; run pas share there") from None
     with repo:
-        repo.stage_cache.push(remote)
-        entries = run_cache_entries(repo.root_dir)
-        objects = {obj for objs in repo.stage_cache.get_used_objs(entries, remote=remote).values() for obj in objs}
-        missing = {obj for obj in objects if not repo.cache.local.exists(obj.value)
-                   and not repo.cache.legacy.exists(obj.value)}
-        result = repo.cloud.push(objects - missing, remote=remote)
+        try:
+            repo.stage_cache.push(remote)
+            entries = run_cache_entries(repo.root_dir)
+            objects = {obj for objs in repo.stage_cache.get_used_objs(entries, remote=remote).values() for obj in objs}
+            missing = {obj for obj in objects if not repo.cache.local.exists(obj.value)
+                       and not repo.cache.legacy.exists(obj.value)}
+            result = repo.cloud.push(objects - missing, remote=remote)
+        except DvcException as err:   # no remote, an unknown remote name, credentials: DVC's own message
+            raise PasError(" ".join(str(err).split())) from None
     counts = {"entries": len(entries), "objects": len(objects - missing), "uploaded": len(result.transferred),
               "failed": len(result.failed), "not_in_cache": len(missing)}
     log.info("pushed the run-cache: %s", counts)

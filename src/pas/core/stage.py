@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level
+from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level, user_error
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.shards import write_json
 from pas.core.tracking import PIPELINE_KEYS, StageRun, stage_run
@@ -42,8 +42,8 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
             metrics = body(args, params, run)
             write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)
-    except PasError as err:
-        print(f"pas {stage}: error: {err}", file=sys.stderr)
+    except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug
+        print(f"pas {stage}: error: {user_error(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("%s done: %s", stage, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
 

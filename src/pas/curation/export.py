@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,19 +201,23 @@ def front_matter(fmt: str, info: CardInfo, total: int) -> dict[str, Any]:
     return meta
 
 
-HOW_TO_LOAD = {
-    "parquet": ('from datasets import load_dataset\nds = load_dataset("parquet", data_dir="{dir}/data", '
-                'split="train")  # or load_dataset("{dir}")\nds.features["concept"].names'),
-    "imagefolder": ('from datasets import load_dataset\nds = load_dataset("{dir}", split="train")  # concept is a '
-                    'ClassLabel (from this card)\n# or: load_dataset("imagefolder", data_dir="{dir}", split="train") '
-                    '(concept as text)\n# or: torchvision.datasets.ImageFolder("{dir}")'),
-    "webdataset": ('import webdataset as wds\nds = wds.WebDataset("{dir}/pas-{{000000..{last:06d}}}.tar", '
-                   'shardshuffle=False).decode("pil").to_tuple("jpg", "json")\n# or: datasets.load_dataset("{dir}", split="train")  '
-                   '# json.concept is a ClassLabel'),
+IN_THIS_FOLDER = 'import os\nfolder = os.path.abspath(".")  # run in this card\'s folder, or set its path here\n'
+HOW_TO_LOAD = {  # str.format templates ({last}: the last shard number)
+    "parquet": (IN_THIS_FOLDER + 'from datasets import load_dataset\n'
+                'ds = load_dataset("parquet", data_dir=f"{{folder}}/data", split="train")  # or load_dataset(folder)\n'
+                'ds.features["concept"].names'),
+    "imagefolder": (IN_THIS_FOLDER + 'from datasets import load_dataset\n'
+                    'ds = load_dataset(folder, split="train")  # concept is a ClassLabel (from this card)\n'
+                    '# or: load_dataset("imagefolder", data_dir=folder, split="train") (concept as text)\n'
+                    '# or: torchvision.datasets.ImageFolder(folder)'),
+    "webdataset": (IN_THIS_FOLDER + 'import webdataset as wds\n'
+                   'ds = wds.WebDataset(f"{{folder}}/pas-{{{{000000..{last:06d}}}}}.tar", shardshuffle=False)'
+                   '.decode("pil").to_tuple("jpg", "json")\n'
+                   '# or: datasets.load_dataset(folder, split="train")  # json.concept is a ClassLabel'),
 }
 
 
-def dataset_card(fmt: str, info: CardInfo, directory: str = ".", files: int = 1) -> str:
+def dataset_card(fmt: str, info: CardInfo, files: int = 1) -> str:
     """The README.md of one exported format: YAML front matter, then counts, fields, license, provenance, loading."""
     total = sum(info.counts.values())
     by_source = Counter()
@@ -235,7 +240,7 @@ def dataset_card(fmt: str, info: CardInfo, directory: str = ".", files: int = 1)
               f"`{info.license}`. {LICENSE_NOTE}", "",
               provenance_markdown(info.provenance, with_params=True, warn=False) if info.provenance is not None
               else "## Provenance\n\nnot recorded (exported without models/lock.json and params)\n",
-              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(dir=directory, last=max(files - 1, 0)),
+              "## How to load", "", "```python", HOW_TO_LOAD[fmt].format(last=max(files - 1, 0)),
               "```", ""]
     return "\n".join(lines)
 
@@ -259,7 +264,7 @@ def export(curated: str | Path, out: str | Path, formats: Sequence[str] = tuple(
             tmp = stack.enter_context(atomic_dir(Path(out) / name))
             info = CardInfo(names, license_id, provenance)
             written[name] = FORMATS[name](_counted(_records(rows), info.counts), tmp, names)
-            card = dataset_card(name, info, str(Path(out) / name), len(list(tmp.glob("*.tar"))))
+            card = dataset_card(name, info, len(list(tmp.glob("*.tar"))))    # no path in it: the card travels
             (tmp / "README.md").write_text(card, encoding="utf-8")
             log.info("exported %d images as %s to %s", written[name], name, Path(out) / name)
     if any(n != len(rows) for n in written.values()):
@@ -294,9 +299,21 @@ def export_backbone(folder: str | Path, out: Path) -> None:
     log.info("backbone exported to %s (timm.create_model('local-dir:%s', pretrained=True))", out, out)
 
 
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")   # the form of Hugging Face's license ids: cc-by-4.0, apache-2.0
+
+
+def check_license(license_id: str) -> None:
+    """Refuse a --license that is not a license id as a dataset card's `license:` field takes it."""
+    from pas.core.config import ConfigError
+
+    if not LICENSE_ID.fullmatch(license_id):
+        raise ConfigError(f"--license {license_id!r} is not a license id; use a Hugging Face id such as cc-by-4.0, "
+                          "apache-2.0, mit or other (lowercase letters, digits, '.', '-', '+')")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     """Command line: pas export --out <folder> [--curated <manifest>] [--formats ...] [--license ID]."""
-    from pas.core.config import load_params
+    from pas.core.config import ConfigError, load_params
     from pas.core.provenance import DATASET_PARAMS, collect_provenance
     from pas.core.runtime import setup_logging
 
@@ -310,15 +327,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     parser.add_argument("--license", default=DEFAULT_LICENSE,
                         help="the cards' license id (other: generated images follow their generator's license, "
                              "retrieved images their sources' licenses)")
-    parser.add_argument("--params", default="params.yaml", help="params file, for the cards' provenance")
+    parser.add_argument("--params", default=None,
+                        help="params file, for the cards' provenance (default: params.yaml when there is one)")
     parser.add_argument("--lock", default="models/lock.json", help="models lock, for the cards' provenance")
     parser.add_argument("--backbone", nargs="?", const="data/pretrain", default=None, metavar="FOLDER",
                         help="also export the pretrained backbone (a timm local-dir / hf-hub folder) to OUT/backbone; "
                              "FOLDER defaults to data/pretrain")
     args = parser.parse_args(argv)
+    check_license(args.license)
+    if args.params is not None and not Path(args.params).is_file():
+        raise ConfigError(f"--params {args.params}: no such file; pass the params file the curated set was built "
+                          "with, or leave --params out")
     if args.backbone is not None:
         export_backbone(args.backbone, Path(args.out) / "backbone")
-    params = load_params(args.params) if Path(args.params).is_file() else None
+    params_file = Path(args.params or "params.yaml")
+    params = load_params(params_file) if params_file.is_file() else None
     picked = None if params is None else {k: v for k, v in params.items() if k in DATASET_PARAMS}
     written = export(args.curated, args.out, args.formats, args.license, collect_provenance(".", picked, args.lock))
     print(json.dumps(written))
