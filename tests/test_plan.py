@@ -1,13 +1,21 @@
 """`pas plan`: per-stage cost from the throughput table, checked against the table's own figures."""
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import math
 
 import pytest
+import yaml
+from conftest import REPO
 
 from pas.cli import main
-from pas.sources.costs import GPUS, UTILISATION
+from pas.core.config import ConfigError
+from pas.evaluate.costs import GPUS, UTILISATION
+from pas.evaluate.costs import rate as costs_rate
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 FIGURES = [
     {"task": "generate", "model": "sdxl-turbo", "batch": 16, "device": "h100", "images_per_s": 40.0,
@@ -95,3 +103,129 @@ def test_the_shipped_table_has_a_figure_for_every_suite_model_with_machine_and_d
     assert needed <= {(f["task"], f["model"]) for f in figures}
     assert all(f["machine"] and f["date"] and (f["images_per_s"] or f["gflops_per_image"]) for f in figures)
     assert all(math.isfinite(f["gflops_per_image"]) for f in figures if f["gflops_per_image"])
+
+
+# --- what pas plan prices is what the stages would run: recipes, budgets, their checks; tiny models not extrapolated
+
+RECIPE = yaml.safe_load((REPO / "recipes" / "dino_vits16.yaml").read_text())["pretrain"]
+SIZE = PARAMS["size"]
+
+
+def pretrain_stage_error(params: dict) -> str:
+    """The ConfigError stages/pretrain.py raises for these params (its body builds the config before any work)."""
+    spec = importlib.util.spec_from_file_location("pretrain_stage", REPO / "stages" / "pretrain.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(ConfigError) as caught:
+        stage.body(None, params, None)
+    return str(caught.value)
+
+
+def test_a_recipe_is_priced_as_the_pretrain_stage_applies_it(table, capsys):
+    assert main(["plan", "-S", "pretrain.recipe=dino_vits16", "--pool-images", "0", "--table", table]) == 0
+    out = capsys.readouterr().out
+    method, backbone, epochs, batch = RECIPE["method"], RECIPE["backbone"], RECIPE["epochs"], RECIPE["batch_size"]
+    assert (method, backbone) == ("dino", "vit_small_patch16_224") and epochs != PARAMS["pretrain"]["epochs"]
+    seen = epochs * (SIZE // batch) * batch                  # the recipe's epochs of whole batches, not params.yaml's
+    row = rows(out)["pretrain"]
+    assert row[1] == f"{seen:,}"
+    rate = GPUS["h100"]["tflops"] * 1e3 * UTILISATION / 112.0   # the table's dino/vit_small_patch16_224 FLOPs
+    assert number(row[2]) == pytest.approx(seen / rate / 3600, rel=1e-2)
+    assert f"pretrain: pretrain {method}/{backbone} on h100: extrapolated from 112 GFLOPs/image" in out
+    assert (f"pretrain: {method}/{backbone} at {RECIPE['image_size']}px (recipe dino_vits16): {epochs} epoch(s) of "
+            f"{SIZE} images" in out)
+    assert PARAMS["pretrain"]["backbone"] not in out
+
+
+@pytest.mark.parametrize(("flags", "seen"), [
+    ([], 2 * (300 // 64) * 64),                                          # 2 epochs of whole batches of 64
+    (["-S", "pretrain.budget=1k"], math.ceil(1000 / 64) * 64),           # whole global batches up to the budget
+    (["-S", "pretrain.budget=1k", "--gpus", "3"], math.ceil(1000 / 192) * 192),   # 3 devices: a global batch of 192
+    (["-S", "pretrain.budget=1.2M", "-S", "pretrain.accumulate_grad_batches=2"], math.ceil(1.2e6 / 128) * 128),
+    (["-S", "pretrain.budget=1.2M", "-S", "size=1.2M"], 1_200_000),       # the budget, not size x epochs
+    (["-S", "pretrain.budget=1k", "-S", "pretrain.max_steps=5"], 5 * 64),   # max_steps still caps a budget
+    (["-S", "pretrain.budget=2M", "-S", "pretrain.dataset=/elsewhere/release.parquet"], 2_000_000),
+])
+def test_pretrain_is_counted_in_the_images_pretraining_sees(flags, seen, table, capsys):
+    assert main(["plan", "-S", "size=300", "-S", "pretrain.epochs=2", "-S", "pretrain.batch_size=64", *flags,
+                 "--pool-images", "0", "--table", table]) == 0
+    out = capsys.readouterr().out
+    assert rows(out)["pretrain"][1] == f"{seen:,}"
+    if "pretrain.budget=1.2M" in flags:
+        assert "budget 1.2M images = " in out
+
+
+def test_an_outside_dataset_without_a_budget_is_named_not_priced(table, capsys):
+    assert main(["plan", "-S", "pretrain.dataset=/elsewhere/release.parquet", "--pool-images", "0",
+                 "--table", table]) == 0
+    out = capsys.readouterr().out
+    assert rows(out)["pretrain"][1] == "?"
+    assert "pretrain.dataset='/elsewhere/release.parquet' has a size unknown here: set pretrain.budget" in out
+
+
+@pytest.mark.parametrize("setting", ["pretrain.epochs=-3", "pretrain.method=foo", "pretrain.recipe=nope",
+                                     "pretrain.epoch=3", "pretrain.budget=lots", "pretrain.budget=-5"])
+def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting, table, capsys):
+    key, _, value = setting.partition("=")
+    params = copy.deepcopy(PARAMS)
+    params["pretrain"][key.split(".")[1]] = yaml.safe_load(value)
+    said = pretrain_stage_error(params)
+    assert main(["plan", "-S", setting, "--table", table]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"pas plan: error: {said}\n" and captured.out == ""
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["-S", "sise=5"], ("pas plan: error: unknown top-level key 'sise' in params.yaml with -S overrides (did you "
+                        "mean size?); allowed: size, ")),
+    (["-S", "pretrain=5"], "pas plan: error: pretrain=5 must be a mapping of its keys"),
+    (["-S", "retrieve.download_margin=-1"], "pas plan: error: retrieve.download_margin=-1.0 is not allowed; use a share"),
+    (["-S", "generate.output_size=0"], "pas plan: error: generate.output_size=0 is not allowed"),
+    (["-S", "models.clip=./no/such/folder"], "pas plan: error: models.clip='./no/such/folder' is not tiny://..."),
+    (["-S", "size=100", "--gpus", "4"], ("pas plan: error: pretrain.batch_size=64 is not allowed; use at most 25 "
+                                          "(the images per device: 100 images on 4 device(s))")),
+])
+def test_a_bad_param_elsewhere_is_one_line_and_exit_2(flags, message, table, capsys):
+    assert main(["plan", *flags, "--table", table]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message) and len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+
+
+TINY = [
+    {"task": "clip_embed", "model": "tiny://clip", "batch": 256, "device": "cpu", "images_per_s": 7000.0,
+     "gflops_per_image": 0.0095, "machine": "a CPU", "date": "2026-11-27"},
+    {"task": "generate", "model": "tiny://sd", "batch": 16, "device": "a100", "images_per_s": 500.0,
+     "gflops_per_image": 0.01, "machine": "NVIDIA A100", "date": "2026-11-27"},
+]
+
+
+@pytest.mark.parametrize("gpu", ["h100", "l4"])
+def test_a_tiny_test_model_is_never_extrapolated_into_a_throughput(gpu, tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": TINY}))
+    assert main(["plan", "-S", "models.clip=tiny://clip", "-S", "models.generator=tiny://sd", "--gpu", gpu,
+                 "--pool-images", "100", "--table", str(path)]) == 0
+    out = capsys.readouterr().out
+    table_rows = rows(out)
+    for stage, where in (("pool_index", "cpu"), ("embed", "cpu"), ("generate", "a100")):
+        assert table_rows[stage][2] == "-" and " ".join(table_rows[stage][4:]) == \
+            f"no figure (tiny test model, measured on {where} only)"
+    assert "EXTRAPOLATED" not in out and "img/s" not in out and "GFLOPs" not in out
+    assert table_rows["total"][1:3] == ["-", "-"]
+
+
+def test_a_tiny_test_model_is_priced_where_it_was_measured(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": TINY}))
+    assert main(["plan", "-S", "models.clip=tiny://clip", "--gpu", "cpu", "--pool-images", "100",
+                 "--table", str(path)]) == 0
+    embed = rows(capsys.readouterr().out)["embed"]
+    assert embed[-1] == "measured" and number(embed[4]) == 7000.0
+
+
+def test_a_small_flops_figure_is_shown_not_rounded_to_zero():
+    figure = {"task": "pretrain", "model": "simclr/resnet18", "device": "cpu", "images_per_s": None,
+              "gflops_per_image": 0.42, "machine": "a CPU", "date": "2026-11-27"}
+    found = costs_rate([figure], "pretrain", "simclr/resnet18", "h100")
+    assert found.images_per_s == pytest.approx(GPUS["h100"]["tflops"] * 1e3 * UTILISATION / 0.42)
+    assert "extrapolated from 0.42 GFLOPs/image" in found.how

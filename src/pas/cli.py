@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pas.curation.export", "export the curated dataset (HF parquet, ImageFolder, WebDataset)"),
     "compare": ("pas.evaluate.compare", "compare experiments from MLflow: table + plot of accuracy vs size"),
-    "plan": ("pas.sources.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
+    "plan": ("pas.evaluate.costs", "what a run will cost before it starts: GPU-hours, wall time, disk per stage"),
     "show": ("pas.evaluate.show", "one page for the workspace or an experiment: params changed, funnel, headline"),
     "recipe": ("pas.core.recipes", "list the official recipes of recipes/, or print one as dvc exp run -S flags"),
     "share": ("pas.core.share", "push DVC's run-cache with its outputs, so colleagues' dvc exp run --pull restores"),

@@ -14,7 +14,7 @@ def safe_name(text: str, max_len: int = MAX_NAME) -> str:
     """`text` as [A-Za-z0-9 _.-] (no leading dot or space, no `..`); a changed name gets `-<8 hex of sha1(text)>`,
     so two different names never map to one (MLflow keys and folder names both allow these characters).
 
-    safe_name("snow leopard") == "snow leopard"; safe_name("brewer's blackbird") == "brewer_s_blackbird-<hash>".
+    safe_name("snow leopard") == "snow leopard"; safe_name("brewer's blackbird") == "brewer_s blackbird-<hash>".
     """
     text = str(text)
     plain = _UNSAFE.sub("_", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()).strip("_. ")

@@ -239,6 +239,25 @@ def save_timm_folder(backbone: Any, out_dir: Path, card: dict[str, Any]) -> None
     (out_dir / "README.md").write_text(text)
 
 
+def heldout_count(args: Any, images: int) -> int:
+    """Images held out of training for the label-free score: the method's heldout_images, at most a tenth."""
+    held = getattr(args, "heldout_images", 0)
+    return min(held, images // 10) if held > 0 else 0
+
+
+def epoch_steps(cfg: PretrainConfig, images: int, world: int, workers: int = 0) -> int:
+    """Optimizer steps per epoch: whole batches per device (each loader worker past the first may end on a
+    partial batch, which is dropped), then whole accumulations; a batch or an accumulation the data cannot fill
+    is a ConfigError."""
+    per_rank = images // world
+    require(per_rank >= cfg.batch_size, "pretrain.batch_size", cfg.batch_size,
+            f"use at most {per_rank} (the images per device: {images} images on {world} device(s))")
+    batches = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
+    require(batches >= cfg.accumulate_grad_batches, "pretrain.accumulate_grad_batches", cfg.accumulate_grad_batches,
+            f"use at most {batches} (the full batches per epoch and device)")
+    return batches // cfg.accumulate_grad_batches    # a partial accumulation is not trained on
+
+
 def training_length(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> tuple[int, int]:
     """(optimizer steps, epochs to run): `epochs` passes, or with a budget the steps that see budget images
     (rounded up to whole global batches), so every dataset size trains on the same number of images."""
@@ -312,22 +331,16 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     cls, args = get_method(cfg.method), cfg.args()
 
     heldout = None
-    if getattr(args, "heldout_images", 0) > 0:   # a label-free score needs images the model never trained on
-        manifest, heldout = split_heldout(manifest, min(args.heldout_images, manifest.num_rows // 10), seed)
+    if held := heldout_count(args, manifest.num_rows):   # a label-free score needs images the model never trained on
+        manifest, heldout = split_heldout(manifest, held, seed)
     dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed)
     images = dataset.num_images
     if images == 0:
         raise ValueError("the manifest lists no images to pretrain on")
-    per_rank = images // world
-    require(per_rank >= cfg.batch_size, "pretrain.batch_size", cfg.batch_size,
-            f"use at most {per_rank} (the images per device: {images} images on {world} device(s))")
+    workers = min(num_workers(), images // world // cfg.batch_size // 8)   # >= 8 full batches per worker
+    steps_per_epoch = epoch_steps(cfg, images, world, workers)
     cls.check(args, cfg.image_size, cfg.batch_size * world, f"pretrain.method_args.{cfg.method}")
-    workers = min(num_workers(), per_rank // cfg.batch_size // 8)   # >= 8 full batches per worker
-    batches_per_epoch = (per_rank - (max(1, workers) - 1) * (cfg.batch_size - 1)) // cfg.batch_size
     accumulate = cfg.accumulate_grad_batches
-    require(batches_per_epoch >= accumulate, "pretrain.accumulate_grad_batches", accumulate,
-            f"use at most {batches_per_epoch} (the full batches per epoch and device)")
-    steps_per_epoch = batches_per_epoch // accumulate    # optimizer steps; a partial accumulation is not trained on
     global_batch = cfg.batch_size * accumulate * world
     total_steps, epochs = training_length(cfg, steps_per_epoch, global_batch)
     # the schedules' epoch: one pass, or with a budget a nominal epoch (total / pretrain.epochs), so warm-up, DINO's

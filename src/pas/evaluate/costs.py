@@ -4,24 +4,32 @@ Per-image costs come from benchmarks/throughput.json, which benchmarks/throughpu
 GPU machine): each figure names its task, model, settings, device, machine and date, and is either measured there
 or derived from the model's FLOPs per image. A figure for another device than the one asked for is extrapolated:
 from a measured GPU figure by the ratio of peak bf16 TFLOPs, else from the FLOPs at an assumed utilisation. The
-table printed says which figures are measured and which are extrapolated, and how.
+table printed says which figures are measured and which are extrapolated, and how; a tiny test model (tiny://) is
+priced only where it was measured. The params are checked as the stages check them, recipes applied, and pretraining
+is counted in the images it sees (epochs, or pretrain.budget) as pas.ssl.pretrain counts them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pas.core.config import ConfigError, PasError, load_params, top_level
+from pas.core.config import ConfigError, PasError, TopLevel, build, check_keys, load_params, top_level
 from pas.sources.plan import candidate_counts
 from pas.sources.pool_sources import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from pas.models.registry import ModelsConfig
+    from pas.sources.generate import GenerateConfig
+    from pas.sources.pool_index import PoolIndexConfig
+    from pas.sources.retrieve import RetrieveConfig
+    from pas.ssl.pretrain import PretrainConfig
 
 # Peak dense bf16 tensor TFLOPs (vendor data sheets: H100 SXM, A100 SXM, L4) and memory; a CPU has no such peak
 # worth quoting, so only figures measured on a CPU are used for it.
@@ -72,7 +80,7 @@ def rate(figures: list[dict[str, Any]], task: str, model: str, device: str) -> R
         if figure["device"] == device and figure.get("images_per_s"):
             return Rate(figure["images_per_s"], f"measured on {figure['machine']}, {figure['date']}, batch "
                                                 f"{figure.get('batch')}", True)
-    if device not in GPUS:
+    if device not in GPUS or is_tiny(model):   # a tiny test model's speed is overhead, not FLOPs: never extrapolated
         return None
     for figure in mine:
         if figure["device"] in GPUS and figure.get("images_per_s"):
@@ -80,11 +88,26 @@ def rate(figures: list[dict[str, Any]], task: str, model: str, device: str) -> R
             return Rate(figure["images_per_s"] * ratio,
                         f"extrapolated from {figure['device']} ({figure['date']}) by peak TFLOPs x{ratio:.2f}", False)
     for figure in mine:
-        if figure.get("gflops_per_image"):
-            ideal = GPUS[device]["tflops"] * 1e3 * UTILISATION / figure["gflops_per_image"]
-            return Rate(ideal, f"extrapolated from {figure['gflops_per_image']:,.0f} GFLOPs/image at "
-                               f"{UTILISATION:.0%} of peak", False)
+        gflops = figure.get("gflops_per_image") or 0
+        if gflops > 0:
+            ideal = GPUS[device]["tflops"] * 1e3 * UTILISATION / gflops
+            shown = f"{gflops:,.0f}" if gflops >= 10 else f"{gflops:.2g}"
+            return Rate(ideal, f"extrapolated from {shown} GFLOPs/image at {UTILISATION:.0%} of peak", False)
     return None
+
+
+def is_tiny(model: str) -> bool:
+    """A tiny test model (tiny://...): random weights, a speed set by overheads, no real cost to extrapolate."""
+    return model.startswith("tiny://")
+
+
+def no_figure(figures: list[dict[str, Any]], task: str, model: str) -> str:
+    """Why a (task, model) has no rate: a tiny model is priced only where it was measured; else the table lacks it."""
+    if not is_tiny(model):
+        return f"no figure for {task} {model} in the throughput table"
+    devices = sorted({f["device"] for f in figures if f["task"] == task and f["model"] == model
+                      and f.get("images_per_s")})
+    return f"no figure (tiny test model{', measured on ' + ', '.join(devices) + ' only' if devices else ''})"
 
 
 def clip_arch(name: str) -> str:
@@ -111,37 +134,101 @@ def generator_model(name: str) -> str:
     return aliases.get(name, name)
 
 
-def stage_work(params: dict[str, Any], pool_images: int | None) -> list[dict[str, Any]]:
-    """Per stage: images processed and the (task, model) whose rate prices them, from the params alone."""
+@dataclass(frozen=True)
+class Settings:
+    """The params sections pas plan prices, each checked as its stage checks it."""
+
+    top: TopLevel
+    models: ModelsConfig
+    generate: GenerateConfig
+    pool_index: PoolIndexConfig
+    retrieve: RetrieveConfig
+    pretrain: PretrainConfig   # with its recipe applied, as stages/pretrain.py applies it
+
+
+def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    value = params.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{name}={value!r} must be a mapping of its keys (a section of params.yaml)")
+    return value or {}
+
+
+def checked(params: dict[str, Any], source: str = "params.yaml") -> Settings:
+    """The sections pas plan reads, through the stages' own checks: an unknown top-level key, an unknown section
+    key, a bad value or recipe is the ConfigError the stage would raise."""
+    from pas.core.recipes import with_recipe
+    from pas.models.registry import ModelsConfig, check_names
+    from pas.sources.generate import GenerateConfig
+    from pas.sources.pool_index import PoolIndexConfig
+    from pas.sources.retrieve import RetrieveConfig
+    from pas.ssl.pretrain import PretrainConfig
+
+    check_keys(params, source)
     top = top_level(params)
+    models = build(ModelsConfig, _section(params, "models"), "models")
+    check_names(models)
+    generate = build(GenerateConfig, _section(params, "generate"), "generate")
+    pool_index = build(PoolIndexConfig, _section(params, "pool_index"), "pool_index")
+    retrieve = build(RetrieveConfig, _section(params, "retrieve"), "retrieve")
+    _section(params, "pretrain")   # a mapping, before with_recipe copies it
+    pretrain = build(PretrainConfig, with_recipe(params, "pretrain"), "pretrain")
+    return Settings(top, models, generate, pool_index, retrieve, pretrain)
+
+
+def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
+    """The images pretraining sees, counted as pas.ssl.pretrain counts them: whole batches per device (one loader
+    worker: more workers drop at most a batch each per epoch), whole optimizer steps, then training_length."""
+    from pas.ssl.pretrain import epoch_steps, heldout_count, training_length
+
+    global_batch = cfg.batch_size * cfg.accumulate_grad_batches * gpus
+    what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
+    work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}"}
+    if cfg.dataset == "curated":
+        images = size - heldout_count(cfg.args(), size)
+        steps, epochs = training_length(cfg, epoch_steps(cfg, images, gpus), global_batch)
+        passes = f"{epochs:,} epoch(s) of {images:,} images"
+    elif cfg.images_budget:
+        steps, _ = training_length(cfg, 1, global_batch)   # a budget's steps do not depend on the dataset's size
+        passes = ""
+    else:
+        return {**work, "images": None, "detail": what,
+                "note": f"pretrain.dataset={cfg.dataset!r} has a size unknown here: set pretrain.budget to price it"}
+    batches = f"{steps:,} steps x {global_batch:,} images/step"
+    if steps == cfg.max_steps:
+        batches += " (pretrain.max_steps)"
+    if cfg.images_budget:
+        source = "" if cfg.dataset == "curated" else f" of {cfg.dataset}"
+        length = f"budget {cfg.budget} images{source} = {batches}" + (f" ({passes})" if passes else "")
+    else:
+        length = f"{passes} = {batches}"
+    return {**work, "images": steps * global_batch, "detail": f"{what}: {length}"}
+
+
+def stage_work(settings: Settings, pool_images: int | None, gpus: int = 1) -> list[dict[str, Any]]:
+    """Per stage: images processed and the (task, model) whose rate prices them, from the params alone."""
+    top = settings.top
     counts = candidate_counts(top.size, top.oversample, top.mix)
-    models = params.get("models", {})
-    pretrain = params.get("pretrain", {})
-    retrieve = params.get("retrieve", {})
-    clip = clip_arch(str(models.get("clip", "tiny://clip")))
-    epochs = int(pretrain.get("epochs", 1))
-    downloads = math.ceil(counts["retrieved"] * (1 + float(retrieve.get("download_margin", 0.0))))
+    clip = clip_arch(settings.models.clip)
+    downloads = math.ceil(counts["retrieved"] * (1 + settings.retrieve.download_margin))
+    pool_note = {0: "precomputed embeddings: no GPU work", None: "pool size unknown: pass --pool-images N"}
     return [
         {"stage": "generate", "images": counts["generated"], "task": "generate",
-         "model": generator_model(str(models.get("generator", "tiny://sd")))},
+         "model": generator_model(settings.models.generator)},
         {"stage": "pool_index", "images": pool_images, "task": "clip_embed", "model": clip,
-         "note": "precomputed embeddings: no GPU work" if pool_images == 0 else None},
+         "note": pool_note.get(pool_images)},
         {"stage": "retrieve", "images": downloads, "task": None, "model": None,
          "note": "downloads only the hits (network-bound, no GPU)"},
         {"stage": "embed", "images": counts["generated"], "task": "clip_embed", "model": clip,
          "note": "retrieved images reuse their pool vectors"},
-        {"stage": "pretrain", "images": top.size * epochs, "task": "pretrain",
-         "model": f"{pretrain.get('method', 'simclr')}/{pretrain.get('backbone', 'resnet18')}",
-         "note": f"{epochs} epoch(s) of {top.size:,} images"},
+        pretrain_work(settings.pretrain, top.size, gpus),
     ]
 
 
-def disk_gb(params: dict[str, Any], pool_images: int | None) -> dict[str, float]:
+def disk_gb(settings: Settings, pool_images: int | None) -> dict[str, float]:
     """Estimated disk: image shards (JPEG), CLIP embeddings (float16), the pool's chunks + index."""
-    top = top_level(params)
-    counts = candidate_counts(top.size, top.oversample, top.mix)
-    side = int(params.get("generate", {}).get("output_size", 64))
-    dim = clip_dim(clip_arch(str(params.get("models", {}).get("clip", "tiny://clip"))))
+    counts = candidate_counts(settings.top.size, settings.top.oversample, settings.top.mix)
+    side = settings.generate.output_size
+    dim = clip_dim(clip_arch(settings.models.clip))
     shards = (counts["generated"] + counts["retrieved"]) * side * side * JPEG_BYTES_PER_PIXEL
     embeddings = (counts["generated"] + counts["retrieved"]) * dim * 2
     pool = (pool_images or 0) * (dim * 2 + dim + 8)
@@ -161,25 +248,24 @@ def pool_size(source: str) -> int | None:
     return sum(1 for f in (path.rglob("*") if path.is_dir() else [path]) if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def plan(params: dict[str, Any], figures: list[dict[str, Any]], device: str, gpus: int,
+def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: int,
          pool_images: int | None) -> dict[str, Any]:
     """Per-stage images, GPU-hours (device-hours on a CPU), wall hours on `gpus` devices and the figure used."""
     rows = []
-    for work in stage_work(params, pool_images):
-        row = {**work, "device_hours": None, "wall_hours": None, "rate": None}
+    for work in stage_work(settings, pool_images, gpus):
+        row = {"note": None, **work, "device_hours": None, "wall_hours": None, "rate": None}
         if work["task"] and work["images"]:
             found = rate(figures, work["task"], work["model"], device)
             if found is not None:
                 hours = work["images"] / found.images_per_s / 3600
                 row.update(device_hours=hours, wall_hours=hours / gpus, rate=found)
             else:
-                row["note"] = f"no figure for {work['task']} {work['model']} in the throughput table"
-        elif work["images"] is None:
-            row["note"] = "pool size unknown: pass --pool-images N"
+                row["note"] = no_figure(figures, work["task"], work["model"])
         rows.append(row)
     priced = [r for r in rows if r["device_hours"] is not None]
-    return {"rows": rows, "device_hours": sum(r["device_hours"] for r in priced),
-            "wall_hours": sum(r["wall_hours"] for r in priced), "disk_gb": disk_gb(params, pool_images),
+    return {"rows": rows, "device_hours": sum(r["device_hours"] for r in priced) if priced else None,
+            "wall_hours": sum(r["wall_hours"] for r in priced) if priced else None,
+            "disk_gb": disk_gb(settings, pool_images),
             "unpriced": [r["stage"] for r in rows if r["task"] and r["images"] and r["device_hours"] is None]}
 
 
@@ -200,6 +286,7 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
                      f"  {figure}")
     lines.append(f"{'total':<11}{'':>14}{_hours(result['device_hours']):>11}{_hours(result['wall_hours']):>14}"
                  + (f"  (not priced: {', '.join(result['unpriced'])})" if result["unpriced"] else ""))
+    lines += [f"{row['stage']}: {row['detail']}" for row in result["rows"] if row.get("detail")]
     disk = result["disk_gb"]
     lines.append(f"disk: shards {disk['shards']:,.1f} GB (JPEG at ~{JPEG_BYTES_PER_PIXEL} B/pixel, an estimate), "
                  f"embeddings {disk['embeddings']:,.1f} GB, pool chunks + index {disk['pool_index']:,.1f} GB")
@@ -213,8 +300,9 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`pas plan`: print the cost of the current params (with -S overrides) on a hardware profile."""
-    parser = argparse.ArgumentParser(prog="pas plan", description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from pas.core.stage import command_parser
+
+    parser = command_parser("plan", __doc__)
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, as dvc exp run -S does (e.g. -S size=1.2M)")
     parser.add_argument("--gpu", default="h100", help=f"hardware profile: {', '.join(DEVICES)}")
@@ -234,10 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(args.params)
         for assignment in args.set_param:
             override(params, assignment)
+        settings = checked(params, f"{args.params} with -S overrides" if args.set_param else args.params)
         pool = args.pool_images
         if pool is None:
-            pool = pool_size(str(params.get("pool_index", {}).get("source", "data/pool")))
-        result = plan(params, load_table(Path(args.table)), args.gpu, args.gpus, pool)
+            pool = pool_size(settings.pool_index.source)
+        result = plan(settings, load_table(Path(args.table)), args.gpu, args.gpus, pool)
     except PasError as err:
         print(f"pas plan: error: {err}", file=sys.stderr)
         return 2
