@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level, user_error
+from pas.core.provenance import params_digest
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.shards import write_json
-from pas.core.tracking import PIPELINE_KEYS, StageRun, stage_run
+from pas.core.tracking import PARAMS_DIGEST_TAG, PIPELINE_KEYS, StageRun, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
         check_command_size(getattr(args, "size", None), everything, args.params)
         experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input
         with stage_run(stage, params, experiment, select(everything, PIPELINE_KEYS)) as run:
+            run.set_tags({PARAMS_DIGEST_TAG: params_digest(everything)})   # one execution's whole params, for compare
             metrics = body(args, params, run)
             write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)

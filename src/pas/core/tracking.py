@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 INVOCATION_TAG = "pas.invocation"
 ERROR_TAG = "pas.error"
+PARAMS_DIGEST_TAG = "pas.params_digest"   # sha256 of the whole params file a stage ran with (12 hex)
 # MLflow 3 opens an experiment without this tag in the GenAI view; this value is its classic training-runs view
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # the params that tell one experiment from another: the pipeline run's columns in the MLflow runs table

@@ -4,115 +4,44 @@
     python -m pas.evaluate.compare --out reports/compare            # compare.md, compare.csv, compare.png
 
 Each evaluate run carries its experiment's coordinates as params (size, mix.*, pretrain.method,
-pretrain.backbone) and its results as metrics `<dataset>.<init>.<result>.top1`. Runs with the same
-coordinates are the same point: the latest one wins. The plot shows top-1 against `size` (log axis)
-for one result (default linear), a line per init, method and source mix.
+pretrain.backbone) and its results as metrics `<dataset>.<init>.<result>.top1`. A point is one pipeline
+execution (pas.evaluate.compare_runs): re-runs of one params file (its digest, tagged by every stage run)
+collapse into the newest; the `exp` column and the params that differ between points tell the rows apart. A gain between
+inits of different architectures (evaluate's `pas.comparison` tag) is marked CONFOUNDED in compare.md
+and compare.csv; a run logged before that tag existed says "architecture not recorded". The plot shows
+top-1 against `size` (log axis) for one result (default linear), a line per init, method and source mix.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pas.core.config import PasError, parse_size
+from pas.core.config import PasError
 from pas.core.shards import atomic_path
+from pas.evaluate.compare_runs import CONFOUNDED, SAME, UNRECORDED, Row, arch_check, collect, exp_label
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("experiment", "run_id", "exp_name", "size", "method", "backbone", "mix", "budget", "images_seen", "dataset",
-          "init", "result", "top1", "top1_std", "top5", "label_free_score")
-_SKIP = {"gain", "elfis_gain", "summary"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One result of one experiment: coordinates, dataset, init, result name and accuracies."""
-
-    experiment: str
-    run_id: str
-    exp_name: str
-    size: int
-    method: str
-    backbone: str
-    mix: str
-    dataset: str
-    init: str
-    result: str
-    top1: float
-    top1_std: float | None
-    top5: float | None
-    label_free_score: float | None = None  # LeJEPA's held-out loss of the pretrained backbone (lower: better)
-    budget: str = "-"        # pretrain.budget in images, or "epochs" (a fixed number of passes: compute grows with size)
-    images_seen: str = "-"   # images the pretraining actually trained on (steps x global batch)
-
-
-def _mix(params: dict[str, str]) -> str:
-    parts = sorted((k.split(".", 1)[1], v) for k, v in params.items() if k.startswith("mix."))
-    return " ".join(f"{name}={value}" for name, value in parts) or "-"
-
-
-def _rows_of_run(run: Any, experiment: str, exp_name: str) -> list[Row]:
-    params, metrics = run.data.params, run.data.metrics
-    if "size" not in params:
-        log.warning("evaluate run %s has no size param; skipped (logged before pas.evaluate.compare existed?)", run.info.run_id)
-        return []
-    coords = dict(experiment=experiment, run_id=run.info.run_id, exp_name=exp_name, size=parse_size(params["size"]),
-                  method=params.get("pretrain.method", "-"), backbone=params.get("pretrain.backbone", "-"),
-                  mix=_mix(params), budget=params.get("pretrain.budget", "-"),
-                  images_seen=params.get("pretrain.images_seen", "-"))
-    rows = []
-    for key, value in metrics.items():
-        parts = key.rsplit(".", 3)
-        if len(parts) != 4 or parts[3] != "top1" or parts[1] in _SKIP or parts[0] in _SKIP:
-            continue
-        dataset, init, result, _ = parts
-        prefix = f"{dataset}.{init}.{result}"
-        rows.append(Row(**coords, dataset=dataset, init=init, result=result, top1=value,
-                        top1_std=metrics.get(f"{prefix}.top1_std"), top5=metrics.get(f"{prefix}.top5"),
-                        label_free_score=metrics.get("summary.label_free_score")))
-    return rows
-
-
-def collect(tracking_uri: str, experiments: Sequence[str] = ()) -> list[Row]:
-    """Rows of every finished evaluate run (latest per coordinates) in the named or all pas-* experiments."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = [e for e in client.search_experiments() if (e.name in experiments if experiments else
-                                                        e.name.startswith("pas-"))]
-    if not found:
-        raise PasError(f"no MLflow experiment {' or '.join(experiments) or 'named pas-*'} at {tracking_uri}; "
-                       "run the pipeline (dvc repro / dvc exp run) first")
-    runs = client.search_runs([e.experiment_id for e in found], order_by=["attributes.start_time DESC"],
-                              filter_string="tags.`pas.stage` = 'evaluate' and attributes.status = 'FINISHED'")
-    names = {e.experiment_id: e.name for e in found}
-    seen: set[tuple] = set()
-    rows: list[Row] = []
-    for run in runs:  # newest first: the first run of each coordinate set wins
-        parent = run.data.tags.get("mlflow.parentRunId")
-        exp_name = client.get_run(parent).data.tags.get("dvc.exp_name", "") if parent else ""
-        run_rows = _rows_of_run(run, names[run.info.experiment_id], exp_name)
-        key = (names[run.info.experiment_id], *(run_rows[0].__dict__[f] for f in ("size", "method", "backbone", "mix"))) \
-            if run_rows else None
-        if key is None or key in seen:
-            continue
-        seen.add(key)
-        rows += run_rows
-    return sorted(rows, key=lambda r: (r.experiment, r.dataset, r.result, r.method, r.mix, r.size, r.init))
-
-
-def write_csv(rows: list[Row], path: Path) -> None:
-    """All rows, one per (experiment, dataset, init, result)."""
+FIELDS = ("experiment", "run_id", "parent_run_id", "exp_name", "execution", "size", "method", "backbone", "mix",
+          "budget", "images_seen", "params", "dataset", "init", "result", "top1", "top1_std", "top5", "gain",
+          "gain_comparison", "comparison", "label_free_score")
+def write_csv(rows: list[Row], path: Path, reference: str = "pas") -> None:
+    """All rows, one per (point, dataset, init, result), with the reference's gain over the row's init and whether
+    that gain compares one architecture (gain_comparison: same / CONFOUNDED / not recorded)."""
+    refs = {(r.run_id, r.dataset, r.result): r for r in rows if r.init == reference}
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows(dataclasses.asdict(row) for row in rows)
+        for row in rows:
+            ref = refs.get((row.run_id, row.dataset, row.result)) if row.init != reference else None
+            writer.writerow({**dataclasses.asdict(row), "comparison": row.comparison or UNRECORDED,
+                             "gain": ref.top1 - row.top1 if ref else None,
+                             "gain_comparison": arch_check(row.comparison, reference, row.init) if ref else ""})
 
 
 def _pct(value: float | None, sign: str = "") -> str:
@@ -122,28 +51,66 @@ def _pct(value: float | None, sign: str = "") -> str:
 def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> str:
     """A table per (dataset, result): a row per experiment, top-1 per init, and reference-minus-baseline gains."""
     lines = ["# Experiment comparison", "", "Test top-1 in %; gains in points.", ""]
+    extra = any(r.params for r in rows)   # a params column only when points differ beyond the columns
     for dataset in sorted({r.dataset for r in rows}):
         for result in results:
             chosen = [r for r in rows if r.dataset == dataset and r.result == result]
             if not chosen:
                 continue
             inits = sorted({r.init for r in chosen}, key=lambda i: (i != reference, i))
-            baselines = [i for i in inits if i != reference]
-            points = sorted({(r.size, r.method, r.backbone, r.mix, r.exp_name, r.budget, r.images_seen)
-                             for r in chosen})
-            head = ["size", "method", "backbone", "mix", "exp", "budget", "images seen", *inits,
-                    *(f"{reference} − {b}" for b in baselines if reference in inits)]
-            lines += [f"## {dataset}: {result}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for point in points:
-                top1 = {r.init: r.top1 for r in chosen
-                        if (r.size, r.method, r.backbone, r.mix, r.exp_name, r.budget, r.images_seen) == point}
-                gains = [_pct(top1[reference] - top1[b], "+") if reference in top1 and b in top1 else "—"
-                         for b in baselines] if reference in inits else []
-                lines.append("| " + " | ".join([str(point[0]), *point[1:4], point[4] or "-", *point[5:7],
-                                                 *(_pct(top1.get(i)) for i in inits), *gains]) + " |")
+            baselines = [i for i in inits if i != reference] if reference in inits else []
+            points: dict[str, dict[str, Row]] = {}
+            for r in chosen:   # already in table order
+                points.setdefault(r.run_id, {})[r.init] = r
+            head = ["size", "method", "backbone", "mix", "exp", "budget", "images seen", *(["params"] if extra else []),
+                    *inits, *(f"{reference} − {b}" for b in baselines)]
+            lines += [f"## {dataset}: {result}", "", *_architecture_lines(list(points.values()), reference, baselines),
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for point in points.values():
+                r = next(iter(point.values()))
+                lines.append("| " + " | ".join([*_coordinates(r), r.budget, r.images_seen,
+                                                 *([r.params or "-"] if extra else []),
+                                                 *(_pct(point[i].top1 if i in point else None) for i in inits),
+                                                 *(_gain_cell(point, reference, b) for b in baselines)]) + " |")
             lines.append("")
             lines += _compute_note(chosen)
     return "\n".join(lines + label_free_ranking(rows, reference, results[0] if results else "linear"))
+
+
+def _coordinates(row: Row) -> list[str]:
+    return [str(row.size), row.method, row.backbone, row.mix, exp_label(row)]
+
+
+def _label(row: Row) -> str:
+    return " · ".join(_coordinates(row)) + (f" · {row.params}" if row.params else "")
+
+
+def _gain_cell(point: dict[str, Row], reference: str, baseline: str) -> str:
+    """reference − baseline in points, suffixed with the architecture check unless both share one architecture."""
+    if reference not in point or baseline not in point:
+        return "—"
+    check = arch_check(point[reference].comparison, reference, baseline)
+    return _pct(point[reference].top1 - point[baseline].top1, "+") + ("" if check == SAME else f" ({check})")
+
+
+def _architecture_lines(points: list[dict[str, Row]], reference: str, baselines: list[str]) -> list[str]:
+    """A bold CONFOUNDED line naming the rows whose gain compares architectures; a note for unrecorded ones."""
+    found: dict[str, list[str]] = {CONFOUNDED: [], UNRECORDED: []}
+    for point in points:
+        if reference in point:
+            checks = {b: arch_check(point[reference].comparison, reference, b) for b in baselines if b in point}
+            for check, named in found.items():
+                if pairs := [f"{reference} − {b}" for b, c in checks.items() if c == check]:
+                    named.append(f"{_label(point[reference])} ({', '.join(pairs)})")
+    lines = []
+    if found[CONFOUNDED]:
+        named = "; ".join(found[CONFOUNDED])
+        lines += [(f"**CONFOUNDED: these gains compare different architectures, so they mix architecture with "
+                   f"pretraining data and are no evidence for or against the data: {named}.**"), ""]
+    if found[UNRECORDED]:
+        lines += [(f"A gain marked ({UNRECORDED}) comes from an evaluate run logged before evaluate tagged "
+                   "pas.comparison: it may compare different architectures."), ""]
+    return lines
 
 
 def _compute_note(rows: list[Row]) -> list[str]:
@@ -168,7 +135,7 @@ def label_free_ranking(rows: list[Row], reference: str, result: str) -> list[str
         mine = sorted((r for r in scored if r.dataset == dataset), key=lambda r: r.label_free_score)
         lines += [f"### {dataset}: {reference} {result} top-1", "", "| rank | size | mix | exp | loss | top-1 |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {i} | {r.size} | {r.mix} | {r.exp_name or '-'} | {r.label_free_score:.4f} | {_pct(r.top1)} |"
+        lines += [f"| {i} | {r.size} | {r.mix} | {exp_label(r)} | {r.label_free_score:.4f} | {_pct(r.top1)} |"
                   for i, r in enumerate(mine, 1)]
         if len(mine) >= 3:
             rho = spearmanr([-r.label_free_score for r in mine], [r.top1 for r in mine]).statistic
@@ -180,8 +147,9 @@ def label_free_ranking(rows: list[Row], reference: str, result: str) -> list[str
     return lines
 
 
-def plot(rows: list[Row], result: str, path: Path) -> bool:
-    """top-1 against size for `result`: a panel per dataset, a line per (init, method, mix)."""
+def plot(rows: list[Row], result: str, path: Path, reference: str = "pas") -> bool:
+    """top-1 against size for `result`: a panel per dataset, a line per (init, method, mix, differing params); an
+    init of another architecture than the reference is labelled CONFOUNDED."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -197,12 +165,15 @@ def plot(rows: list[Row], result: str, path: Path) -> bool:
     mixes = sorted({r.mix for r in chosen})
     for k, dataset in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), k + 1)
-        lines = sorted({(r.init, r.method, r.mix) for r in chosen if r.dataset == dataset})
-        for init, method, mix in lines:
-            points = sorted((r.size, r.top1) for r in chosen
-                            if (r.dataset, r.init, r.method, r.mix) == (dataset, init, method, mix))
+        lines = sorted({(r.init, r.method, r.mix, r.params) for r in chosen if r.dataset == dataset})
+        for init, method, mix, params in lines:
+            mine = [r for r in chosen if (r.dataset, r.init, r.method, r.mix, r.params) == (dataset, init, method, mix,
+                                                                                           params)]
+            points = sorted((r.size, r.top1) for r in mine)
+            confounded = any(arch_check(r.comparison, reference, init) == CONFOUNDED for r in mine)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=markers[methods.index(method) % 5],
-                    linestyle=styles[mixes.index(mix) % 4], label=f"{init} · {method} · {mix}")
+                    linestyle=styles[mixes.index(mix) % 4], label=" · ".join(filter(None, (
+                        init, method, mix, params, "CONFOUNDED: different architecture" if confounded else ""))))
         ax.set_xscale("log")
         ax.set(xlabel="size (curated images)", ylabel="test top-1", title=f"{dataset}: {result}")
         ax.legend(fontsize=7)
@@ -223,18 +194,22 @@ def compare(tracking_uri: str, out_dir: str | Path, experiments: Sequence[str] =
     order = sorted({r.result for r in rows}, key=lambda n: (n != result, n))
     with atomic_path(out_dir / "compare.md") as tmp:
         tmp.write_text(render_markdown(rows, reference, order))
-    write_csv(rows, out_dir / "compare.csv")
-    plotted = plot(rows, result, out_dir / "compare.png")
-    experiments_found = {(r.experiment, r.size, r.method, r.backbone, r.mix) for r in rows}
-    log.info("compared %d experiment point(s), %d rows -> %s", len(experiments_found), len(rows), out_dir)
-    return {"points": len(experiments_found), "rows": len(rows), "plot": plotted}
+    write_csv(rows, out_dir / "compare.csv", reference)
+    plotted = plot(rows, result, out_dir / "compare.png", reference)
+    points = {r.run_id for r in rows}
+    confounded = {r.run_id for r in rows if arch_check(r.comparison, reference, r.init) == CONFOUNDED}
+    log.info("compared %d experiment point(s), %d rows -> %s", len(points), len(rows), out_dir)
+    if confounded:
+        log.warning("%d point(s) compare inits of different architectures: their gains are marked CONFOUNDED",
+                    len(confounded))
+    return {"points": len(points), "rows": len(rows), "plot": plotted, "confounded": len(confounded)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: pas compare [--experiment pas-animals] [--out reports/compare] [--result linear]."""
+    from pas.core.mlflow_store import read_tracking_uri
     from pas.core.runtime import setup_logging
     from pas.core.stage import command_parser
-    from pas.core.mlflow_store import read_tracking_uri
 
     parser = command_parser("compare", __doc__.strip())
     parser.add_argument("--experiment", action="append", default=[], help="MLflow experiment (repeatable); "
@@ -251,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pas compare: error: {err}", file=sys.stderr)
         return 2
     print(f"{summary['points']} experiment point(s) -> {args.out}/compare.md, compare.csv"
-          + (", compare.png" if summary["plot"] else f" (no {args.result!r} result to plot)"))
+          + (", compare.png" if summary["plot"] else f" (no {args.result!r} result to plot)")
+          + (f"; CONFOUNDED: {summary['confounded']} point(s) compare different architectures (marked in the table)"
+             if summary["confounded"] else ""))
     return 0
 
 
