@@ -14,7 +14,7 @@ from PIL import Image
 from pas.core import tracking
 from pas.core.config import parse_size
 from pas.core.tracking import stage_run
-from pas.evaluate.compare import collect, main
+from pas.evaluate.compare import collect, compare, main
 from pas.evaluate.honesty import check_architectures
 
 PIPELINE = {"size": "300", "seed": 0, "domain": "animals", "mix": {"generated": 0.5, "retrieved": 0.5},
@@ -35,7 +35,7 @@ SAME = {"pas": "resnet18", "random": "resnet18", "imagenet": "resnet18"}
 
 def _evaluate_run(size, linear: dict[str, float], method="simclr", label_free: float | None = None,
                   budget="epochs", images_seen=None, arches: dict[str, str] | None = SAME,
-                  pipeline: dict | None = None):
+                  pipeline: dict | None = None, experiment: str = "pas-test"):
     """One evaluate run (in the current execution); arches=None: logged before evaluate tagged pas.comparison."""
     seen = images_seen if images_seen is not None else 2 * parse_size(size)   # 2 epochs unless a budget is set
     params = {"size": size, "mix": {"generated": 0.5, "retrieved": 0.5},
@@ -47,7 +47,7 @@ def _evaluate_run(size, linear: dict[str, float], method="simclr", label_free: f
                "summary": {"gain": {"random": {"linear": 0.1}},
                            **({"label_free_score": label_free} if label_free is not None else {})}}
     metrics["animals"]["gain"] = {"random": {"linear": linear["pas"] - linear["random"]}}
-    with stage_run("evaluate", params, "pas-test", pipeline) as run:
+    with stage_run("evaluate", params, experiment, pipeline) as run:
         run.log_metrics(metrics)
         if arches is not None:
             run.set_tags(_honesty_tags(arches))
@@ -276,3 +276,17 @@ def test_a_run_without_the_architecture_tag_says_architecture_not_recorded(track
     assert "| +15.0 (architecture not recorded) |" in table and "**CONFOUNDED" not in table
     rows = [r for r in _csv(tmp_path / "cmp" / "compare.csv") if r["init"] == "random"]
     assert {(r["gain_comparison"], r["comparison"]) for r in rows} == {("architecture not recorded",) * 2}
+
+
+def test_two_domains_never_share_a_table_or_a_plot_line(tracking_db, execution, tmp_path):
+    execution("lunar-juts")
+    _evaluate_run("300", {"pas": 0.31, "random": 0.30, "imagenet": 0.90}, experiment="pas-food")
+    execution("pique-tang")
+    _evaluate_run("300", {"pas": 0.396, "random": 0.30, "imagenet": 0.90}, experiment="pas-birds")
+    summary = compare(tracking_db, tmp_path / "cmp")
+    assert summary["points"] == 2
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    food = table[table.index("## pas-food · animals: linear"):]
+    birds = table[table.index("## pas-birds · animals: linear"):table.index("## pas-food · animals: linear")]
+    assert "| lunar-juts |" not in birds and "| pique-tang |" in birds
+    assert "| lunar-juts |" in food.split("## pas-food · animals: fewshot_5")[0]

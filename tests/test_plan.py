@@ -184,6 +184,16 @@ def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting
     (["-S", "models.clip=./no/such/folder"], "pas plan: error: models.clip='./no/such/folder' is not tiny://..."),
     (["-S", "size=100", "--gpus", "4"], ("pas plan: error: pretrain.batch_size=64 is not allowed; use at most 25 "
                                           "(the images per device: 100 images on 4 device(s))")),
+    # the sections plan does not price are checked too: the whole file at once
+    (["-S", "finetune.protocols=[bogus]"], "pas plan: error: finetune.protocols=['bogus'] is not allowed"),
+    (["-S", "finetune.sise=1"], "pas plan: error: unknown key finetune.sise; allowed keys of finetune: "),
+    (["-S", "finetune.recipe=nope"], "pas plan: error: finetune.recipe='nope' is not a recipe"),
+    (["-S", "filter.threshold=abc"], "pas plan: error: filter.threshold='abc' must be a number"),
+    (["-S", "dedup.balance=nope"], "pas plan: error: dedup.balance='nope' is not allowed"),
+    (["-S", "concepts.llm.backend=nope"], "pas plan: error: concepts.llm.backend='nope' is not allowed"),
+    (["-S", "evaluate.allow_mixed_arch=maybe"], "pas plan: error: evaluate.allow_mixed_arch='maybe'"),
+    (["-S", "report.sise=1"], "pas plan: error: unknown key report.sise"),
+    (["-S", "sample_data.sise=1"], "pas plan: error: unknown key sample_data.sise"),
 ])
 def test_a_bad_param_elsewhere_is_one_line_and_exit_2(flags, message, table, capsys):
     assert main(["plan", *flags, "--table", table]) == 2

@@ -49,3 +49,34 @@ def test_a_missing_stage_metrics_file_is_named(tmp_path):
         read_stage_metrics([tmp_path / f"{s}.json" for s in STAGES])
     with pytest.raises(FileNotFoundError, match=r"no metrics of eval given"):
         read_stage_metrics([tmp_path / f"{s}.json" for s in STAGES[:-1]])
+
+
+def test_show_names_the_finished_pipeline_run_of_the_workspace_params(tmp_path, monkeypatch):
+    """Not the newest run of any status: a failed bad-input run and another experiment's run come later."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from pas.core.config import load_params
+    from pas.core.provenance import params_digest
+    from pas.core.tracking import PARAMS_DIGEST_TAG
+    from pas.evaluate.show import pipeline_run, where_lines
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"size": 300, "domain": "birds"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("pas-birds")
+    mine = params_digest(load_params("params.yaml"))
+    for name, digest, status in (("pique-tang", mine, "FINISHED"), ("mucky-jags", mine, "FAILED"),
+                                 ("lunar-juts", "0123456789ab", "FINISHED")):     # oldest first
+        run = client.create_run(exp, run_name=name, tags={"pas.kind": "pipeline", PARAMS_DIGEST_TAG: digest,
+                                                          "dvc.exp_name": name})
+        client.set_terminated(run.info.run_id, status)
+    assert "(pique-tang) in " in pipeline_run(None) and "may be another's" not in pipeline_run(None)
+    assert "(lunar-juts) in " in pipeline_run("lunar-juts")
+    assert "no finished pipeline run of mucky-jags" in pipeline_run("mucky-jags")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"size": 400, "domain": "birds"}))   # no run of these
+    assert "(lunar-juts) (the newest finished one: no run recorded these params' digest" in pipeline_run(None)
+    assert where_lines("lunar-juts") == ["  dataset report, evaluation, plots: the workspace's files are not "
+                                         "lunar-juts's; `dvc exp apply lunar-juts` puts them there"]

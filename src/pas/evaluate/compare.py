@@ -52,9 +52,9 @@ def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> 
     """A table per (dataset, result): a row per experiment, top-1 per init, and reference-minus-baseline gains."""
     lines = ["# Experiment comparison", "", "Test top-1 in %; gains in points.", ""]
     extra = any(r.params for r in rows)   # a params column only when points differ beyond the columns
-    for dataset in sorted({r.dataset for r in rows}):
+    for experiment, dataset in panels(rows):
         for result in results:
-            chosen = [r for r in rows if r.dataset == dataset and r.result == result]
+            chosen = [r for r in rows if (r.experiment, r.dataset, r.result) == (experiment, dataset, result)]
             if not chosen:
                 continue
             inits = sorted({r.init for r in chosen}, key=lambda i: (i != reference, i))
@@ -64,7 +64,8 @@ def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> 
                 points.setdefault(r.run_id, {})[r.init] = r
             head = ["size", "method", "backbone", "mix", "exp", "budget", "images seen", *(["params"] if extra else []),
                     *inits, *(f"{reference} − {b}" for b in baselines)]
-            lines += [f"## {dataset}: {result}", "", *_architecture_lines(list(points.values()), reference, baselines),
+            lines += [f"## {panel_title(rows, experiment, dataset)}: {result}", "",
+                      *_architecture_lines(list(points.values()), reference, baselines),
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for point in points.values():
                 r = next(iter(point.values()))
@@ -75,6 +76,16 @@ def render_markdown(rows: list[Row], reference: str, results: Sequence[str]) -> 
             lines.append("")
             lines += _compute_note(chosen)
     return "\n".join(lines + label_free_ranking(rows, reference, results[0] if results else "linear"))
+
+
+def panels(rows: list[Row]) -> list[tuple[str, str]]:
+    """(MLflow experiment, downstream dataset) pairs: a table or plot panel each, so domains never share one."""
+    return sorted({(r.experiment, r.dataset) for r in rows})
+
+
+def panel_title(rows: list[Row], experiment: str, dataset: str) -> str:
+    """The dataset, prefixed with its experiment (pas-<domain>) when the rows hold more than one."""
+    return f"{experiment} · {dataset}" if len({r.experiment for r in rows}) > 1 else dataset
 
 
 def _coordinates(row: Row) -> list[str]:
@@ -131,9 +142,11 @@ def label_free_ranking(rows: list[Row], reference: str, result: str) -> list[str
     if not scored:
         return []
     lines = ["## Label-free ranking (LeJEPA held-out loss, lower is better)", ""]
-    for dataset in sorted({r.dataset for r in scored}):
-        mine = sorted((r for r in scored if r.dataset == dataset), key=lambda r: r.label_free_score)
-        lines += [f"### {dataset}: {reference} {result} top-1", "", "| rank | size | mix | exp | loss | top-1 |",
+    for experiment, dataset in panels(scored):
+        mine = sorted((r for r in scored if (r.experiment, r.dataset) == (experiment, dataset)),
+                      key=lambda r: r.label_free_score)
+        lines += [f"### {panel_title(scored, experiment, dataset)}: {reference} {result} top-1", "",
+                  "| rank | size | mix | exp | loss | top-1 |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {i} | {r.size} | {r.mix} | {exp_label(r)} | {r.label_free_score:.4f} | {_pct(r.top1)} |"
                   for i, r in enumerate(mine, 1)]
@@ -156,26 +169,27 @@ def plot(rows: list[Row], result: str, path: Path, reference: str = "pas") -> bo
     chosen = [r for r in rows if r.result == result]
     if not chosen:
         return False
-    datasets = sorted({r.dataset for r in chosen})
+    datasets = panels(chosen)
     fig = Figure(figsize=(6 * len(datasets), 4.5))
     FigureCanvasAgg(fig)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v"]
     methods = sorted({r.method for r in chosen})
     mixes = sorted({r.mix for r in chosen})
-    for k, dataset in enumerate(datasets):
+    for k, (experiment, dataset) in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), k + 1)
-        lines = sorted({(r.init, r.method, r.mix, r.params) for r in chosen if r.dataset == dataset})
+        panel = [r for r in chosen if (r.experiment, r.dataset) == (experiment, dataset)]
+        lines = sorted({(r.init, r.method, r.mix, r.params) for r in panel})
         for init, method, mix, params in lines:
-            mine = [r for r in chosen if (r.dataset, r.init, r.method, r.mix, r.params) == (dataset, init, method, mix,
-                                                                                           params)]
+            mine = [r for r in panel if (r.init, r.method, r.mix, r.params) == (init, method, mix, params)]
             points = sorted((r.size, r.top1) for r in mine)
             confounded = any(arch_check(r.comparison, reference, init) == CONFOUNDED for r in mine)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=markers[methods.index(method) % 5],
                     linestyle=styles[mixes.index(mix) % 4], label=" · ".join(filter(None, (
                         init, method, mix, params, "CONFOUNDED: different architecture" if confounded else ""))))
         ax.set_xscale("log")
-        ax.set(xlabel="size (curated images)", ylabel="test top-1", title=f"{dataset}: {result}")
+        ax.set(xlabel="size (curated images)", ylabel="test top-1",
+               title=f"{panel_title(chosen, experiment, dataset)}: {result}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -172,7 +172,26 @@ def checked(params: dict[str, Any], source: str = "params.yaml") -> Settings:
     retrieve = build(RetrieveConfig, _section(params, "retrieve"), "retrieve")
     _section(params, "pretrain")   # a mapping, before with_recipe copies it
     pretrain = build(PretrainConfig, with_recipe(params, "pretrain"), "pretrain")
+    check_unpriced_sections(params)
     return Settings(top, models, generate, pool_index, retrieve, pretrain)
+
+
+def check_unpriced_sections(params: dict[str, Any]) -> None:
+    """The sections plan does not price, checked as their stages check them: the whole file is checked at once."""
+    from pas.concepts.build import ConceptsConfig
+    from pas.core.recipes import with_recipe
+    from pas.curation.dedup import DedupConfig
+    from pas.curation.filter import FilterConfig
+    from pas.curation.report import ReportConfig
+    from pas.data.sample_data import SampleDataConfig
+    from pas.evaluate.metrics import EvaluateConfig
+    from pas.transfer.finetune import finetune_config
+
+    for cls, name in ((SampleDataConfig, "sample_data"), (ConceptsConfig, "concepts"), (FilterConfig, "filter"),
+                      (DedupConfig, "dedup"), (ReportConfig, "report"), (EvaluateConfig, "evaluate")):
+        build(cls, _section(params, name), name)
+    _section(params, "finetune")
+    finetune_config(with_recipe(params, "finetune"))
 
 
 def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pas.core.config import PasError
+from pas.core.config import PasError, load_params
+from pas.core.provenance import params_digest
+from pas.core.tracking import PARAMS_DIGEST_TAG
 from pas.evaluate.summary import PROTOCOLS
 
 SUMMARY = "metrics/summary.json"
@@ -87,14 +89,31 @@ def pipeline_run(experiment: str | None) -> str:
 
     client = MlflowClient(tracking_uri=uri)
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("pas-")]
-    query = "tags.`pas.kind` = 'pipeline'" + (f" and tags.`dvc.exp_name` = '{experiment}'" if experiment else "")
-    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1) \
-        if experiments else []
-    if not runs:
-        return f"  MLflow: no pipeline run{f' of {experiment}' if experiment else ''} in {uri}"
-    run = runs[0]
-    return (f"  MLflow: run {run.info.run_id} ({run.info.run_name}) in {uri}; "
+    finished = "tags.`pas.kind` = 'pipeline' and attributes.status = 'FINISHED'"
+    if experiment:
+        query = f"{finished} and tags.`dvc.exp_name` = '{experiment}'"
+    else:   # the workspace's results come from the newest finished run of its params file
+        query = f"{finished} and tags.`{PARAMS_DIGEST_TAG}` = '{params_digest(load_params('params.yaml'))}'"
+    def newest(query: str) -> Any | None:
+        runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1) \
+            if experiments else []
+        return runs[0] if runs else None
+
+    caveat = ""
+    if (run := newest(query)) is None and experiment is None and (run := newest(finished)) is not None:
+        caveat = " (the newest finished one: no run recorded these params' digest, so it may be another's)"
+    if run is None:
+        return f"  MLflow: no finished pipeline run{f' of {experiment}' if experiment else ''} in {uri}"
+    return (f"  MLflow: run {run.info.run_id} ({run.info.run_name}){caveat} in {uri}; "
             f"`mlflow ui --backend-store-uri {uri}`")
+
+
+def where_lines(experiment: str | None) -> list[str]:
+    """Where the report, evaluation and plots are: the workspace's files, or how to get an experiment's."""
+    if experiment is None:
+        return ["  dataset report: reports/dataset.html   evaluation: metrics/eval.md   plots: plots/"]
+    return [f"  dataset report, evaluation, plots: the workspace's files are not {experiment}'s; "
+            f"`dvc exp apply {experiment}` puts them there"]
 
 
 def render(experiment: str | None) -> str:
@@ -104,9 +123,7 @@ def render(experiment: str | None) -> str:
     lines = [f"pas show: {experiment or 'workspace'}", "", "Params that differ from HEAD:"]
     lines += [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items()] or ["  none"]
     lines += ["", "Dataset funnel:", *funnel_lines(summary), "", "Headline metrics (metrics/summary.json):",
-              *metric_lines(summary), "", "Where things are:",
-              "  dataset report: reports/dataset.html   evaluation: metrics/eval.md   plots: plots/",
-              pipeline_run(experiment)]
+              *metric_lines(summary), "", "Where things are:", *where_lines(experiment), pipeline_run(experiment)]
     return "\n".join(lines)
 
 
@@ -115,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pas.core.stage import command_parser
 
     parser = command_parser("show", __doc__)
-    parser.add_argument("experiment", nargs="?", help="an experiment name or rev (dvc exp show); default: the workspace")
+    parser.add_argument("experiment", nargs="?",
+                        help="an experiment name or rev (dvc exp show); default: the workspace")
     args = parser.parse_args(argv)
     if not Path("dvc.yaml").is_file():
         raise PasError("not in a pas repository (no dvc.yaml here); cd into one")
