@@ -12,7 +12,7 @@ from pas.transfer.index import pretrain_dataset, read_finetune_index
 
 # size and mix are read only to label the results (pretrain's method, backbone, budget and images seen come from
 # its model card): MLflow then holds each result with the experiment coordinates that `pas compare` plots against
-KEYS = ("size", "mix", "evaluate")
+KEYS = ("size", "domain", "mix", "evaluate")
 CARD_COORDINATES = ("method", "backbone", "budget", "images_seen", "dataset")
 
 
@@ -29,7 +29,7 @@ def pretrain_coordinates(folder):
 def honesty_tags(summary):
     """What the MLflow runs table must say about this comparison: oracle concepts, confounded architectures."""
     concepts = "oracle concepts (the shipped bank names downstream classes)" if summary.get("oracle_concepts") \
-        else "autonomous" if "oracle_concepts" in summary else "not checked"
+        else "no downstream class named by the shipped bank" if "oracle_concepts" in summary else "not checked"
     mixed = summary.get("mixed_architecture")
     comparison = ("CONFOUNDED: different architectures (" + ", ".join(mixed) + ")") if mixed else "same architecture"
     return {"pas.concepts": concepts, "pas.comparison": comparison}
@@ -45,7 +45,7 @@ def body(args, params, run):
         metrics = evaluate(args.finetune, cfg, plots, concepts)
     run.log_params(card)
     run.set_tags(honesty_tags(metrics["summary"]))
-    coordinates = {"size": params.get("size"), "mix": params.get("mix"), **card}
+    coordinates = {"domain": params.get("domain"), "size": params.get("size"), "mix": params.get("mix"), **card}
     index = read_finetune_index(args.finetune)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)

@@ -50,7 +50,11 @@ def test_eval_md_says_confounded_and_oracle_concepts_in_bold():
     clean, index = _metrics_and_index(None, concept_overlap([{"name": "dog", "source": "generated"}], ["cat", "dog"]))
     text = render_eval_md(clean, index, "pas")
     assert "CONFOUNDED" not in text and "ORACLE" not in text and "| pas − imagenet |" in text
-    assert "concepts name 1 of 2 classes of shapes (by source: 1 generated); none comes from the shipped bank" in text
+    assert "concepts name 1 of 2 classes of shapes (by source: 1 generated); none of those comes from the shipped " \
+           "bank" in text
+    nothing, index = _metrics_and_index(None, concept_overlap([{"name": "pho", "source": "shipped"}], ["cat", "dog"]))
+    text = render_eval_md(nothing, index, "pas")        # a shipped bank that names no class: not oracle, and said so
+    assert "Concept overlap: no concept names any of the 2 classes of shapes." in text and "ORACLE" not in text
 
 
 def test_concept_overlap_matches_names_and_aliases_across_spelling():
@@ -113,3 +117,19 @@ def test_diversity_is_compared_on_equal_samples_in_one_space():
     assert out["flat/train"]["reference_mean_cosine_distance"] == pytest.approx(0.0)
     assert out["flat/train"]["curated_mean_cosine_distance"] == pytest.approx(1.0)
     assert against_references(eye, {"x/train": same}, cap=2000)["x/train"]["n"] == 16
+
+
+def test_the_concepts_tag_says_what_was_checked_not_more():
+    """pas.concepts: oracle, or only that no shipped-bank concept names a class (not 'autonomous': a bank-only run
+    whose bank misses the classes was still not an LLM alone), or not checked."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("stage_evaluate", REPO / "stages" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    assert stage.honesty_tags({"oracle_concepts": True})["pas.concepts"].startswith("oracle concepts")
+    assert stage.honesty_tags({"oracle_concepts": False})["pas.concepts"] == \
+        "no downstream class named by the shipped bank"
+    assert stage.honesty_tags({})["pas.concepts"] == "not checked"

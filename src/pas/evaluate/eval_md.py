@@ -74,9 +74,11 @@ def honesty_lines(summary: dict[str, Any]) -> list[str]:
             lines += [f"> **ORACLE CONCEPTS: the shipped concept bank names {share} (by source: {sources}; e.g. "
                       f"{', '.join(overlap['examples'][:5])}). This result measures the oracle-concept setting, "
                       f"not the paper's autonomous one (an LLM alone: concepts.discover.use_bank: false).**", ""]
+        elif overlap["named"]:
+            lines += [f"Concept overlap: concepts name {share} (by source: {sources}); none of those comes from the "
+                      f"shipped bank, so the concepts were not handed the downstream classes.", ""]
         else:
-            lines += [f"Concept overlap: concepts name {share} (by source: {sources}); none comes from the shipped "
-                      f"bank, so the concepts were not handed the downstream classes.", ""]
+            lines += [f"Concept overlap: no concept names any of the {overlap['classes']} classes of {dataset}.", ""]
     return lines
 
 
