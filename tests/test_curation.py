@@ -91,6 +91,25 @@ def test_curate_gives_every_candidate_one_status_and_exactly_size():
     assert set(result.metrics["status"]) == set(STATUSES)
     assert result.metrics["per_concept"] == {"a": 3, "b": 3}
     assert next(d for d in result.decisions if d["key"] == "k05")["eval_item"] == 3
+    assert result.metrics["concepts_without_images"] == 0
+
+
+def test_concepts_left_without_an_image_are_counted_and_named(caplog):
+    """size below the concept count (the shipped food bank's 402 concepts at size 300) leaves concepts empty."""
+    rng = np.random.default_rng(1)
+    e = unit(rng.standard_normal((8, 16)))
+    rows = [{"key": f"k{i}", "shard": "s.tar", "source": "generated", "concept": "abcd"[i % 4], "domain_score": 0.5,
+             "concept_score": 0.5, "pixel_hash": ""} for i in range(8)]
+    with caplog.at_level("WARNING"):
+        few = curate(rows, e, [""] * 8, clean(8), 2, ["a", "b", "c", "d"], DedupConfig())
+    assert few.metrics["concepts_without_images"] == 2
+    assert "2 of 4 concepts have no curated image" in caplog.text
+    assert "size=2 is below the 4 concepts; raise size, or keep fewer concepts (concepts.count)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        unseen = curate(rows, e, [""] * 8, clean(8), 5, ["a", "b", "c", "d", "e"], DedupConfig())
+    assert unseen.metrics["concepts_without_images"] == 1
+    assert "1 of 5 concepts have no curated image (e.g. e): no candidate of theirs survived" in caplog.text
 
 
 def test_cluster_balance_samples_evenly_across_kmeans_clusters():

@@ -147,6 +147,12 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
         if abs(metrics["real_share"] - real_share) > 0.01:
             log.warning("the curated set is %.1f%% real against a mix target of %.1f%%: one source ran short",
                         100 * metrics["real_share"], 100 * real_share)
+    empty = [c for c in concepts if not metrics["per_concept"].get(c)]
+    metrics["concepts_without_images"] = len(empty)
+    if empty:
+        log.warning("%d of %d concepts have no curated image (e.g. %s)%s", len(empty), len(concepts),
+                    ", ".join(empty[:3]), f": size={size} is below the {len(concepts)} concepts; raise size, or keep "
+                    "fewer concepts (concepts.count)" if size < len(concepts) else ": no candidate of theirs survived")
     return Curation(curated, decisions, metrics)
 
 
