@@ -36,9 +36,14 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _four_places(value: Any) -> Any:
+    """A share as dvc exp show can print it beside the other columns (0.3433, not 0.3433333333333333)."""
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def headline(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The flat summary: funnel counts, images seen, mean top-1 per (init, protocol), gains, oracle / mixed flags."""
-    out: dict[str, Any] = {name: stages[stage].get(key) for name, stage, key in FUNNEL}
+    out: dict[str, Any] = {name: _four_places(stages[stage].get(key)) for name, stage, key in FUNNEL}
     out["pretrain_images_seen"] = stages["pretrain"].get("images_seen")
     evaluation = stages["eval"]
     summary = evaluation.get("summary", {})
