@@ -47,7 +47,8 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
     except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug
         print(f"pas {stage}: error: {user_error(err)}", file=sys.stderr)
         raise SystemExit(2) from None
-    log.info("%s done: %s", stage, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    log.info("%s done: %s", stage, flat or f"metrics in {Path(args.metrics_dir) / f'{metrics_name or stage}.json'}")
 
 
 def check_command_size(size: str | None, everything: dict[str, Any], source: str) -> None:
