@@ -107,3 +107,26 @@ def test_report_opens_with_provenance_and_warns_about_tiny_models(inputs, tmp_pa
     build_report(inputs, ReportConfig(samples=2, groups=1), tmp_path / "real.html", tmp_path / "figures", prov)
     page = (tmp_path / "real.html").read_text()
     assert "stabilityai/sdxl-turbo (71153311)" in page and "class='warning'" not in page
+
+
+def test_a_large_bank_plots_its_extremes_not_a_30000_pixel_strip(tmp_path):
+    """402 food concepts: the bars show the 20 most and 20 fewest, at a width the report can show."""
+    from PIL import Image
+
+    from pas.curation import report_figures as figs
+
+    counts = {f"dish {i:03d}": {"generated": i % 7, "retrieved": i % 3} for i in range(402)}
+    png = figs.concept_counts(counts, tmp_path / "concepts.png")
+    assert Image.open(png).width <= 100 * (0.45 * figs.MAX_BARS + 2)
+    shown, note = figs.extremes(list(counts), {c: sum(v.values()) for c, v in counts.items()})
+    assert len(shown) == 40 and note == " (the 20 highest and lowest of 402)"
+    total = {c: sum(v.values()) for c, v in counts.items()}
+    hidden = [total[c] for c in counts if c not in shown]
+    assert min(total[c] for c in shown[:20]) >= max(hidden) and max(total[c] for c in shown[20:]) <= min(hidden)
+    table = {variant: {"all": {"vendi": 9.0, "mean_cosine_distance": 0.5},
+                       **{c: {"vendi": float(i % 11), "mean_cosine_distance": 0.3} for i, c in enumerate(counts)}}
+             for variant in ("candidates", "curated")}
+    png = figs.diversity_bars(table, tmp_path / "diversity.png")
+    assert Image.open(png).width <= 100 * (0.5 * figs.MAX_BARS * 2 + 2)
+    small = {"a": {"generated": 1}, "b": {"retrieved": 2}}
+    assert figs.extremes(list(small), {"a": 1, "b": 2}) == (["a", "b"], "")

@@ -50,9 +50,20 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+MAX_BARS = 40   # a figure stays readable in the report's 1100 px; a bank of 400 concepts shows its extremes
+
+
+def extremes(names: list[str], value: Mapping[str, float], limit: int = MAX_BARS) -> tuple[list[str], str]:
+    """All names, or the limit/2 highest and limit/2 lowest by value once there are more, and a title note."""
+    if len(names) <= limit:
+        return names, ""
+    ranked = sorted(names, key=lambda n: (-value[n], n))
+    return ranked[: limit // 2] + ranked[-(limit // 2):], f" (the {limit // 2} highest and lowest of {len(names)})"
+
+
 def concept_counts(counts: Mapping[str, Mapping[str, int]], path: Path) -> Path:
-    """Stacked bars: curated images per concept, split by source."""
-    concepts = list(counts)
+    """Stacked bars: curated images per concept, split by source (the extremes of a large bank)."""
+    concepts, note = extremes(list(counts), {c: sum(v.values()) for c, v in counts.items()})
     sources = sorted({s for c in counts.values() for s in c})
     fig = _figure(max(5.0, 0.45 * len(concepts) + 2), 3.6)
     ax = fig.add_subplot()
@@ -62,7 +73,7 @@ def concept_counts(counts: Mapping[str, Mapping[str, int]], path: Path) -> Path:
         ax.bar(concepts, values, bottom=bottom, label=source, color=COLORS.get(source))
         bottom += values
     ax.set_ylabel("curated images")
-    ax.set_title("images per concept")
+    ax.set_title(f"images per concept{note}")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -133,9 +144,14 @@ def image_rows(rows: Sequence[tuple[str, Sequence[Tile]]], path: Path, tile: int
 
 
 def diversity_bars(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> Path:
-    """Vendi score and mean pairwise cosine distance per group (overall first), one bar per dataset variant."""
+    """Vendi score and mean pairwise cosine distance per group (overall first, then the extremes of a large bank by
+    the last variant's Vendi score), one bar per dataset variant."""
     variants = list(table)  # e.g. candidates, curated
     groups = list(next(iter(table.values())))
+    last = table[variants[-1]]
+    head, rest = groups[:1], groups[1:]
+    shown, note = extremes(rest, {g: last.get(g, {}).get("vendi") or 0.0 for g in rest}, MAX_BARS - 1)
+    groups = head + shown
     fig = _figure(max(6.0, 0.5 * len(groups) * len(variants) + 2), 6.0)
     for k, (metric, title) in enumerate((("vendi", "Vendi score (effective number of distinct images)"),
                                          ("mean_cosine_distance", "mean pairwise cosine distance"))):
@@ -145,6 +161,6 @@ def diversity_bars(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: P
             values = [table[variant].get(g, {}).get(metric) or 0.0 for g in groups]
             ax.bar(np.arange(len(groups)) + v * width, values, width, label=variant)
         ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=60, fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title + note, fontsize=10)
         ax.legend(fontsize=8)
     return _save(fig, path)
