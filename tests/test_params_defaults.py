@@ -101,3 +101,23 @@ def test_top_level_parses_sizes_once():
 def test_a_misspelt_top_level_key_is_refused_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"unknown top-level key 'sise' in params\.yaml \(did you mean size\?\)"):
         check_keys({"sise": 5000, "size": 300})
+
+
+def test_params_yaml_is_in_dvcs_own_form_so_a_set_changes_only_its_lines(tmp_path):
+    """`dvc exp run -S` re-dumps params.yaml (block lists, '' for empty strings, no null): shipped in that form, an
+    experiment's params diff is the lines it set, and every comment survives."""
+    import difflib
+
+    from dvc.utils.hydra import apply_overrides
+
+    original = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(original)
+    apply_overrides(str(path), ["size=300"])                              # the value it already has
+    assert path.read_text() == original
+    apply_overrides(str(path), ["size=1k", "finetune.protocols=[linear]", "pretrain.method_args.swav.hidden_mlp=256"])
+    changed = [line for line in difflib.unified_diff(original.splitlines(), path.read_text().splitlines(), n=0,
+                                                      lineterm="") if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == ["-size: 300            # images in the curated dataset: 300, 2_000, 500k, 1.2M",
+                       "+size: 1k             # images in the curated dataset: 300, 2_000, 500k, 1.2M",
+                       "-      hidden_mlp: 512", "+      hidden_mlp: 256", "-  - knn", "-  - fewshot", "-  - full"]
