@@ -140,3 +140,26 @@ def test_sigkill_mid_run_then_rerun_gives_exact_keys_and_untouched_complete_shar
     after = shard_bytes(out)
     assert all(after[name] == data for name, data in complete.items())          # finished shards untouched
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]        # no temp files left
+
+
+def test_a_prompt_over_the_encoders_tokens_is_one_warning_not_a_notice_per_batch(tiny_models, tmp_path, caplog,
+                                                                                 capfd):
+    """The food bank's longest prompts exceed CLIP's 77 tokens: generate says so once, diffusers' and transformers'
+    truncation notices (a 1,000-character line per batch) are not printed, and the images are those of the prompt."""
+    long = "a photo of " + ", ".join(f"grilled salmon teriyaki number {i}" for i in range(30))
+    concepts = [{"name": "salmon", "prompts": [long, "a salmon"], "negative_prompt": ""}]
+    jobs = plan_jobs(concepts, 4, seed=0)
+    model = read_entry(tiny_models["generator"])
+    with caplog.at_level("WARNING"):
+        generate(tiny_models["generator"], model, jobs, FAST, tmp_path / "gen")
+    warnings = [r.getMessage() for r in caplog.records if "longer than the text encoder" in r.getMessage()]
+    assert warnings == [f"1 of 2 distinct prompts are longer than the text encoder's 77 tokens: it reads only their "
+                        f"start (e.g. {long[:120]!r})"]
+    printed = capfd.readouterr()
+    assert "truncated because CLIP" not in printed.err + caplog.text
+    assert "Token indices sequence length" not in printed.err + caplog.text
+    import logging
+
+    from pas.sources.generate import WithoutTruncationNotices
+    assert not any(isinstance(f, WithoutTruncationNotices) for name in ("transformers.tokenization_utils_base",)
+                   for f in logging.getLogger(name).filters)                   # the filter is removed afterwards

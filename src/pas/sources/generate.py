@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -164,6 +164,30 @@ def load_pipeline(model_dir: str | Path, device: str, throughput: Throughput = T
     return pipe
 
 
+TRUNCATION_NOTICES = ("truncated because CLIP can only handle", "Token indices sequence length is longer")
+
+
+class WithoutTruncationNotices(logging.Filter):
+    """Drops the per-batch prompt-truncation notices of diffusers and transformers: generate warns once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(notice in record.getMessage() for notice in TRUNCATION_NOTICES)
+
+
+def long_prompts(model_dir: str | Path, prompts: Iterable[str]) -> tuple[list[str], int]:
+    """(prompts longer than the text encoder reads, its token limit): CLIP reads 77 tokens and drops the rest."""
+    folder = Path(model_dir) / "tokenizer"
+    if not folder.is_dir():
+        return [], 0
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    limit = tokenizer.model_max_length
+    unique = sorted(set(prompts))
+    lengths = tokenizer(unique, truncation=False, verbose=False).input_ids if unique else []
+    return [p for p, ids in zip(unique, lengths) if len(ids) > limit], limit
+
+
 def render(pipe: Any, jobs: list[dict[str, Any]], sampling: Sampling) -> list[Any]:
     """Render one batch of jobs with one seeded generator per image; returns PIL images."""
     import torch
@@ -172,10 +196,18 @@ def render(pipe: Any, jobs: list[dict[str, Any]], sampling: Sampling) -> list[An
     kwargs: dict[str, Any] = {}
     if sampling.guidance > 1.0 and any(job["negative_prompt"] for job in jobs):
         kwargs["negative_prompt"] = [job["negative_prompt"] for job in jobs]
-    with torch.inference_mode():
-        out = pipe(prompt=[job["prompt"] for job in jobs], num_inference_steps=sampling.steps,
-                   guidance_scale=sampling.guidance, height=sampling.resolution, width=sampling.resolution,
-                   generator=generators, output_type="pil", **kwargs)
+    quiet = WithoutTruncationNotices()
+    loggers = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        with torch.inference_mode():
+            out = pipe(prompt=[job["prompt"] for job in jobs], num_inference_steps=sampling.steps,
+                       guidance_scale=sampling.guidance, height=sampling.resolution, width=sampling.resolution,
+                       generator=generators, output_type="pil", **kwargs)
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
     return out.images
 
 
@@ -265,6 +297,10 @@ def generate(model_dir: str | Path, model: dict[str, Any], jobs: list[dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = effective_sampling(cfg, model.get("recommended", {}))
+    long, limit = long_prompts(model_dir, (job["prompt"] for job in jobs))
+    if long:
+        log.warning("%d of %d distinct prompts are longer than the text encoder's %d tokens: it reads only their "
+                    "start (e.g. %r)", len(long), len({job["prompt"] for job in jobs}), limit, long[0][:120])
     groups = [jobs[i : i + cfg.shard_size] for i in range(0, len(jobs), cfg.shard_size)]
     make_worker = partial(_shard_worker, str(model_dir), model, sampling, cfg.batch_size, out_dir)
     tasks = list(enumerate(groups))
