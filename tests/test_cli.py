@@ -160,3 +160,18 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     proc.stdout.close()                                    # the reader is gone before pas has started up
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and stderr == ""
+
+
+def test_only_a_closed_stdout_counts_as_a_reader_that_stopped():
+    """A BrokenPipeError elsewhere (a DVC remote's connection) must stay an error: pas checks stdout's own pipe."""
+    code = "import sys; from pas.cli import stdout_reader_gone; print(stdout_reader_gone(), file=sys.stderr)"
+    read_end, write_end = os.pipe()
+    said = []
+    for close_reader in (False, True):
+        if close_reader:
+            os.close(read_end)
+        proc = subprocess.run([sys.executable, "-c", code], stdout=write_end, capture_output=False,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=True)
+        said.append(proc.stderr.strip())
+    os.close(write_end)
+    assert said == ["False", "True"]

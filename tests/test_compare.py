@@ -290,3 +290,14 @@ def test_two_domains_never_share_a_table_or_a_plot_line(tracking_db, execution, 
     birds = table[table.index("## pas-birds · animals: linear"):table.index("## pas-food · animals: linear")]
     assert "| lunar-juts |" not in birds and "| pique-tang |" in birds
     assert "| lunar-juts |" in food.split("## pas-food · animals: fewshot_5")[0]
+
+
+def test_an_evaluate_run_whose_pipeline_run_was_deleted_is_still_a_row(tracking_db, execution):
+    execution("gone")
+    _evaluate_run("300", {"pas": 0.45, "random": 0.30, "imagenet": 0.90})
+    client = MlflowClient(tracking_uri=tracking_db)
+    (evaluate,) = client.search_runs([client.get_experiment_by_name("pas-test").experiment_id],
+                                     "tags.`pas.stage` = 'evaluate'")
+    client.delete_run(evaluate.data.tags["mlflow.parentRunId"])          # deleted in the MLflow UI
+    rows = [r for r in collect(tracking_db) if r.init == "pas" and r.result == "linear"]
+    assert [(r.top1, r.exp_name, r.execution) for r in rows] == [(0.45, "", "")]

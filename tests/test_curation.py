@@ -109,7 +109,9 @@ def test_concepts_left_without_an_image_are_counted_and_named(caplog):
     with caplog.at_level("WARNING"):
         unseen = curate(rows, e, [""] * 8, clean(8), 5, ["a", "b", "c", "d", "e"], DedupConfig())
     assert unseen.metrics["concepts_without_images"] == 1
-    assert "1 of 5 concepts have no curated image (e.g. e): no candidate of theirs survived" in caplog.text
+    assert "1 of 5 concepts have no curated image (e.g. e): 0 had candidates left after filtering, de-duplication " \
+           "and decontamination, which balancing (concepts) and the source mix did not pick; 1 had none left" \
+           in caplog.text
 
 
 def test_cluster_balance_samples_evenly_across_kmeans_clusters():

@@ -161,6 +161,17 @@ def test_an_outside_dataset_without_a_budget_is_named_not_priced(table, capsys):
     out = capsys.readouterr().out
     assert rows(out)["pretrain"][1] == "?"
     assert "pretrain.dataset='/elsewhere/release.parquet' has a size unknown here: set pretrain.budget" in out
+    assert "(not priced: " in out and "pretrain" in out.split("(not priced: ")[1].split(")")[0]   # not a silent gap
+
+
+def test_the_methods_own_check_runs_at_the_planned_world_size(table, capsys):
+    """SwAV's queue must be a multiple of the global batch: 64 x 7 GPUs = 448 does not divide 3840."""
+    flags = ["-S", "size=2k", "-S", "pretrain.method=swav", "-S", "pretrain.method_args.swav.queue_length=3840"]
+    assert main(["plan", *flags, "--gpus", "6", "--table", table]) == 0            # 384 divides 3840
+    capsys.readouterr()
+    assert main(["plan", *flags, "--gpus", "7", "--table", table]) == 2
+    assert capsys.readouterr().err == ("pas plan: error: pretrain.method_args.swav.queue_length=3840 is not allowed; "
+                                       "use 0 or a multiple of the global batch (448)\n")
 
 
 @pytest.mark.parametrize("setting", ["pretrain.epochs=-3", "pretrain.method=foo", "pretrain.recipe=nope",

@@ -1,5 +1,6 @@
 """A bad top-level param, a misspelt key or a hand-edited --size stops a stage with one line and exit 2,
 before any work or tracking (no MLflow store is created)."""
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,8 @@ def test_a_missing_input_file_stops_a_stage_with_one_line_naming_it(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == ("pas generate: error: no such file or folder: nope.json (check the "
                                                      "path, or run dvc repro to build it)")
     assert not (tmp_path / "out").exists()
+    debug = subprocess.run([sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(params),
+                            "--concepts", "nope.json", "--generator", "none", "--out", "out"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PAS_LOG_LEVEL": "DEBUG"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr

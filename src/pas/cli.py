@@ -41,6 +41,18 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no poll (Windows), no real stdout (a test's capture)
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `pas [-q|-v] <command> ...` to the command's own `main(argv)`; expected errors are one line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -68,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args[1:])
         sys.stdout.flush()                 # inside the try: a reader that stopped early is seen here
     except BrokenPipeError:                # `pas show | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing left to flush at exit
+        if not stdout_reader_gone():       # a broken connection elsewhere (a DVC remote) is a real failure
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # nothing left to flush at exit
+        os.close(devnull)
         return 0
     except (PasError, FileNotFoundError) as err:   # expected: bad input, missing file; anything else is a bug
         if os.environ.get("PAS_LOG_LEVEL") == "DEBUG":

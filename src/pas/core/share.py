@@ -42,7 +42,7 @@ def share(root: str | Path = ".", remote: str | None = None) -> dict[str, int]:
                        and not repo.cache.legacy.exists(obj.value)}
             result = repo.cloud.push(objects - missing, remote=remote)
         except DvcException as err:   # no remote, an unknown remote name, credentials: DVC's own message
-            raise PasError(" ".join(str(err).split())) from None
+            raise PasError(" ".join(str(err).split())) from err
     counts = {"entries": len(entries), "objects": len(objects - missing), "uploaded": len(result.transferred),
               "failed": len(result.failed), "not_in_cache": len(missing)}
     log.info("pushed the run-cache: %s", counts)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
             write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)
     except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug
+        if os.environ.get("PAS_LOG_LEVEL") == "DEBUG":   # pas -v / PAS_LOG_LEVEL=DEBUG: the whole traceback
+            raise
         print(f"pas {stage}: error: {user_error(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}

@@ -150,9 +150,14 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
     empty = [c for c in concepts if not metrics["per_concept"].get(c)]
     metrics["concepts_without_images"] = len(empty)
     if empty:
-        log.warning("%d of %d concepts have no curated image (e.g. %s)%s", len(empty), len(concepts),
-                    ", ".join(empty[:3]), f": size={size} is below the {len(concepts)} concepts; raise size, or keep "
-                    "fewer concepts (concepts.count)" if size < len(concepts) else ": no candidate of theirs survived")
+        survived = {r["concept"] for r in survivor_rows}
+        left = sum(c in survived for c in empty)
+        why = (f"size={size} is below the {len(concepts)} concepts; raise size, or keep fewer concepts "
+               "(concepts.count)" if size < len(concepts) else
+               f"{left} had candidates left after filtering, de-duplication and decontamination, which balancing "
+               f"({cfg.balance}) and the source mix did not pick; {len(empty) - left} had none left")
+        log.warning("%d of %d concepts have no curated image (e.g. %s): %s", len(empty), len(concepts),
+                    ", ".join(empty[:3]), why)
     return Curation(curated, decisions, metrics)
 
 

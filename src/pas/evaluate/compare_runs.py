@@ -72,7 +72,7 @@ def _rows_of_run(run: Any, experiment: str, parent: Any | None) -> list[Row]:
         log.warning("evaluate run %s has no size param; skipped (logged before pas.evaluate.compare existed?)",
                     run.info.run_id)
         return []
-    coords = dict(experiment=experiment, run_id=run.info.run_id, size=parse_size(params["size"]),
+    coords = dict(experiment=experiment, run_id=run.info.run_id, exp_name="", size=parse_size(params["size"]),
                   method=params.get("pretrain.method", "-"), backbone=params.get("pretrain.backbone", "-"),
                   mix=_mix(params), budget=params.get("pretrain.budget", "-"),
                   images_seen=params.get("pretrain.images_seen", "-"),

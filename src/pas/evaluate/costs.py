@@ -197,9 +197,13 @@ def check_unpriced_sections(params: dict[str, Any]) -> None:
 def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
     """The images pretraining sees, counted as pas.ssl.pretrain counts them: whole batches per device (one loader
     worker: more workers drop at most a batch each per epoch), whole optimizer steps, then training_length."""
+    from pas.ssl import get_method
     from pas.ssl.pretrain import epoch_steps, heldout_count, training_length
 
     global_batch = cfg.batch_size * cfg.accumulate_grad_batches * gpus
+    # the method's own check at this world size, as pretraining runs it (e.g. SwAV's queue: a multiple of the batch)
+    get_method(cfg.method).check(cfg.args(), cfg.image_size, cfg.batch_size * gpus,
+                                 f"pretrain.method_args.{cfg.method}")
     what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
     work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}"}
     if cfg.dataset == "curated":
@@ -285,7 +289,7 @@ def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: i
     return {"rows": rows, "device_hours": sum(r["device_hours"] for r in priced) if priced else None,
             "wall_hours": sum(r["wall_hours"] for r in priced) if priced else None,
             "disk_gb": disk_gb(settings, pool_images),
-            "unpriced": [r["stage"] for r in rows if r["task"] and r["images"] and r["device_hours"] is None]}
+            "unpriced": [r["stage"] for r in rows if r["task"] and r["images"] != 0 and r["device_hours"] is None]}
 
 
 def _hours(value: float | None) -> str:

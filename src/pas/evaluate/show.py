@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ SUMMARY = "metrics/summary.json"
 
 def _dvc(*args: str) -> str:
     """stdout of a dvc command run in the current repository; a PasError with its message when it fails."""
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)   # this env's dvc
     if proc.returncode:
         message = (proc.stderr.strip().splitlines() or ["dvc failed"])[-1].removeprefix("ERROR: ")
         raise PasError(f"dvc {' '.join(args)}: {message}")
