@@ -12,8 +12,8 @@ from conftest import REPO
 
 from pas.cli import main
 from pas.core.config import ConfigError
-from pas.evaluate.costs import GPUS, UTILISATION
-from pas.evaluate.costs import rate as costs_rate
+from pas.evaluate.throughput import GPUS, UTILISATION
+from pas.evaluate.throughput import rate as costs_rate
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -190,7 +190,8 @@ def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting
     (["-S", "sise=5"], ("pas plan: error: unknown top-level key 'sise' in params.yaml with -S overrides (did you "
                         "mean size?); allowed: size, ")),
     (["-S", "pretrain=5"], "pas plan: error: pretrain=5 must be a mapping of its keys"),
-    (["-S", "retrieve.download_margin=-1"], "pas plan: error: retrieve.download_margin=-1.0 is not allowed; use a share"),
+    (["-S", "retrieve.download_margin=-1"],
+     "pas plan: error: retrieve.download_margin=-1.0 is not allowed; use a share"),
     (["-S", "generate.output_size=0"], "pas plan: error: generate.output_size=0 is not allowed"),
     (["-S", "models.clip=./no/such/folder"], "pas plan: error: models.clip='./no/such/folder' is not tiny://..."),
     (["-S", "size=100", "--gpus", "4"], ("pas plan: error: pretrain.batch_size=64 is not allowed; use at most 25 "
@@ -250,3 +251,10 @@ def test_a_small_flops_figure_is_shown_not_rounded_to_zero():
     found = costs_rate([figure], "pretrain", "simclr/resnet18", "h100")
     assert found.images_per_s == pytest.approx(GPUS["h100"]["tflops"] * 1e3 * UTILISATION / 0.42)
     assert "extrapolated from 0.42 GFLOPs/image" in found.how
+
+
+def test_set_values_are_read_as_dvc_reads_them(table, capsys):
+    """YAML 1.2, as `dvc exp run -S` stores them: 1e-5 is a number (a YAML 1.1 reader took it for a string)."""
+    assert main(["plan", "-S", "pretrain.weight_decay=1e-5", "-S", "finetune.protocols=[linear, knn]",
+                 "--table", table]) == 0
+    assert capsys.readouterr().err == ""
