@@ -83,7 +83,7 @@ def test_a_stage_without_a_figure_is_named_not_priced(table, capsys):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--gpus", "0"], "pas plan: error: --gpus 0 must be at least 1"),
     (["--gpu", "v100"], "pas plan: error: --gpu 'v100' is not a known profile; use one of h100, a100, l4, cpu"),
-    (["-S", "size"], "pas plan: error: -S 'size' is not key=value; use e.g. -S size=1.2M"),
+    (["-S", "size"], "pas plan: error: -S 'size' is refused, as dvc exp run refuses it: Error parsing override 'size'"),
     (["-S", "size=1.2Q"], "pas plan: error: size='1.2Q' is not a size"),
     (["--table", "/nonexistent/t.json"], "pas plan: error: /nonexistent/t.json not found: run `python benchmarks/"),
 ])
@@ -175,9 +175,9 @@ def test_the_methods_own_check_runs_at_the_planned_world_size(table, capsys):
 
 
 @pytest.mark.parametrize("setting", ["pretrain.epochs=-3", "pretrain.method=foo", "pretrain.recipe=nope",
-                                     "pretrain.epoch=3", "pretrain.budget=lots", "pretrain.budget=-5"])
+                                     "++pretrain.epoch=3", "pretrain.budget=lots", "pretrain.budget=-5"])
 def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting, table, capsys):
-    key, _, value = setting.partition("=")
+    key, _, value = setting.removeprefix("++").partition("=")
     params = copy.deepcopy(PARAMS)
     params["pretrain"][key.split(".")[1]] = yaml.safe_load(value)
     said = pretrain_stage_error(params)
@@ -187,8 +187,10 @@ def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["-S", "sise=5"], ("pas plan: error: unknown top-level key 'sise' in params.yaml with -S overrides (did you "
-                        "mean size?); allowed: size, ")),
+    (["-S", "sise=5"], ("pas plan: error: -S 'sise=5' is refused, as dvc exp run refuses it: Could not override "
+                        "'sise'. To append to your config use +sise=5")),
+    (["-S", "++sise=5"], ("pas plan: error: unknown top-level key 'sise' in params.yaml with -S overrides (did you "
+                          "mean size?); allowed: size, ")),
     (["-S", "pretrain=5"], "pas plan: error: pretrain=5 must be a mapping of its keys"),
     (["-S", "retrieve.download_margin=-1"],
      "pas plan: error: retrieve.download_margin=-1.0 is not allowed; use a share"),
@@ -198,14 +200,14 @@ def test_a_bad_pretrain_value_is_the_pretrain_stages_one_line_and_exit_2(setting
                                           "(the images per device: 100 images on 4 device(s))")),
     # the sections plan does not price are checked too: the whole file at once
     (["-S", "finetune.protocols=[bogus]"], "pas plan: error: finetune.protocols=['bogus'] is not allowed"),
-    (["-S", "finetune.sise=1"], "pas plan: error: unknown key finetune.sise; allowed keys of finetune: "),
+    (["-S", "++finetune.sise=1"], "pas plan: error: unknown key finetune.sise; allowed keys of finetune: "),
     (["-S", "finetune.recipe=nope"], "pas plan: error: finetune.recipe='nope' is not a recipe"),
     (["-S", "filter.threshold=abc"], "pas plan: error: filter.threshold='abc' must be a number"),
     (["-S", "dedup.balance=nope"], "pas plan: error: dedup.balance='nope' is not allowed"),
     (["-S", "concepts.llm.backend=nope"], "pas plan: error: concepts.llm.backend='nope' is not allowed"),
     (["-S", "evaluate.allow_mixed_arch=maybe"], "pas plan: error: evaluate.allow_mixed_arch='maybe'"),
-    (["-S", "report.sise=1"], "pas plan: error: unknown key report.sise"),
-    (["-S", "sample_data.sise=1"], "pas plan: error: unknown key sample_data.sise"),
+    (["-S", "++report.sise=1"], "pas plan: error: unknown key report.sise"),
+    (["-S", "++sample_data.sise=1"], "pas plan: error: unknown key sample_data.sise"),
 ])
 def test_a_bad_param_elsewhere_is_one_line_and_exit_2(flags, message, table, capsys):
     assert main(["plan", *flags, "--table", table]) == 2
@@ -253,8 +255,15 @@ def test_a_small_flops_figure_is_shown_not_rounded_to_zero():
     assert "extrapolated from 0.42 GFLOPs/image" in found.how
 
 
-def test_set_values_are_read_as_dvc_reads_them(table, capsys):
-    """YAML 1.2, as `dvc exp run -S` stores them: 1e-5 is a number (a YAML 1.1 reader took it for a string)."""
+def test_set_values_are_applied_by_dvcs_own_code(table, capsys):
+    """As `dvc exp run -S` applies them: 1e-5 is a number (a YAML 1.1 reader took it for a string), and the
+    `++key=value` flags `pas recipe` prints are taken as they are."""
+    from pas.core.recipes import recipe_flags
+
     assert main(["plan", "-S", "pretrain.weight_decay=1e-5", "-S", "finetune.protocols=[linear, knn]",
                  "--table", table]) == 0
     assert capsys.readouterr().err == ""
+    flags = [part for flag in recipe_flags("dino_vits16") for part in ("-S", flag.removeprefix("-S '").rstrip("'"))]
+    assert flags[1].startswith("++pretrain.")
+    assert main(["plan", *flags, "--table", table]) == 0
+    assert "pretrain: dino/vit_small_patch16_224 at 224px" in capsys.readouterr().out

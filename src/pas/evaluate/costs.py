@@ -9,7 +9,9 @@ as pas.ssl.pretrain counts them.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,18 +42,25 @@ if TYPE_CHECKING:
 JPEG_BYTES_PER_PIXEL = 0.25  # a q90 JPEG of a photo: about 2 bits a pixel (an estimate, stated in the output)
 
 
-def override(params: dict[str, Any], assignment: str) -> None:
-    """Apply a dvc-style `-S key.sub=value` (YAML value) to params in place."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"-S {assignment!r} is not key=value; use e.g. -S size=1.2M")
-    node = params
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"-S {assignment!r}: {part} is not a section of params.yaml")
-    node[leaf] = read_yaml12(raw)   # as DVC reads -S values: 1e-5 is a number
+def params_with_overrides(path: Path, assignments: Sequence[str]) -> dict[str, Any]:
+    """The params file with `-S` overrides applied by DVC's own code, as `dvc exp run -S` applies them (Hydra's
+    grammar: `key=value` for a key the file has, `++key=value` to add one, YAML 1.2 values), to a copy."""
+    params = load_params(path)
+    if not assignments:
+        return params
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        shutil.copyfile(path, copy)
+        for assignment in assignments:   # one at a time, so a refusal names its own -S
+            try:
+                apply_overrides(copy, [assignment])
+            except InvalidArgumentError as err:
+                why = " ".join(str(err.__cause__ or err).split())
+                raise ConfigError(f"-S {assignment!r} is refused, as dvc exp run refuses it: {why}") from err
+        return read_yaml12(copy.read_text()) or {}
 
 
 @dataclass(frozen=True)
@@ -120,14 +129,14 @@ def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
     from pas.ssl import get_method
     from pas.ssl.pretrain import epoch_steps, heldout_count, training_length
 
-    global_batch = cfg.batch_size * cfg.accumulate_grad_batches * gpus
+    global_batch, args = cfg.batch_size * cfg.accumulate_grad_batches * gpus, cfg.args()
     # the method's own check at this world size, as pretraining runs it (e.g. SwAV's queue: a multiple of the batch)
-    get_method(cfg.method).check(cfg.args(), cfg.image_size, cfg.batch_size * gpus,
+    get_method(cfg.method).check(args, cfg.image_size, cfg.batch_size * gpus,
                                  f"pretrain.method_args.{cfg.method}")
     what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
     work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}"}
     if cfg.dataset == "curated":
-        images = size - heldout_count(cfg.args(), size)
+        images = size - heldout_count(args, size)
         steps, epochs = training_length(cfg, epoch_steps(cfg, images, gpus), global_batch)
         passes = f"{epochs:,} epoch(s) of {images:,} images"
     elif cfg.images_budget:
@@ -262,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--gpus {args.gpus} must be at least 1")
         if args.pool_images is not None and args.pool_images < 0:
             raise ConfigError(f"--pool-images {args.pool_images} must be 0 or more")
-        params = load_params(args.params)
-        for assignment in args.set_param:
-            override(params, assignment)
+        params = params_with_overrides(Path(args.params), args.set_param)
         settings = checked(params, f"{args.params} with -S overrides" if args.set_param else args.params)
         pool = args.pool_images
         if pool is None:
