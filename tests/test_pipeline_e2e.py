@@ -33,6 +33,22 @@ def run(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def restore_params(repo: Path) -> None:
+    """Put HEAD's params.yaml back by content, so a case never inherits the one before it.
+
+    `git checkout params.yaml` is not enough after a failed workspace `dvc exp run`: DVC rewrites params.yaml
+    several times within one second (apply the -S overrides, stash, reset --hard, apply the stash), and its git
+    back ends leave an index entry holding HEAD's blob with the stat data (whole-second mtime, size, inode) of the
+    rewritten file. `-S models.generator=tiny://nope` keeps the file's size (the comment after the value is
+    re-aligned), so git's stat check sees no change: `git status` is clean and `git checkout` does nothing, and the
+    next case ran with tiny://nope. Writing HEAD's bytes does not trust the index.
+    """
+    head = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, check=True).stdout
+    (repo / "params.yaml").write_bytes(head)
+    run("git update-index -q --refresh", repo, check=False)
+    assert (repo / "params.yaml").read_bytes() == head
+
+
 def ran(proc: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", proc.stdout + proc.stderr))
 
@@ -214,7 +230,7 @@ def test_filter_threshold_change_reruns_only_filter_and_below(repo, reproduced):
     try:
         proc = run("dvc exp run -S filter.threshold=-0.9999 dedup", repo)
     finally:
-        run("git checkout -q params.yaml", repo)
+        restore_params(repo)
     assert {"filter", "dedup"} <= ran(proc)
     assert not ran(proc) & set(UPSTREAM_OF_FILTER)
 
@@ -225,10 +241,11 @@ def test_filter_threshold_change_reruns_only_filter_and_below(repo, reproduced):
     ("+generate.stepz=3", "unknown key generate.stepz"),  # `+` adds a key DVC does not know yet
 ])
 def test_bad_params_fail_with_one_clear_line(repo, override, message):
+    restore_params(repo)                        # whatever ran before, each case starts from HEAD's params
     try:
         proc = run(f"dvc exp run -S {override}", repo, check=False)
     finally:
-        run("git checkout -q params.yaml", repo)
+        restore_params(repo)
     assert proc.returncode != 0
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if message in line]
     assert lines and all("Traceback" not in line for line in lines), proc.stderr[-2000:]
@@ -238,5 +255,5 @@ def test_missing_pool_folder_fails_naming_it(repo):
     try:
         proc = run("dvc exp run -S pool_index.source=data/no_such_pool", repo, check=False)
     finally:
-        run("git checkout -q params.yaml", repo)
+        restore_params(repo)
     assert proc.returncode != 0 and "data/no_such_pool" in proc.stdout + proc.stderr
