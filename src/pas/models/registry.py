@@ -1,8 +1,10 @@
 """Model registry: resolve each model named in params to a pinned local directory.
 
 A name is `tiny://<kind>` (small random model built from a config), a generator preset
-(sdxl-turbo, sd-turbo, ... see pas.models.presets), an existing local directory, or a hub id (`org/name[@revision]` for diffusers; `hf-hub:org/name` or
-`ARCH/pretrained-tag` for open_clip). Later stages load only the local directories.
+(sdxl-turbo, sd-turbo, ... see pas.models.presets), an existing local directory, or a hub id (`org/name[@revision]`
+for diffusers; `hf-hub:org/name[@revision]` or `ARCH/pretrained-tag` for open_clip). Hub files come through the
+Hugging Face cache (pas.models.hub: HF_ENDPOINT, HF_HUB_OFFLINE); ImageNet baselines of finetune.inits
+(`weights: timm`) are fetched here too (pas.models.baselines). Later stages load only the local directories.
 """
 from __future__ import annotations
 
@@ -35,11 +37,17 @@ class ModelsConfig:
     clip: str = "tiny://clip"
 
 
+def model_files(folder: Path) -> list[Path]:
+    """The model's own files under `folder`: no hidden path (a tool's cache or metadata), not the entry file."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ENTRY_FILE
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def content_hash(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order."""
+    """sha256 over every model file's relative path and bytes, in sorted order (hidden paths excluded)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ENTRY_FILE):
-        digest.update(str(path.relative_to(folder)).encode())
+    for path in model_files(folder):
+        digest.update(path.relative_to(folder).as_posix().encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -62,72 +70,8 @@ def _local(role: str, name: str, dest: Path) -> dict[str, Any]:
     if not (src / marker).is_file():
         raise ConfigError(f"models.{role}={name!r}: directory lacks {marker}; "
                           f"point it at a saved {'diffusers pipeline' if role == 'generator' else 'open_clip model'}")
-    shutil.copytree(src, dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".*"))  # no tool metadata (.cache/huggingface, ...)
     return {"source": "local", "revision": "content"}
-
-
-def _hub_generator(role: str, name: str, dest: Path, said: str | None = None) -> dict[str, Any]:
-    """Download a diffusers pipeline pinned to its commit; errors name the model as params said it (`said`)."""
-    from huggingface_hub import HfApi, snapshot_download
-
-    repo_id, _, revision = name.partition("@")
-    try:
-        sha = HfApi().model_info(repo_id, revision=revision or None).sha
-        snapshot_download(repo_id, revision=sha, local_dir=dest,
-                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
-    except Exception as err:  # network, auth, missing repo: one clear line
-        shown = f"{said!r} ({name})" if said else repr(name)
-        raise ConfigError(f"models.{role}={shown}: could not download from the Hugging Face hub "
-                          f"({type(err).__name__}); check the id and network, or use a local dir or tiny://sd") from err
-    return {"source": "hub", "revision": sha}
-
-
-def _preset(role: str, name: str, dest: Path) -> dict[str, Any]:
-    return {**_hub_generator(role, PRESETS[name].hub_id, dest, said=name), "hub_id": PRESETS[name].hub_id}
-
-
-def _open_clip(role: str, name: str, dest: Path) -> dict[str, Any]:
-    import open_clip
-
-    if name.startswith("hf-hub:"):
-        from huggingface_hub import HfApi, snapshot_download
-
-        repo_id = name[len("hf-hub:"):]
-        try:
-            sha = HfApi().model_info(repo_id).sha
-            snapshot_download(repo_id, revision=sha, local_dir=dest)
-        except Exception as err:
-            raise ConfigError(f"models.clip={name!r}: could not download ({type(err).__name__}); "
-                              "check the id and network, or use a local dir or tiny://clip") from err
-        return {"source": "hub", "revision": sha}
-    arch, _, tag = name.partition("/")
-    if arch not in open_clip.list_models():
-        raise ConfigError(f"models.clip={name!r}: unknown open_clip architecture {arch!r}; "
-                          "use ARCH/TAG (e.g. ViT-L-14/laion2b_s32b_b82k), hf-hub:org/name, a local dir or tiny://clip")
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if tag not in tags:
-        raise ConfigError(f"models.clip={name!r}: unknown pretrained tag {tag!r} for {arch}; use one of {', '.join(tags)}")
-    try:
-        model = open_clip.create_model(arch, pretrained=tag)
-    except Exception as err:
-        raise ConfigError(f"models.clip={name!r}: could not load the weights ({type(err).__name__}); "
-                          "check the network, or use a local dir or tiny://clip") from err
-    _save_open_clip(model, arch, tag, dest)
-    return {"source": "open_clip", "revision": tag}
-
-
-def _save_open_clip(model: Any, arch: str, tag: str, dest: Path) -> None:
-    import json
-
-    import open_clip
-    from safetensors.torch import save_file
-
-    cfg = open_clip.get_model_config(arch)
-    pretrained = open_clip.get_pretrained_cfg(arch, tag)
-    preprocess = {k: pretrained[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pretrained}
-    dest.mkdir(parents=True)
-    (dest / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}, indent=2))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / "open_clip_model.safetensors"))
 
 
 def scheme_of(role: str, name: str) -> str:
@@ -135,37 +79,55 @@ def scheme_of(role: str, name: str) -> str:
     if name.startswith("tiny://"):
         return "tiny"
     if role == "generator" and name in PRESETS:
-        return "preset"
+        return "hub"
     if Path(name).is_dir():
         return "local"
     hub_like = _HUB_ID.match(name) or (role == "clip" and name.startswith("hf-hub:"))
     if hub_like and not Path(name).is_absolute() and not name.startswith("."):
+        if role == "clip" and not name.startswith("hf-hub:"):
+            _check_open_clip_tag(name)
         return "hub"
     presets = f"a preset ({', '.join(PRESETS)}), " if role == "generator" else ""
     raise ConfigError(f"models.{role}={name!r} is not tiny://..., {presets}an existing local directory, or a hub id "
                       "(org/name for diffusers; ARCH/TAG or hf-hub:org/name for open_clip)")
 
 
-RESOLVERS: dict[tuple[str, str], Callable[[str, str, Path], dict[str, Any]]] = {
-    ("generator", "tiny"): _tiny,
-    ("clip", "tiny"): _tiny,
-    ("generator", "local"): _local,
-    ("clip", "local"): _local,
-    ("generator", "hub"): _hub_generator,
-    ("generator", "preset"): _preset,
-    ("clip", "hub"): _open_clip,
-}
+def _check_open_clip_tag(name: str) -> None:
+    import open_clip
+
+    arch, _, tag = name.partition("/")
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"models.clip={name!r}: unknown open_clip architecture {arch!r}; "
+                          "use ARCH/TAG (e.g. ViT-L-14/laion2b_s32b_b82k), hf-hub:org/name, a local dir or tiny://clip")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise ConfigError(f"models.clip={name!r}: unknown pretrained tag {tag!r} for {arch}; use one of {', '.join(tags)}")
 
 
-def resolve(role: str, name: str, dest: Path) -> dict[str, Any]:
-    """Materialise model `name` for `role` into `dest` and return its lock entry."""
-    resolver = RESOLVERS[(role, scheme_of(role, name))]
+Resolver = Callable[[str, str, Path], dict[str, Any]]
+RESOLVERS: dict[str, Resolver] = {"tiny": _tiny, "local": _local}
+
+
+def resolve(role: str, name: str, dest: Path, fetch_hub: Resolver | None = None) -> dict[str, Any]:
+    """Materialise model `name` for `role` into `dest` and return its lock entry.
+
+    Hub names need `fetch_hub(role, name, dest)` (pas.models.fetch.fetch_hub, the models stage's network side).
+    """
+    scheme = scheme_of(role, name)
+    resolver = fetch_hub if scheme == "hub" else RESOLVERS[scheme]
+    if resolver is None:
+        raise ConfigError(f"models.{role}={name!r} is a hub model: the models stage fetches it (dvc repro models)")
     if dest.exists():
         shutil.rmtree(dest)
     log.info("resolving models.%s = %s", role, name)
     entry = {"name": name, **resolver(role, name, dest)}
     if role == "generator":
         entry["recommended"] = recommended(name)
+    return pin_entry(entry, dest)
+
+
+def pin_entry(entry: dict[str, Any], dest: Path) -> dict[str, Any]:
+    """Add the folder's content hash to its lock entry and write the entry into the folder."""
     entry["sha256"] = content_hash(dest)
     (dest / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     return entry

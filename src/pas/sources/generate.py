@@ -142,14 +142,20 @@ def job_digest(job: dict[str, Any], sampling: Sampling, model: dict[str, Any]) -
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_pipeline(model_dir: str | Path, device: str, throughput: Throughput = Throughput()) -> Any:
-    """Load a diffusers text-to-image pipeline from a local folder (fp16 + channels-last on GPU)."""
+def load_pipeline(model_dir: str | Path, device: str, throughput: Throughput = Throughput(),
+                  variant: str | None = None) -> Any:
+    """Load a diffusers text-to-image pipeline from a local folder (half precision + channels-last on GPU).
+
+    `variant` is the lock entry's (the fp16 weight files the models stage fetched); bf16 only where the GPU runs it
+    natively (an emulated bf16 is several times slower than fp16).
+    """
     import torch
     from diffusers import AutoPipelineForText2Image
 
     on_gpu = device.startswith("cuda")
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_gpu else torch.float32
-    pipe = AutoPipelineForText2Image.from_pretrained(str(model_dir), dtype=dtype)
+    native_bf16 = on_gpu and torch.cuda.is_bf16_supported(including_emulation=False)
+    dtype = (torch.bfloat16 if native_bf16 else torch.float16) if on_gpu else torch.float32
+    pipe = AutoPipelineForText2Image.from_pretrained(str(model_dir), dtype=dtype, variant=variant)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
@@ -280,7 +286,7 @@ def _shard_worker(model_dir: str, model: dict[str, Any], sampling: Sampling, bat
     def pipe_factory() -> Any:
         if not pipe:
             log.info("loading %s on %s", model["name"], device)
-            pipe.append(load_pipeline(model_dir, device, Throughput.from_env()))
+            pipe.append(load_pipeline(model_dir, device, Throughput.from_env(), model.get("variant")))
         return pipe[0]
 
     writer = ShardWriter(pipe_factory, sampling, model, batch_size)

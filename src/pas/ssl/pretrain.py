@@ -177,7 +177,7 @@ def trainer_precision(wanted: str, accelerator: str) -> str:
         return wanted
     if accelerator != "cuda":
         return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"  # not emulated
 
 
 def save_backbone(backbone: Any, path: Path, metadata: dict[str, str]) -> None:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +30,27 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def load_pixels(info: SplitInfo, size: int, problems: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as uint8 (N, 3, size, size) plus the positions of the items that decoded."""
+def eval_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], np.ndarray]:
+    """timm's evaluation transform for a pretrained cfg (resize to input/crop_pct with its interpolation, centre
+    crop), ending in uint8 (3, H, W): timm's prefetcher form (timm/data/transforms_factory.py,
+    transforms_imagenet_eval, use_prefetcher=True), normalised later on the device like every init's pixels."""
+    from timm.data import create_transform
+
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    transform = create_transform(**{k: data_config[k] for k in keys if k in data_config}, is_training=False,
+                                 use_prefetcher=True)
+    return lambda image: transform(image.convert("RGB"))
+
+
+def load_pixels(info: SplitInfo, size: int, problems: list[str] | None = None,
+                transform: Callable[[Image.Image], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as uint8 (N, 3, size, size) plus the positions of the items that decoded.
+
+    `transform` (e.g. eval_transform of an init's pretrained cfg) replaces the default `preprocess(image, size)`.
+    """
     arrays, kept = [], []
     for positions, images in iter_image_batches(info, problems=problems):
-        arrays.extend(preprocess(image, size) for image in images)
+        arrays.extend(transform(image) if transform is not None else preprocess(image, size) for image in images)
         kept.append(positions)
     pixels = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), dtype=np.uint8)
     return pixels, (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))

