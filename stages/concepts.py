@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pas.concepts.build import ConceptsConfig, build_concepts, concept_metrics
 from pas.core.config import build, top_level
-from pas.core.shards import write_json
+from pas.core.atomic import write_json
 from pas.core.stage import run_stage, stage_parser
 
 KEYS = ("domain", "seed", "concepts")

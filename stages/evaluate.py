@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pas.core.config import build
 from pas.core.provenance import collect_provenance, provenance_markdown
-from pas.core.shards import atomic_dir, atomic_path
+from pas.core.atomic import atomic_dir, atomic_path
 from pas.core.stage import run_stage, stage_parser
 from pas.evaluate.eval_md import render_eval_md
 from pas.evaluate.metrics import EvaluateConfig, evaluate

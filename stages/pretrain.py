@@ -3,7 +3,7 @@ from pathlib import Path
 
 from pas.core.config import build, top_level
 from pas.core.recipes import with_recipe
-from pas.core.shards import atomic_dir
+from pas.core.atomic import atomic_dir
 from pas.core.stage import run_stage, stage_parser
 from pas.ssl.datasets import resolve_dataset
 from pas.ssl.pretrain import PretrainConfig, pretrain

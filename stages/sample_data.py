@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from pas.core.config import build
-from pas.core.shards import atomic_dir
+from pas.core.atomic import atomic_dir
 from pas.core.stage import run_stage, stage_parser
 from pas.data.sample_data import SampleDataConfig, build_sample_data
 

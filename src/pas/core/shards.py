@@ -1,61 +1,25 @@
-"""The on-disk format: WebDataset tar shards (key.jpg + key.json) and parquet manifests."""
+"""The on-disk format: WebDataset tar shards (key.jpg + key.json) and parquet manifests.
+
+webdataset (which imports torch) is imported by write_shard only; the atomic writers live in pas.core.atomic and
+are re-exported here for the many callers that import them from this module."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 
+from pas.core.atomic import atomic_dir, atomic_path, write_json
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.<name>.tmp-<pid>` siblings left by a killed process (pid no longer running)."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `path` as a whole when the block succeeds."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.mkdir(parents=True)
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+__all__ = ["atomic_dir", "atomic_path", "decode_image", "encode_jpeg", "load_embeddings", "read_shard",
+           "read_table", "save_embeddings", "shard_name", "write_json", "write_shard", "write_table"]
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -75,6 +39,8 @@ def decode_image(data: bytes) -> Image.Image:
 def write_shard(path: str | Path, records: Iterable[tuple[str, bytes, dict[str, Any]]]) -> int:
     """Write (key, jpeg bytes, metadata) records into one tar shard atomically; return the count. Members carry
     mtime 0, so the same records always make the same bytes (whichever process or Ray actor writes them)."""
+    import webdataset as wds   # imports torch: paid by the stages that write shards only
+
     count = 0
     with atomic_path(path) as tmp:
         with wds.TarWriter(str(tmp), mtime=0) as sink:
@@ -117,12 +83,6 @@ def read_table(path: str | Path) -> pa.Table:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} not found; run the stage that writes it (dvc repro)")
     return pq.read_table(path)
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    """Write JSON atomically with stable formatting."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_embeddings(array: np.ndarray, path: str | Path) -> None:

@@ -1,4 +1,7 @@
-"""What every stage entry point shares: params loading, one-line errors, metrics and MLflow."""
+"""What every stage entry point shares: params loading, one-line errors, metrics and MLflow.
+
+Imports nothing heavy (no torch, no MLflow): a stage pays for what its own work imports, and MLflow is set up when
+the stage first logs, after its work at the latest (pas.core.tracking.stage_run)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +15,7 @@ from typing import Any
 from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level, user_error
 from pas.core.provenance import params_digest
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
-from pas.core.shards import write_json
+from pas.core.atomic import write_json
 from pas.core.tracking import PARAMS_DIGEST_TAG, PIPELINE_KEYS, StageRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,9 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
 
     `body(args, params, run)` returns the stage's metrics. A PasError (bad param, missing or
     unusable input) is printed as one line naming what is wrong, and the process exits with 2.
+
+    The DEBUG lines `<stage>: work starts` (just before `body`) and `<stage>: work done` (just after it returns)
+    mark the stage's own work; benchmarks/stage_overhead.py times a stage's start-up up to the first.
     """
     setup_logging()
     args = parser.parse_args(argv)
@@ -40,9 +46,11 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
         top_level(params)  # a bad size/seed/domain/oversample/mix stops here, before any work or tracking
         check_command_size(getattr(args, "size", None), everything, args.params)
         experiment = f"pas-{everything.get('domain', 'default')}"  # grouping only, not an input
-        with stage_run(stage, params, experiment, select(everything, PIPELINE_KEYS)) as run:
-            run.set_tags({PARAMS_DIGEST_TAG: params_digest(everything)})   # one execution's whole params, for compare
+        digest = {PARAMS_DIGEST_TAG: params_digest(everything)}   # one execution's whole params, for compare
+        with stage_run(stage, params, experiment, select(everything, PIPELINE_KEYS), tags=digest) as run:
+            log.debug("%s: work starts", stage)
             metrics = body(args, params, run)
+            log.debug("%s: work done", stage)
             write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)
     except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug

@@ -1,4 +1,7 @@
-"""MLflow in one place: one parent run per pipeline execution, one nested run per stage."""
+"""MLflow in one place: one parent run per pipeline execution, one nested run per stage.
+
+MLflow (about 3 s of imports and store set-up per process) is set up once per stage and as late as possible: on the
+stage's first tracking call, else when the stage ends; runs still carry the stage's real start time."""
 from __future__ import annotations
 
 import contextlib
@@ -85,7 +88,7 @@ def source_tags() -> dict[str, str]:
 
 
 def _parent_run(client: Any, experiment_id: str, invocation: str, params: Mapping[str, Any],
-                tags: Mapping[str, str]) -> str:
+                tags: Mapping[str, str], start_time: int | None = None) -> str:
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}' and tags.`pas.kind` = 'pipeline'",
         max_results=1
@@ -93,7 +96,8 @@ def _parent_run(client: Any, experiment_id: str, invocation: str, params: Mappin
     if found:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, INVOCATION_TAG: invocation, "pas.kind": "pipeline"})
+    run = client.create_run(experiment_id, start_time=start_time, run_name=name,
+                            tags={**tags, INVOCATION_TAG: invocation, "pas.kind": "pipeline"})
     _log_params(client, run.info.run_id, params)
     return run.info.run_id
 
@@ -182,13 +186,46 @@ def tracking_patience() -> float:
 class StageRun:
     """Handle given to a stage inside `stage_run`: log metrics, small artifacts and input datasets.
 
-    Every call is best-effort (TrackingGuard): with no tracking (run_id None) they do nothing.
+    Every call is best-effort (TrackingGuard): with no tracking (run_id None) they do nothing. Given an `opener`,
+    the runs are opened by the first call that needs them (`open`), so a stage that logs nothing until its work is
+    done pays no MLflow set-up before it.
     """
 
     def __init__(self, client: Any, run_id: str | None, parent_id: str | None = None,
-                 guard: TrackingGuard | None = None) -> None:
-        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+                 guard: TrackingGuard | None = None,
+                 opener: Callable[[], tuple[Any, str | None, str | None]] | None = None) -> None:
+        self._client, self._run_id, self._parent_id = client, run_id, parent_id
+        self._opener = opener
         self.guard = guard or TrackingGuard("stage")
+
+    def open(self) -> None:
+        """Set up MLflow and open the stage run (and its pipeline run) now, if that has not happened yet."""
+        if self._opener is not None:
+            opener, self._opener = self._opener, None
+            self._client, self._run_id, self._parent_id = opener()
+
+    @property
+    def opened(self) -> bool:
+        """Whether MLflow has been set up for this stage (no set-up happens before the first call that needs it)."""
+        return self._opener is None
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient (opens the runs first)."""
+        self.open()
+        return self._client
+
+    @property
+    def run_id(self) -> str | None:
+        """The stage run's id, None without tracking (opens the runs first)."""
+        self.open()
+        return self._run_id
+
+    @property
+    def parent_id(self) -> str | None:
+        """The pipeline run's id, None without tracking (opens the runs first)."""
+        self.open()
+        return self._parent_id
 
     @property
     def active(self) -> bool:
@@ -305,52 +342,71 @@ def _experiment_id(client: Any, experiment: str) -> str:
 
 
 def _open_run(client: Any, guard: TrackingGuard, stage: str, params: Mapping[str, Any],
-              experiment: str, pipeline_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(run id, parent run id) of a new stage run with its params, each call guarded; (None, None) on failure."""
+              experiment: str, pipeline_params: Mapping[str, Any], uri: str, start_time: int | None = None,
+              extra_tags: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(run id, parent run id) of a new stage run with its params, each call guarded; (None, None) on failure.
+    `start_time` (ms since the epoch) is when the stage started, which may be well before this call; `extra_tags`
+    go on the stage run and the pipeline run."""
     exp_id = guard.call(_experiment_id, client, experiment)
-    if exp_id and (root := repo_store(tracking_uri())) is not None:
+    if exp_id and (root := repo_store(uri)) is not None:
         try:
             relocate_artifacts(client, root)
         except Exception as err:  # noqa: BLE001 - artifacts may land in the old folder; never fail the stage for it
             log.warning("could not re-point MLflow artifact locations at %s/mlruns (%s: %s)", root,
                         type(err).__name__, err)
     source = source_tags()
-    parent = guard.call(_parent_run, client, exp_id, invocation_id(), pipeline_params, source) if exp_id else None
+    parent = guard.call(_parent_run, client, exp_id, invocation_id(), pipeline_params, source,
+                        start_time) if exp_id else None
     tags = {**source, "mlflow.parentRunId": parent, "pas.stage": stage, INVOCATION_TAG: invocation_id()}
-    run = guard.call(client.create_run, exp_id, run_name=stage, tags=tags) if parent else None
+    run = guard.call(client.create_run, exp_id, start_time=start_time, run_name=stage, tags=tags) if parent else None
     if run is None:
         return None, None
     guard.call(_log_params, client, run.info.run_id, chosen_only(params))
+    for run_id in (run.info.run_id, parent):
+        for key, value in (extra_tags or {}).items():
+            guard.call(client.set_tag, run_id, key, str(value))
     return run.info.run_id, parent
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str,
-              pipeline_params: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
-    """Open the nested MLflow run `stage` under this execution's parent run in `experiment` (best-effort).
+              pipeline_params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+    """The nested MLflow run `stage` under this execution's parent run in `experiment` (best-effort).
 
-    `pipeline_params` (see PIPELINE_KEYS) go on the parent run when this stage creates it. A stage that raises
-    ends FAILED (KILLED on Ctrl-C), its run and the parent tagged `pas.error` with the error's message.
+    `pipeline_params` (see PIPELINE_KEYS) go on the parent run when this stage creates it; `tags` go on both runs.
+    MLflow is set up by the stage's first tracking call, else when the block ends (a stage that logs nothing still
+    gets its run), never on entry; the runs start at the time the block was entered. A stage that raises ends FAILED
+    (KILLED on Ctrl-C), its run and the parent tagged `pas.error` with the error's message.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
+    guard = TrackingGuard(stage)            # a bad PAS_TRACKING_PATIENCE stops the stage here, before its work
+    uri, started = tracking_uri(), int(time.time() * 1000)
 
-    guard = TrackingGuard(stage)
-    client = MlflowClient(tracking_uri=tracking_uri())
-    run_id, parent = _open_run(client, guard, stage, params, experiment, pipeline_params or {})
+    def opener() -> tuple[Any, str | None, str | None]:
+        from mlflow.tracking import MlflowClient
+
+        client = guard.call(MlflowClient, tracking_uri=uri)
+        if client is None:
+            return None, None, None
+        run_id, parent = _open_run(client, guard, stage, params, experiment, pipeline_params or {}, uri, started,
+                                   tags or {})
+        return client, run_id, parent
+
+    run = StageRun(None, None, None, guard, opener=opener)
     status = "FAILED"
     try:
-        yield StageRun(client, run_id, parent, guard)
+        yield run
         status = "FINISHED"
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        if run_id is not None:
+        if run.run_id is not None:         # a stage that failed before logging anything opens its run now
             message = f"{stage}: {type(err).__name__}: {err}"[:5000]   # MLflow tag values hold 8,000 characters
-            for run in (run_id, parent):
-                guard.call(client.set_tag, run, ERROR_TAG, message)
+            for run_id in (run.run_id, run.parent_id):
+                guard.call(run.client.set_tag, run_id, ERROR_TAG, message)
         raise
     finally:
-        if run_id is not None:
-            guard.call(client.set_terminated, run_id, status)
-            guard.call(client.set_terminated, parent, status)
-            log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run_id, tracking_uri())
+        if run.run_id is not None:         # opens now if the stage logged nothing: every stage has its run
+            guard.call(run.client.set_terminated, run.run_id, status)
+            guard.call(run.client.set_terminated, run.parent_id, status)
+            log.info("MLflow run %s/%s (%s) -> %s", experiment, stage, run.run_id, uri)
