@@ -17,7 +17,7 @@ from pas.core.config import ConfigError
 import pas.models.baselines as baselines
 import pas.models.hub as hub
 import pas.models.openclip as openclip
-from pas.models.presets import PRESETS
+from pas.models.presets import PRESETS, find_preset
 from pas.models.registry import pin_entry
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ def _hub_generator(name: str, dest: Path) -> dict[str, Any]:
     from pas.models.pipelines import fetch_pipeline
 
     repo_id, revision = (PRESETS[name].hub_id, None) if name in PRESETS else hub.split_revision(name)
+    if (preset := find_preset(name)) is not None:
+        repo_id = preset.hub_id  # the hub's own spelling: the cache (and an offline node) is case-sensitive
     try:
         sha = hub.pin(repo_id, revision)
         variant = fetch_pipeline(repo_id, sha, dest)

@@ -39,7 +39,7 @@ def eval_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], np.nd
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: data_config[k] for k in keys if k in data_config}, is_training=False,
                                  use_prefetcher=True)
-    return lambda image: transform(image.convert("RGB"))
+    return lambda image: np.asarray(transform(image.convert("RGB")), dtype=np.uint8)  # a uint8 tensor or array
 
 
 def load_pixels(info: SplitInfo, size: int, problems: list[str] | None = None,
