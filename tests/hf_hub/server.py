@@ -145,6 +145,7 @@ class LocalHub:
         self._lock = threading.Lock()
         self._log: list[HubRequest] = []
         self._index: dict[str, tuple[tuple, Repo]] = {}
+        self._scan_lock = threading.Lock()  # one scan at a time: parallel first requests hash a repo once
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -213,16 +214,17 @@ class LocalHub:
         folder = self.root / parts[0] / parts[1]
         if not folder.is_dir():
             return None
-        signature = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-                          if p.is_file())
-        with self._lock:
-            cached = self._index.get(repo_id)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        repo = scan_repo(repo_id, folder)
-        with self._lock:
-            self._index[repo_id] = (signature, repo)
-        return repo
+        with self._scan_lock:
+            signature = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+                              if p.is_file())
+            with self._lock:
+                cached = self._index.get(repo_id)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+            repo = scan_repo(repo_id, folder)
+            with self._lock:
+                self._index[repo_id] = (signature, repo)
+            return repo
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(handler.path)
