@@ -283,3 +283,32 @@ def test_generation_dtype_and_variant_on_a_gpu_without_native_bf16(monkeypatch, 
     monkeypatch.setattr(AutoPipelineForText2Image, "from_pretrained", from_pretrained)
     load_pipeline(tmp_path, "cuda", variant="fp16")
     assert seen == {"dtype": torch.float16, "variant": "fp16"}
+
+
+def test_finetune_feeds_a_timm_baseline_its_own_transform_and_the_others_the_shared_decode(timm_repo, hf_cache,
+                                                                                           tmp_path, monkeypatch):
+    from test_finetune import write_split
+
+    import pas.transfer.finetune as finetune
+    from pas.models.fetch import resolve_baseline
+    from pas.transfer.elfis import ElfisConfig
+    from pas.transfer.finetune import FinetuneConfig, run_finetune
+    from pas.transfer.inits import InitSpec
+
+    cache_repo(hf_cache, f"timm/{BASELINE}", timm_repo)
+    resolve_baseline("imagenet", BASELINE, tmp_path / "baselines" / "imagenet")
+    data = tmp_path / "shapes"
+    write_split(data / "train.parquet", per_class=2, seed=0)
+    write_split(data / "test.parquet", per_class=1, seed=1)
+    cfg = FinetuneConfig(image_size=32, protocols=("knn",), elfis=ElfisConfig(protocols=()),
+                         inits=(InitSpec("random", BASELINE.split(".")[0], "random"),
+                                InitSpec("imagenet", BASELINE, "timm")))
+    sides = []
+    real = finetune.pixel_features
+    monkeypatch.setattr(finetune, "pixel_features", lambda backbone, pixels, *a, **k: (
+        sides.append(pixels.shape[-1]), real(backbone, pixels, *a, **k))[1])
+    run_finetune({"shapes": data}, "resnet10t", None, cfg, tmp_path / "out", seed=0, baselines=tmp_path / "baselines")
+    assert sides == [32, 32, 160, 160]  # random: image_size (train, test); imagenet: its cfg's 160 px
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["inits"]["imagenet"]["data_config"]["input_size"] == [3, 160, 160]
+    assert index["inits"]["imagenet"]["source"]["revision"] == SHA and "data_config" not in index["inits"]["random"]
