@@ -90,8 +90,9 @@ def test_missing_repo_file_and_revision_raise_the_clients_errors(hf_hub):
         hf_hub_download(TOY, "missing.safetensors")
     # the client caches the miss under the commit the 404 named
     assert (hf_hub.cache_dir / "models--acme--toy" / ".no_exist" / hf_hub.repo(TOY).sha / "missing.safetensors").exists()
-    with pytest.raises(RevisionNotFoundError):
-        hf_hub_download(TOY, "config.json", revision="v9")
+    for revision in ("v9", "refs/pr/1"):
+        with pytest.raises(RevisionNotFoundError):
+            hf_hub_download(TOY, "config.json", revision=revision)
     assert hf_hub.fetched() == []
 
 

@@ -231,7 +231,7 @@ class LocalHub:
         path = unquote(parts.path)
         record = {"method": handler.command, "path": path, "query": parts.query}
         try:
-            status, headers, body, extra = self._route(handler, path, parse_qs(parts.query))
+            status, headers, body, extra = self._route(handler, parts.path, parse_qs(parts.query))
         except (BrokenPipeError, ConnectionResetError):
             return
         record.update(extra)
@@ -250,17 +250,24 @@ class LocalHub:
         with self._lock:
             self._log.append(HubRequest(status=status, body_bytes=sent if status < 300 else 0, **record))
 
-    def _route(self, handler, path: str, query: dict):
-        """(status, headers, body: bytes | writer | None, log fields) for a request."""
+    def _route(self, handler, raw_path: str, query: dict):
+        """(status, headers, body: bytes | writer | None, log fields) for a request (path still URL-quoted, so a
+        revision like `refs%2Fpr%2F1` stays one segment)."""
         host = (handler.headers.get("Host") or "").split(":")[0]
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
-            return (*self._model_info(m.group(1), m.group(2), query)[:3], {"repo_id": m.group(1)})
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
-            return (*self._tree(m.group(1), m.group(2), m.group(3) or "", query)[:3], {"repo_id": m.group(1)})
-        if m := re.fullmatch(r"/cdn/([^/]+/[^/]+)/([0-9a-f]{64})", path):
-            return self._cdn(handler, m.group(1), m.group(2), host)
-        if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-            return self._resolve(handler, m.group(1), m.group(2), m.group(3))
+
+        def match(pattern: str) -> list[str | None] | None:
+            m = re.fullmatch(pattern, raw_path)
+            return [unquote(g) if g is not None else None for g in m.groups()] if m else None
+
+        if g := match(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?"):
+            return (*self._model_info(g[0], g[1], query)[:3], {"repo_id": g[0]})
+        if g := match(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?"):
+            return (*self._tree(g[0], g[1], g[2] or "", query)[:3], {"repo_id": g[0]})
+        if g := match(r"/cdn/([^/]+/[^/]+)/([0-9a-f]{64})"):
+            return self._cdn(handler, g[0], g[1], host)
+        if g := match(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)"):
+            return self._resolve(handler, g[0], g[1], g[2])
+        path = unquote(raw_path)
         if path.startswith("/api/"):
             return self._json(404, {"error": "Sorry, we can't find the page you are looking for."})
         return self._error(404, "RepoNotFound", "Repository not found")
