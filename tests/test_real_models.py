@@ -15,6 +15,8 @@ from pas.core.config import ConfigError
 from pas.models.presets import PRESETS, recommended
 from pas.models.registry import content_hash, resolve
 
+from hf_hub.fixtures import hf_hub, hf_hub_server  # noqa: F401 (pytest fixtures)
+
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -312,3 +314,28 @@ def test_finetune_feeds_a_timm_baseline_its_own_transform_and_the_others_the_sha
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert index["inits"]["imagenet"]["data_config"]["input_size"] == [3, 160, 160]
     assert index["inits"]["imagenet"]["source"]["revision"] == SHA and "data_config" not in index["inits"]["random"]
+
+
+# the real clients against the local hub (tests/hf_hub), as with HF_ENDPOINT set to a mirror --------------------
+
+@pytest.mark.slow  # builds a full-size ViT-B-32 repo: about 100 s on 2 cores
+def test_the_models_stage_fetches_only_what_each_library_loads_from_a_mirror(hf_hub, tmp_path):
+    from hf_hub.repos import OPENAI_VIT_B_32, SDXL_SINGLE_FILES, SDXL_TURBO, TIMM_RESNET18
+
+    from pas.models.fetch import fetch_hub, resolve_baseline
+
+    for repo in (SDXL_TURBO, OPENAI_VIT_B_32, TIMM_RESNET18):
+        hf_hub.add(repo)
+    generator = resolve("generator", SDXL_TURBO, tmp_path / "generator", fetch_hub)
+    fetched = hf_hub.fetched(SDXL_TURBO)
+    assert generator["variant"] == "fp16" and generator["revision"] == hf_hub.repo(SDXL_TURBO).sha
+    assert not set(SDXL_SINGLE_FILES) & set(fetched)
+    assert all(".fp16." in f for f in fetched if f.endswith(".safetensors")), fetched
+    clip = resolve("clip", "ViT-B-32/openai", tmp_path / "clip", fetch_hub)
+    assert clip["quick_gelu"] is True and clip["hub_id"] == OPENAI_VIT_B_32
+    baseline = resolve_baseline("imagenet", "resnet18.a1_in1k", tmp_path / "imagenet")
+    assert baseline["hub_id"] == TIMM_RESNET18 and baseline["revision"] == hf_hub.repo(TIMM_RESNET18).sha
+
+    hf_hub.clear_log()  # re-resolving an unchanged generator: a copy from the cache, the same bytes
+    again = resolve("generator", "sdxl-turbo", tmp_path / "generator2", fetch_hub)
+    assert hf_hub.fetched() == [] and again["sha256"] == generator["sha256"]
