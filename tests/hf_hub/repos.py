@@ -22,8 +22,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 SDXL_TURBO = "stabilityai/sdxl-turbo"
 OPENAI_VIT_B_32 = "timm/vit_base_patch32_clip_224.openai"
 TIMM_RESNET18 = "timm/resnet18.a1_in1k"
@@ -63,6 +61,8 @@ SDXL_SIDE_FILES = ("LICENSE.md", "image_quality_one_step.png", "output_tile.jpg"
 
 def _seeded_bytes(seed: int, size: int) -> bytes:
     """Deterministic filler bytes (for files whose content no client reads)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (size,), generator=generator, dtype=torch.uint8).numpy().tobytes()
 
@@ -99,7 +99,8 @@ def _write_clip_tokenizer(folder: Path, pad_token: str) -> None:
 
 
 def tiny_sdxl_pipeline(tokenizer_dir: Path):
-    """A ~1M-parameter StableDiffusionXLPipeline with sdxl-turbo's components and scheduler (64x64 images)."""
+    """A ~2M-parameter StableDiffusionXLPipeline with sdxl-turbo's components and scheduler (64x64 images)."""
+    import torch
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -140,6 +141,7 @@ def tiny_sdxl_pipeline(tokenizer_dir: Path):
 
 
 def _fill_sdxl_turbo(dest: Path) -> None:
+    import torch
     from safetensors.torch import save_file
 
     tokenizers = dest.parent / f".{dest.name}-tokenizers"
@@ -178,6 +180,8 @@ def build_sdxl_turbo(root: Path) -> Path:
 
 def openai_vit_b_32(seed: int = 0):
     """The random ViT-B-32 with QuickGELU (fp32) whose fp16 weights the openai repo serves."""
+    import torch
+
     import open_clip
 
     with torch.random.fork_rng(devices=[]):
@@ -228,6 +232,8 @@ def reference_openai_clip(repo_folder: Path):
 
 def timm_resnet18(seed: int = 0):
     """The random resnet18 (a1_in1k pretrained_cfg) whose weights the timm repo serves."""
+    import torch
+
     import timm
 
     with torch.random.fork_rng(devices=[]):
