@@ -13,6 +13,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The local Hugging Face hub (tests/hf_hub): fixtures hf_hub_server (session) and hf_hub (per test).
+from hf_hub.fixtures import hf_hub, hf_hub_server  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_hub.fixtures import hf_hub, hf_hub_server  # noqa: F401 (pytest fixtures)
 from hf_hub.repos import OPENAI_VIT_B_32, SDXL_SINGLE_FILES, SDXL_TURBO, TIMM_RESNET18, reference_openai_clip
 
 TOY = "acme/toy"
