@@ -11,7 +11,7 @@ from pas.core.config import DataError, MixConfig
 from pas.core.shards import decode_image, read_shard
 from pas.models.presets import PRESETS, recommended
 from pas.models.registry import read_entry
-from pas.sources.generate import GenerateConfig, effective_sampling, generate, merge_manifest, plan_jobs
+from pas.sources.generate import GenerateConfig, effective_sampling, generate, job_digest, merge_manifest, plan_jobs
 from pas.sources.plan import candidate_counts, per_concept_quota
 
 CONCEPTS = [{"name": n, "prompts": [f"a {n}", f"a photo of a {n}"], "negative_prompt": "blurry"} for n in ("cat", "dog", "cow")]
@@ -45,6 +45,15 @@ def test_presets_give_recommended_settings_that_params_override():
     sampling = effective_sampling(GenerateConfig(steps=4), recommended("sdxl-turbo"))
     assert (sampling.steps, sampling.guidance, sampling.resolution) == (4, 0.0, 512)
     assert recommended("my-org/my-model")["steps"] == 25
+
+
+def test_a_model_counts_by_its_content_not_by_the_name_params_gave_it():
+    job = plan_jobs([{"name": "dog", "prompts": ["a dog"]}], 1, seed=0)[0]
+    sampling = effective_sampling(GenerateConfig(), recommended("sdxl-turbo"))
+    by_preset = {"name": "sdxl-turbo", "sha256": "ab" * 32}
+    by_hub_id = {"name": "stabilityai/sdxl-turbo", "sha256": "ab" * 32}
+    assert job_digest(job, sampling, by_preset) == job_digest(job, sampling, by_hub_id)   # renaming renders nothing
+    assert job_digest(job, sampling, by_preset) != job_digest(job, sampling, {**by_preset, "sha256": "cd" * 32})
 
 
 def test_generate_writes_shards_manifest_provenance_and_keeps_complete_shards(tiny_models, tmp_path):

@@ -136,9 +136,12 @@ def plan_jobs(concepts: list[dict[str, Any]], count: int, seed: int) -> list[dic
 
 
 def job_digest(job: dict[str, Any], sampling: Sampling, model: dict[str, Any]) -> str:
-    """What produced one image: the job, the effective sampling settings and the exact model."""
-    payload = json.dumps({"job": job, "sampling": sampling.__dict__, "model": [model["name"], model["sha256"]]},
-                         sort_keys=True)
+    """What produced one image: the job, the effective sampling settings and the exact model.
+
+    The model counts by its content hash alone, not by the name params gave it: `sdxl-turbo` and
+    `stabilityai/sdxl-turbo` are one model, and renaming it renders nothing again.
+    """
+    payload = json.dumps({"job": job, "sampling": sampling.__dict__, "model": model["sha256"]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
