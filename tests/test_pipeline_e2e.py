@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -14,23 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from dvc_repo import copy_sources, ran, run
 from pas.core.config import MixConfig
 from pas.sources.plan import candidate_counts
 
 pytestmark = pytest.mark.slow
 
-COMMITTED_RESULTS = ("metrics/", "plots/")
 UPSTREAM_OF_FILTER = ("models", "concepts", "generate", "sample_data", "pool_index", "retrieve", "embed")
-
-
-def run(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PAS_LOG_LEVEL": "INFO"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def restore_params(repo: Path) -> None:
@@ -49,10 +37,6 @@ def restore_params(repo: Path) -> None:
     assert (repo / "params.yaml").read_bytes() == head
 
 
-def ran(proc: subprocess.CompletedProcess) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", proc.stdout + proc.stderr))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh git repository holding the working tree's source files (no outputs, no cache).
@@ -60,15 +44,7 @@ def repo(tmp_path_factory) -> Path:
     The committed results (dvc.lock, metrics/, plots/) are left out too, so every stage runs and
     logs here; that a clean clone *with* them reproduces is what `.ci/run` checks.
     """
-    dest = tmp_path_factory.mktemp("pas") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if name == "dvc.lock" or name.startswith(COMMITTED_RESULTS):
-            continue
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+    dest = copy_sources(tmp_path_factory.mktemp("pas") / "repo")
     run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", dest)
     return dest
 

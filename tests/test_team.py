@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,14 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from dvc_repo import copy_sources, ran, set_params
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("dvc_s3", reason="the test extra installs dvc-s3")
 pytest.importorskip("moto.server", reason="the test extra installs moto[server]")
 
 BUCKET = "pas-team"
-COMMITTED_RESULTS = ("metrics/", "plots/")
 SMALL = {"size": 100, "sample_data.pool_animals": 600, "sample_data.downstream_train": 300,
          "sample_data.downstream_test": 150, "pretrain.epochs": 1, "finetune.protocols": ["linear", "knn"],
          "finetune.linear.epochs": 20, "finetune.elfis.protocols": []}
@@ -116,20 +113,8 @@ def team(s3, mlflow_server, tmp_path_factory):
             raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if name != "dvc.lock" and not name.startswith(COMMITTED_RESULTS) and (REPO / name).is_file():
-            (alice / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, alice / name)
-    params = yaml.safe_load((alice / "params.yaml").read_text())
-    for key, value in SMALL.items():
-        *heads, leaf = key.split(".")
-        section = params
-        for head in heads:
-            section = section[head]
-        section[leaf] = value
-    (alice / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_sources(alice)
+    set_params(alice, SMALL)
     git = "git -c user.name=alice -c user.email=a@t"
     run(f"git init -q --bare -b main {root / 'team.git'}", cwd=root)
     run(f"git init -q -b main && git remote add origin {root / 'team.git'} && git add -A && {git} commit -qm init")
@@ -142,10 +127,6 @@ def team(s3, mlflow_server, tmp_path_factory):
     run("pas share")
     return {"root": root, "alice": alice, "env": env, "run": run, "repro": repro, "queued": queued,
             "mlflow": mlflow_server}
-
-
-def ran(proc: subprocess.CompletedProcess) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", proc.stdout + proc.stderr))
 
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:
