@@ -57,7 +57,8 @@ def test_the_runner_sets_up_mlflow_once_after_the_work_began(tmp_path):
             seen["opened"] = run.opened
             seen["started_ms"] = time.time() * 1000
             return {{"probe": 1.5}}
-        run_stage("probe", (), stage_parser("probe", "probe: a stage body that only reports what it sees"), body, argv=["--metrics-dir", "metrics"])
+        parser = stage_parser("probe", "probe: a stage body that only reports what it sees")
+        run_stage("probe", (), parser, body, argv=["--metrics-dir", "metrics"])
         seen["mlflow_after"] = "mlflow" in sys.modules
         print(json.dumps(seen))
     """)
@@ -88,7 +89,7 @@ def test_a_stage_that_fails_before_logging_still_gets_its_failed_run(tmp_path):
         from pas.core.stage import run_stage, stage_parser
         def body(args, params, run):
             raise FileNotFoundError("no such file or folder: gone.json")
-        run_stage("probe", (), stage_parser("probe", "probe: a stage body that only reports what it sees"), body, argv=[])
+        run_stage("probe", (), stage_parser("probe", "probe: a stage body that fails"), body, argv=[])
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MLFLOW_TRACKING_URI": uri})

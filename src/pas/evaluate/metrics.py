@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as sklearn_confusion
 
 from pas.core.config import require
 from pas.evaluate.honesty import check_architectures, concept_overlap
@@ -54,6 +53,8 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts (C, C): row = true class, column = predicted (argmax) class."""
+    from sklearn.metrics import confusion_matrix as sklearn_confusion   # scipy + pandas: only when evaluating
+
     return sklearn_confusion(np.asarray(labels), np.asarray(scores).argmax(axis=1),
                              labels=np.arange(num_classes)).astype(np.int64)
 

@@ -17,13 +17,24 @@ from pas.evaluate.summary import PROTOCOLS
 SUMMARY = "metrics/summary.json"
 
 
-def _dvc(*args: str) -> str:
-    """stdout of a dvc command run in the current repository; a PasError with its message when it fails."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)   # this env's dvc
+def _dvc_started(*args: str) -> subprocess.Popen[str]:
+    """A dvc command started in the current repository (this env's dvc), running while pas does other work."""
+    return subprocess.Popen([sys.executable, "-m", "dvc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _dvc_output(proc: subprocess.Popen[str]) -> str:
+    """stdout of a started dvc command once it ends; a PasError with its message when it failed."""
+    out, err = proc.communicate()
     if proc.returncode:
-        message = (proc.stderr.strip().splitlines() or ["dvc failed"])[-1].removeprefix("ERROR: ")
-        raise PasError(f"dvc {' '.join(args)}: {message}")
-    return proc.stdout
+        message = (err.strip().splitlines() or ["dvc failed"])[-1].removeprefix("ERROR: ")
+        raise PasError(f"dvc {' '.join(proc.args[3:])}: {message}")
+    return out
+
+
+def params_diff_started(experiment: str | None) -> subprocess.Popen[str]:
+    """`dvc params diff` against HEAD, started (it takes seconds: pas show reads MLflow meanwhile)."""
+    return _dvc_started("params", "diff", *([] if experiment is None else ["HEAD", experiment]), "--json")
 
 
 def read_summary(experiment: str | None) -> dict[str, Any]:
@@ -41,10 +52,9 @@ def read_summary(experiment: str | None) -> dict[str, Any]:
                        "list them with dvc exp show") from err
 
 
-def params_changed(experiment: str | None) -> dict[str, tuple[Any, Any]]:
-    """{param: (HEAD value, this value)} for every param that differs from HEAD."""
-    revs = [] if experiment is None else ["HEAD", experiment]
-    diff = json.loads(_dvc("params", "diff", *revs, "--json") or "{}")
+def params_changed(experiment: str | None, started: subprocess.Popen[str] | None = None) -> dict[str, tuple[Any, Any]]:
+    """{param: (HEAD value, this value)} for every param that differs from HEAD (from `started`, when given)."""
+    diff = json.loads(_dvc_output(started or params_diff_started(experiment)) or "{}")
     return {key: (change.get("old"), change.get("new")) for changes in diff.values() for key, change in
             sorted(changes.items())}
 
@@ -120,11 +130,18 @@ def where_lines(experiment: str | None) -> list[str]:
 def render(experiment: str | None) -> str:
     """The page."""
     summary = read_summary(experiment)
-    changed = params_changed(experiment)
+    diff = params_diff_started(experiment)
+    try:
+        mlflow_line = pipeline_run(experiment)       # while dvc computes the params diff
+    except BaseException:
+        diff.kill()
+        diff.wait()
+        raise
+    changed = params_changed(experiment, diff)
     lines = [f"pas show: {experiment or 'workspace'}", "", "Params that differ from HEAD:"]
     lines += [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items()] or ["  none"]
     lines += ["", "Dataset funnel:", *funnel_lines(summary), "", "Headline metrics (metrics/summary.json):",
-              *metric_lines(summary), "", "Where things are:", *where_lines(experiment), pipeline_run(experiment)]
+              *metric_lines(summary), "", "Where things are:", *where_lines(experiment), mlflow_line]
     return "\n".join(lines)
 
 

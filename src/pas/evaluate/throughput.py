@@ -83,12 +83,12 @@ def clip_arch(name: str) -> str:
 def clip_dim(arch: str) -> int:
     """Embedding width of a CLIP architecture, from open_clip's bundled config (pas's tiny config for tiny://clip);
     512 for a local folder or an unknown name."""
-    import open_clip
-
-    from pas.models.tiny import TINY_CLIP_CONFIG
-
     if arch == "tiny://clip":
+        from pas.models.tiny import TINY_CLIP_CONFIG
+
         return TINY_CLIP_CONFIG["model_cfg"]["embed_dim"]
+    import open_clip   # torch and open_clip's model registry: only for a real architecture's name
+
     return (open_clip.get_model_config(arch) or {}).get("embed_dim", 512)
 
 
