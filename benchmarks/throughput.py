@@ -7,6 +7,9 @@ into benchmarks/throughput.json for `pas plan`. Prints one line per figure.
 
 Every figure carries its FLOPs per image (counted on the meta device: no memory, no time) and, where timed, the
 median images/s of a few batches on this device, with the machine and date. `pas plan` extrapolates the rest.
+Each figure is saved into the table (atomically) as soon as it is measured, so a run stopped part-way keeps what
+it measured; a figure that fails is saved with its error in one line and the run goes on with the others. A model
+is built once and timed at each of its batch sizes.
 """
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ import argparse
 import datetime
 import json
 import platform
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,18 +38,18 @@ from pas.core.shards import atomic_path  # noqa: E402
 from pas.models.presets import recommended  # noqa: E402
 
 TABLE = Path(__file__).parent / "throughput.json"
-# (task, model, settings): what `pas plan` prices. Generation settings are the presets' recommendations.
-SUITE = [
-    ("generate", "sdxl-turbo", {"batch": 1}),
-    ("generate", "sdxl-turbo", {"batch": 16}),
-    ("generate", "sd-1.5", {"batch": 8}),
-    ("generate", "tiny://sd", {"batch": 16}),
-    ("clip_embed", "ViT-L-14", {"batch": 256}),
-    ("clip_embed", "ViT-B-32", {"batch": 256}),
-    ("clip_embed", "tiny://clip", {"batch": 256}),
-    ("pretrain", "dino/vit_small_patch16_224", {"batch": 64, "image_size": 224}),
-    ("pretrain", "all4one/resnet50", {"batch": 64, "image_size": 224}),
-    ("pretrain", "simclr/resnet18", {"batch": 32, "image_size": 64}),
+# (task, model, batch sizes, settings): what `pas plan` prices; each model is built once for all its batch sizes.
+# Generation settings are the presets' recommendations.
+SUITE: list[tuple[str, str, tuple[int, ...], dict[str, Any]]] = [
+    ("generate", "sdxl-turbo", (1, 16), {}),
+    ("generate", "sd-1.5", (8,), {}),
+    ("generate", "tiny://sd", (16,), {}),
+    ("clip_embed", "ViT-L-14", (256,), {}),
+    ("clip_embed", "ViT-B-32", (256,), {}),
+    ("clip_embed", "tiny://clip", (256,), {}),
+    ("pretrain", "dino/vit_small_patch16_224", (64,), {"image_size": 224}),
+    ("pretrain", "all4one/resnet50", (64,), {"image_size": 224}),
+    ("pretrain", "simclr/resnet18", (32,), {"image_size": 64}),
 ]
 UNETS = {"sdxl-turbo": (SDXL_UNET, 2048, True), "sd-turbo": (SD2_UNET, 1024, False), "sd-1.5": (SD1_UNET, 768, False)}
 
@@ -81,8 +87,10 @@ def generate_gflops(model: str) -> float | None:
     return step * rec["steps"] * (2 if rec["guidance"] > 1 else 1) + decode
 
 
-def time_generate(model: str, batch: int, device: str, seconds: float) -> float:
-    """Median images/s of the preset's recommended sampling at `batch` (random weights, real architecture)."""
+@contextmanager
+def generate_timer(model: str, device: str, seconds: float) -> Iterator[Callable[[int], float]]:
+    """Build and load the pipeline once (random weights, real architecture); yield batch -> median images/s of the
+    preset's recommended sampling at that batch."""
     from pas.models.tiny import build_tiny_sd
     from pas.sources.generate import Sampling, load_pipeline, render
 
@@ -92,8 +100,12 @@ def time_generate(model: str, batch: int, device: str, seconds: float) -> float:
         pipe = load_pipeline(folder, device)
         rec = recommended(model)
         sampling = Sampling(rec["steps"], rec["guidance"], rec["resolution"], 384, 90)
-        jobs = [{"prompt": f"a photo of dish number {i}", "negative_prompt": "", "seed": i} for i in range(batch)]
-        return _median_rate(lambda: render(pipe, jobs, sampling), batch, device, seconds)
+
+        def rate(batch: int) -> float:
+            jobs = [{"prompt": f"a photo of dish number {i}", "negative_prompt": "", "seed": i} for i in range(batch)]
+            return _median_rate(lambda: render(pipe, jobs, sampling), batch, device, seconds)
+
+        yield rate
 
 
 def clip_model(model: str, device: str) -> torch.nn.Module:
@@ -112,14 +124,26 @@ def clip_size(model: torch.nn.Module) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
-def time_clip(model: str, batch: int, device: str, seconds: float) -> float:
-    """Median images/s of CLIP image embedding on ready tensors (half precision on a GPU, as pas runs it)."""
-    net = clip_model(model, device).eval()
+@contextmanager
+def clip_timer(model: str, device: str, seconds: float) -> Iterator[Callable[[int], float]]:
+    """Build the CLIP model once; yield batch -> median images/s of image embedding on ready tensors (half precision
+    on a GPU, as pas runs it)."""
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    net = net.to(dtype)
-    pixels = torch.randn(batch, 3, clip_size(net), clip_size(net), device=device, dtype=dtype)
-    with torch.inference_mode():
-        return _median_rate(lambda: net.encode_image(pixels), batch, device, seconds)
+    net = clip_model(model, device).eval().to(dtype)
+
+    def rate(batch: int) -> float:
+        pixels = torch.randn(batch, 3, clip_size(net), clip_size(net), device=device, dtype=dtype)
+        with torch.inference_mode():
+            return _median_rate(lambda: net.encode_image(pixels), batch, device, seconds)
+
+    yield rate
+
+
+@contextmanager
+def pretrain_timer(model: str, image_size: int, device: str) -> Iterator[Callable[[int], float]]:
+    """Yield batch -> images/s of the method's training step (benchmarks/pretrain.py builds the step per batch)."""
+    method, backbone = model.split("/")
+    yield lambda batch: step_rate(method, {}, backbone, image_size, batch, 3, 1, device)["images_per_s"]
 
 
 def _median_rate(run: Callable[[], object], batch: int, device: str, seconds: float) -> float:
@@ -139,28 +163,33 @@ def _median_rate(run: Callable[[], object], batch: int, device: str, seconds: fl
     return statistics.median(rates)
 
 
-def measure(task: str, model: str, settings: dict, device: str, seconds: float, time_it: bool) -> dict:
-    """One table figure: FLOPs per image (when countable) and, with `time_it`, measured images/s."""
-    figure = {"task": task, "model": model, **settings, "device": device_kind(device), "machine": machine(device),
-              "date": datetime.date.today().isoformat(), "gflops_per_image": None, "images_per_s": None}
+def gflops(task: str, model: str, settings: dict[str, Any]) -> float | None:
+    """FLOPs per image of (task, model), counted on the meta device; None where not countable."""
     if task == "generate":
-        figure["gflops_per_image"] = generate_gflops(model)
-        if time_it:
-            figure["images_per_s"] = time_generate(model, settings["batch"], device, seconds)
-    elif task == "clip_embed":
+        return generate_gflops(model)
+    if task == "clip_embed":
         with torch.device("meta"):
             net = clip_model(model, "meta")
-        figure["gflops_per_image"] = counted(lambda: net.encode_image(torch.zeros(1, 3, clip_size(net), clip_size(net))))
-        if time_it:
-            figure["images_per_s"] = time_clip(model, settings["batch"], device, seconds)
-    elif task == "pretrain":
-        figure["gflops_per_image"] = pretrain_gflops(model, settings["image_size"])
-        if not time_it:
-            return figure
-        method, backbone = model.split("/")
-        result = step_rate(method, {}, backbone, settings["image_size"], settings["batch"], 3, 1, device)
-        figure["images_per_s"] = result["images_per_s"]
-    return figure
+        return counted(lambda: net.encode_image(torch.zeros(1, 3, clip_size(net), clip_size(net))))
+    if task == "pretrain":
+        return pretrain_gflops(model, settings["image_size"])
+    raise ValueError(f"unknown task {task!r}: expected generate, clip_embed or pretrain")
+
+
+def timer(task: str, model: str, settings: dict[str, Any], device: str,
+          seconds: float) -> AbstractContextManager[Callable[[int], float]]:
+    """A context that builds (task, model) once and yields batch -> measured images/s."""
+    if task == "generate":
+        return generate_timer(model, device, seconds)
+    if task == "clip_embed":
+        return clip_timer(model, device, seconds)
+    return pretrain_timer(model, settings["image_size"], device)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0][:300]}" if message else type(error).__name__
 
 
 def pretrain_gflops(model: str, image_size: int) -> float:
@@ -195,15 +224,81 @@ def device_kind(device: str) -> str:
     return next((kind for kind in ("h100", "h200", "a100", "l4") if kind in name), name.replace(" ", "-"))
 
 
-def merge(table: Path, figures: list[dict]) -> None:
-    """Replace the figures of the same (task, model, batch, device) in the table; keep the others."""
+def merge(table: Path, figures: list[dict[str, Any]]) -> None:
+    """Write `figures` into the table atomically, replacing those of the same (task, model, batch, device) and keeping
+    the others. A figure without a rate (failed, or not timed) never replaces a measured rate: the measured figure
+    stays, with the new FLOPs count and the new failure's error."""
     old = json.loads(table.read_text())["figures"] if table.is_file() else []
     key = lambda f: (f["task"], f["model"], f.get("batch"), f["device"])  # noqa: E731
-    new = {key(f) for f in figures}
-    kept = [f for f in old if key(f) not in new]
+    merged = {key(f): f for f in old}
+    for figure in figures:
+        previous = merged.get(key(figure))
+        if previous and previous.get("images_per_s") and not figure.get("images_per_s"):
+            kept = {name: value for name, value in previous.items() if name != "error"}
+            if figure.get("gflops_per_image") is not None:
+                kept["gflops_per_image"] = figure["gflops_per_image"]
+            if figure.get("error"):
+                kept["error"] = f"{figure['date']} on {figure['machine']}: {figure['error']}"
+            figure = kept
+        merged[key(figure)] = figure
     with atomic_path(table) as tmp:
-        tmp.write_text(json.dumps({"figures": sorted(kept + figures, key=lambda f: tuple(map(str, key(f))))},
+        tmp.write_text(json.dumps({"figures": sorted(merged.values(), key=lambda f: tuple(map(str, key(f))))},
                                   indent=1) + "\n")
+
+
+def record(table: Path, figures: list[dict[str, Any]], error: str | None, t0: float) -> int:
+    """Save `figures` into the table now (failed with `error` when given), print one line each; how many."""
+    for figure in figures:
+        if error:
+            figure["error"] = error
+    merge(table, figures)
+    for figure in figures:
+        rate = f"{figure['images_per_s']:,.2f} img/s" if figure["images_per_s"] else "not timed"
+        flops = f"{figure['gflops_per_image']:,.1f} GFLOPs/img" if figure["gflops_per_image"] else "-"
+        print(f"{figure['task']:<11}{figure['model']:<28}batch {figure['batch']:>3}  "
+              f"{'FAILED' if error else rate:>18}  {flops:>20}  ({time.perf_counter() - t0:.0f} s)"
+              + (f"  {error}" if error else ""), flush=True)
+    return len(figures)
+
+
+def measure_model(table: Path, task: str, model: str, settings: dict[str, Any], figures: list[dict[str, Any]],
+                  device: str, seconds: float, time_it: bool, fail: bool = False) -> int:
+    """Count FLOPs, build (task, model) once and time each of its batch sizes, saving each figure as soon as it is
+    measured or has failed; the number that failed. `fail` makes each timing fail (a check of that path)."""
+    t0 = time.perf_counter()
+    try:
+        flops, flops_error = gflops(task, model, settings), None
+    except Exception as error:  # noqa: BLE001  (said, and the timing goes on: it does not need the count)
+        flops, flops_error = None, f"FLOPs not counted: {one_line(error)}"
+        print(f"{task:<11}{model:<28}{flops_error}", flush=True)
+    for figure in figures:
+        figure["gflops_per_image"] = flops
+    if not time_it:
+        record(table, figures, flops_error, t0)
+        return len(figures) if flops_error else 0
+    failed = done = 0
+    try:
+        with timer(task, model, settings, device, seconds) as rate:
+            if task != "pretrain":   # benchmarks/pretrain.py's step_rate builds its own model per batch size
+                print(f"built {model} once for batch {', '.join(str(f['batch']) for f in figures)} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            for figure in figures:
+                t0, error = time.perf_counter(), None
+                try:
+                    if fail:
+                        raise RuntimeError("injected failure (--fail)")
+                    figure["images_per_s"] = rate(figure["batch"])
+                except Exception as err:  # noqa: BLE001  (a batch that fails, out of memory say, keeps the others)
+                    error = one_line(err)
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                done += 1
+                record(table, [figure], error, t0)
+                failed += bool(error)
+    except Exception as error:  # noqa: BLE001  (the build failed: this model's remaining figures fail with it)
+        record(table, figures[done:], one_line(error), t0)
+        failed += len(figures) - done
+    return failed
 
 
 def main() -> None:
@@ -214,26 +309,42 @@ def main() -> None:
     parser.add_argument("--no-timing", nargs="*", default=None,
                         help="models only counted, not timed (default on a CPU: the real-size generators and "
                              "training steps, which take minutes per batch here)")
-    parser.add_argument("--table", default=str(TABLE))
+    parser.add_argument("--batches", type=int, nargs="+", help="time these batch sizes instead of the suite's")
+    parser.add_argument("--fail", nargs="*", default=[], metavar="MODEL",
+                        help="make the timing of models matching these substrings fail, as a GPU error would (a "
+                             "check that a failure is recorded and keeps the other figures)")
+    parser.add_argument("--table", default=str(TABLE), help="the table to update (default: %(default)s)")
     args = parser.parse_args()
     untimed = args.no_timing
     if untimed is None:
         untimed = [] if args.device.startswith("cuda") else ["sdxl-turbo", "sd-1.5", "ViT-L-14", "dino/", "all4one/"]
-    figures = []
-    for task, model, settings in SUITE:
+    table, total, failed = Path(args.table), 0, 0
+    for task, model, batches, settings in SUITE:
         if args.only and not any(part in task or part in model for part in args.only):
             continue
-        time_it = not any(part in model for part in untimed)
-        t0 = time.perf_counter()
-        figure = measure(task, model, settings, args.device, args.seconds, time_it)
-        figures.append(figure)
-        rate = f"{figure['images_per_s']:,.2f} img/s" if figure["images_per_s"] else "not timed"
-        flops = f"{figure['gflops_per_image']:,.1f} GFLOPs/img" if figure["gflops_per_image"] else "-"
-        print(f"{task:<11}{model:<28}batch {settings['batch']:>3}  {rate:>18}  {flops:>20}  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    merge(Path(args.table), figures)
-    print(f"{len(figures)} figure(s) for {device_kind(args.device)} ({machine(args.device)}) -> {args.table}")
+        figures = [{"task": task, "model": model, "batch": batch, **settings, "device": device_kind(args.device),
+                    "machine": machine(args.device), "date": datetime.date.today().isoformat(),
+                    "gflops_per_image": None, "images_per_s": None} for batch in (args.batches or batches)]
+        failed += measure_model(table, task, model, settings, figures, args.device, args.seconds,
+                                time_it=not any(part in model for part in untimed),
+                                fail=any(part in model for part in args.fail))
+        total += len(figures)
+    print(f"{total - failed} figure(s) saved, {failed} failed, for {device_kind(args.device)} "
+          f"({machine(args.device)}) -> {table}")
+    if failed:
+        raise SystemExit(1)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (gpu.sh's time limit) unwind as an exit: a table write in progress is cleaned up, the figures
+    saved before stay."""
+    def stop(signum: int, frame: object) -> None:
+        print(f"stopped by signal {signum}: the figures saved before are in the table", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()
