@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from pas.core.config import require, require_fields
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, SSLMethod, Transform
-from pas.ssl.dist import mean_over_ranks
+from pas.ssl.dist import mean_over_ranks, world_size
 from pas.ssl.heads import mlp
 
 
@@ -28,8 +28,14 @@ class BarlowTwinsArgs:
 
 
 def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
-    """(N, D) -> zero mean, unit (biased) variance per dimension, as BatchNorm1d(affine=False) in training."""
-    return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+    """(N, D) -> zero mean, unit (biased) variance per dimension over the global batch (every rank's rows), as the
+    official BatchNorm1d(affine=False) converted to SyncBatchNorm does in training (facebookresearch/barlowtwins
+    main.py lines 89 and 206: convert_sync_batchnorm(model), self.bn). Ranks hold equal batches."""
+    if world_size() == 1:
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+    mean = mean_over_ranks(z.mean(0))
+    var = mean_over_ranks((z - mean).pow(2).mean(0))
+    return (z - mean) / torch.sqrt(var + eps)
 
 
 def off_diagonal(c: Tensor) -> Tensor:
@@ -41,8 +47,10 @@ def off_diagonal(c: Tensor) -> Tensor:
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float) -> tuple[Tensor, Tensor]:
     """z1, z2 (N, D) -> (on-diagonal term (), lambd-weighted off-diagonal term ()).
 
-    C = standardize(z1).T @ standardize(z2) / N (D, D), averaged over ranks; the loss is
-    sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+    C = standardize(z1).T @ standardize(z2) / N (D, D) over the global batch: each rank's rows standardised
+    with the global statistics, its products summed over ranks and divided by the global batch, as the official
+    forward's `c = self.bn(z1).T @ self.bn(z2); c.div_(batch_size); all_reduce(c)` (main.py lines 213-217). The
+    loss is sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
     """
     n = z1.shape[0]
     c = mean_over_ranks(standardize(z1.float()).T @ standardize(z2.float()) / n)

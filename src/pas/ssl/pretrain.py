@@ -322,6 +322,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     from pas.ssl.data import StreamSync, ViewStream, make_loader, split_heldout
     from pas.ssl.module import PretrainModule
     from pas.ssl.monitor import KnnMonitor, load_labeled_set, score_heldout
+    from pas.ssl.syncbn import layer_sync
 
     L.seed_everything(seed, workers=True)
     device = pick_device()
@@ -386,7 +387,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             max_epochs=epochs + bool(cfg.images_budget), max_steps=total_steps if cfg.images_budget else cfg.max_steps,
             limit_train_batches=steps_per_epoch * accumulate,   # max_steps only when it cuts an epoch (resume)
             logger=loggers or False, enable_checkpointing=run_path is not None, default_root_dir=scratch,
-            callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch), plugins=[AtomicCheckpointIO()],
+            callbacks=callbacks, log_every_n_steps=min(50, steps_per_epoch),
+            plugins=[AtomicCheckpointIO(), *layer_sync(world, module, accelerator)],   # BatchNorm over the global batch
         )
         for logger in trainer.loggers:
             logger.log_hyperparams({f"derived.{k}": v for k, v in derived.items()})

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pas.core.config import require
 from pas.ssl.base import MethodOutput, SSLMethod
+from pas.ssl.dist import gather, mean_over_ranks, rank, world_size
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,24 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
     Every one of the 2N projections must pick its partner out of the other 2N - 1 by cosine
     similarity / temperature (cross-entropy), so the 2(N - 1) other views are the negatives.
+    Under DDP the negatives are every rank's (2 x global batch - 2): this rank's rows are scored
+    against the projections gathered from all ranks with gradients, and the mean over ranks is the
+    global batch's loss, as google-research/simclr objective.py add_contrastive_loss (lines 38-90,
+    tpu_cross_replica_concat and labels offset by replica_id * batch_size) computes it.
     """
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                     # (2N, D)
-    logits = z @ z.T / temperature                                          # (2N, 2N)
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))                   # a view is not its own pair
-    idx = torch.arange(n, device=z.device)
-    targets = torch.cat([idx + n, idx])                                     # (2N,) partner of each row
-    return F.cross_entropy(logits, targets)
+    n, r = z1.shape[0], rank()
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                     # (2n, D) this rank's
+    if world_size() == 1:
+        keys, width, offset = z, n, 0
+    else:
+        width, offset = n * world_size(), r * n                           # gathered: [z1 of all; z2 of all]
+        keys = torch.cat([gather(z[:n]), gather(z[n:])])                    # (2Wn, D) gradients flow back
+    logits = z @ keys.T / temperature                                       # (2n, 2Wn)
+    idx = torch.arange(n, device=z.device) + offset
+    own = torch.cat([idx, idx + width])                                     # (2n,) column of the row itself
+    logits = logits.masked_fill(F.one_hot(own, 2 * width).bool(), float("-inf"))   # not its own pair
+    targets = torch.cat([idx + width, idx])                                 # (2n,) partner of each row
+    return mean_over_ranks(F.cross_entropy(logits, targets))
 
 
 class SimCLR(SSLMethod):
