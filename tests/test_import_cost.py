@@ -54,7 +54,7 @@ def test_the_runner_sets_up_mlflow_once_after_the_work_began(tmp_path):
         seen = {{}}
         def body(args, params, run):
             seen["heavy"] = sorted(m for m in {HEAVY!r} if m in sys.modules)
-            seen["opened"] = run.opened
+            seen["opened"] = getattr(run, "opened", None)
             seen["started_ms"] = time.time() * 1000
             return {{"probe": 1.5}}
         parser = stage_parser("probe", "probe: a stage body that only reports what it sees")
