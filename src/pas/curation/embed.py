@@ -44,6 +44,18 @@ def candidate_rows(manifests: list[tuple[pa.Table, Path]]) -> list[dict[str, Any
     return rows
 
 
+def image_stats(data: bytes | None) -> tuple[Image.Image, dict[str, Any]]:
+    """A candidate's decoded image and its stats; a 1x1 black image and decodable False for bad or missing bytes."""
+    try:
+        if data is None:
+            raise KeyError("missing from its shard")
+        image = decode_image(data)
+    except Exception:  # corrupt bytes or a key missing from its shard
+        return Image.new("RGB", (1, 1)), {"decodable": False, "pixel_std": 0.0, "pixel_hash": ""}
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    return image, {"decodable": True, "pixel_std": float(gray.std()), "pixel_hash": pixel_hash(image)}
+
+
 def stream_images(rows: list[dict[str, Any]], stats: list[dict[str, Any]]) -> Iterator[Image.Image]:
     """Yield each candidate's image in row order, shard by shard; append per-image stats to `stats`."""
     by_shard: dict[str, dict[str, bytes]] = {}
@@ -51,25 +63,39 @@ def stream_images(rows: list[dict[str, Any]], stats: list[dict[str, Any]]) -> It
         shard = row["shard"]
         if shard not in by_shard:
             by_shard = {shard: {key: jpeg for key, jpeg, _ in read_shard(shard)}}
-        try:
-            image = decode_image(by_shard[shard][row["key"]])
-        except Exception:  # corrupt bytes or a key missing from its shard
-            image = Image.new("RGB", (1, 1))
-            stats.append({"decodable": False, "pixel_std": 0.0, "pixel_hash": ""})
-        else:
-            gray = np.asarray(image.convert("L"), dtype=np.float32)
-            stats.append({"decodable": True, "pixel_std": float(gray.std()), "pixel_hash": pixel_hash(image)})
+        image, stat = image_stats(by_shard[shard].get(row["key"]))
+        stats.append(stat)
         yield image
+
+
+class CandidateImages:
+    """Row i of the candidates as (image, stats), or (None, stats) for a row in `skip` (its vector is known): an
+    indexable source for ClipEncoder.encode_source, so decoding and the stats run in DataLoader workers. Each copy
+    (one per worker) keeps the members of the shard it read last; rows come shard by shard."""
+
+    def __init__(self, rows: list[dict[str, Any]], skip: set[int] | None = None) -> None:
+        self.rows, self.skip = rows, skip or set()
+        self._shard: str | None = None
+        self._members: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image | None, dict[str, Any]]:
+        row = self.rows[i]
+        if row["shard"] != self._shard:
+            self._shard, self._members = row["shard"], {key: jpeg for key, jpeg, _ in read_shard(row["shard"])}
+        image, stat = image_stats(self._members.get(row["key"]))
+        return (None if i in self.skip else image), stat
 
 
 def embed_candidates(rows: list[dict[str, Any]], encoder: Any,
                      known: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """(N, D) CLIP embeddings of every candidate and per-image stats; rows whose position is in `known` reuse
-    that vector (a retrieved image the pool already embedded with this model) instead of a second CLIP pass."""
+    that vector (a retrieved image the pool already embedded with this model) instead of a second CLIP pass.
+    Decoding, stats and the CLIP preprocess run in DataLoader workers (ClipEncoder.encode_source)."""
     known = known or {}
-    stats: list[dict[str, Any]] = []
-    images = (image for i, image in enumerate(stream_images(rows, stats)) if i not in known)
-    fresh = encoder.encode_images(images, total=len(rows) - len(known), desc="embed")
+    fresh, stats = encoder.encode_source(CandidateImages(rows, set(known)), desc="embed")
     if not known:
         return fresh, stats
     dim = fresh.shape[1] if fresh.size else len(next(iter(known.values())))

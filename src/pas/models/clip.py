@@ -1,7 +1,8 @@
 """CLIP image and text embeddings from a local open_clip directory (models/clip)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from pas.core.iterate import batched
+from pas.core.runtime import num_workers
+
+
+class Preprocessed(torch.utils.data.Dataset):
+    """Item i of `source`, an (image or None, info) pair, with the image through the CLIP preprocess: a DataLoader
+    runs both the source's loading (decode) and the preprocessing in its workers."""
+
+    def __init__(self, source: Sequence[tuple[Image.Image | None, Any]], preprocess: Any) -> None:
+        self.source, self.preprocess = source, preprocess
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, Any]:
+        image, info = self.source[i]
+        return (None if image is None else self.preprocess(image.convert("RGB"))), info
 
 
 class ClipEncoder:
@@ -40,19 +57,65 @@ class ClipEncoder:
                 out.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
-    def encode_images(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed") -> np.ndarray:
-        """(N, D) float32 unit vectors for N PIL images, streamed in batches."""
+    def encode_images(self, images: Iterable[Image.Image], total: int | None = None, desc: str = "embed",
+                      workers: int | None = None) -> np.ndarray:
+        """(N, D) float32 unit vectors for N PIL images, streamed in batches; each batch is preprocessed on
+        `workers` threads (default pas.core.runtime.num_workers(); PIL's resize and torch's ops release the GIL).
+        An indexable source whose loading should run in processes goes to encode_source instead."""
+        workers = num_workers() if workers is None else workers
         out = []
-        for batch in tqdm(batched(images, self.batch_size), desc=desc, unit="batch",
-                          total=None if total is None else -(-total // self.batch_size)):
-            out.append(self.encode_pixels(torch.stack([self.preprocess(im.convert("RGB")) for im in batch])))
+        with ThreadPoolExecutor(workers) if workers > 0 else _Inline() as pool:
+            for batch in tqdm(batched(images, self.batch_size), desc=desc, unit="batch",
+                              total=None if total is None else -(-total // self.batch_size)):
+                out.append(self.encode_pixels(torch.stack(list(pool.map(self._preprocess, batch)))))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def encode_source(self, source: Sequence[tuple[Image.Image | None, Any]], desc: str = "embed",
+                      workers: int | None = None) -> tuple[np.ndarray, list[Any]]:
+        """(vectors (M, D), infos (N,)) of an indexable source of N (image or None, info) pairs: loading and the
+        CLIP preprocess run in `workers` DataLoader workers (default pas.core.runtime.num_workers()), the model in
+        this process on batches of batch_size images in source order (the batches encode_images makes of the
+        M images that are not None), so the vectors do not depend on the worker count."""
+        loader = torch.utils.data.DataLoader(Preprocessed(source, self.preprocess), batch_size=self.batch_size,
+                                             num_workers=num_workers() if workers is None else workers,
+                                             collate_fn=list)
+        out, infos, pending = [], [], []
+        for items in tqdm(loader, desc=desc, unit="batch"):
+            for pixels, info in items:
+                infos.append(info)
+                if pixels is not None:
+                    pending.append(pixels)
+                if len(pending) == self.batch_size:
+                    out.append(self.encode_pixels(torch.stack(pending)))
+                    pending = []
+        if pending:
+            out.append(self.encode_pixels(torch.stack(pending)))
+        return (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), infos
+
+    def _preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> the model's (3, H, W) input."""
+        return self.preprocess(image.convert("RGB"))
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, D) float32 unit vectors for a (B, 3, H, W) batch already preprocessed."""
         with torch.inference_mode():
             feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+
+
+class _Inline:
+    """A pool of no threads: map in the calling thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def map(fn: Any, items: Iterable[Any]) -> Iterable[Any]:
+        """map(fn, items), here."""
+        return map(fn, items)
 
 
 def concept_queries(encoder: ClipEncoder, concepts: list[dict[str, Any]]) -> np.ndarray:

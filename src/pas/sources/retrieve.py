@@ -153,6 +153,22 @@ def exemplar_images(folder: Path, concepts: list[dict[str, Any]]) -> tuple[dict[
     return per_concept, images(folder)
 
 
+class ExemplarImages:
+    """Exemplar image files as an indexable (image, None) source for ClipEncoder.encode_source."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, None]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return image.convert("RGB"), None
+
+
 def blend_exemplars(queries: np.ndarray, concepts: list[dict[str, Any]], folder: Path, encoder: Any,
                     weight: float) -> tuple[np.ndarray, dict[str, int]]:
     """Image queries beside the text: each concept's query becomes the unit vector of (1 - weight) x its text query
@@ -161,10 +177,8 @@ def blend_exemplars(queries: np.ndarray, concepts: list[dict[str, Any]], folder:
     per_concept, domain = exemplar_images(folder, concepts)
     if not per_concept and not domain:
         return queries, {"concepts_with_exemplars": 0, "domain_exemplars": 0}
-    from PIL import Image
-
     def mean_of(paths: list[Path]) -> np.ndarray:
-        vectors = encoder.encode_images(Image.open(p) for p in paths)
+        vectors, _ = encoder.encode_source(ExemplarImages(paths), desc="exemplars")   # decoded in DataLoader workers
         mean = vectors.mean(axis=0)
         return mean / max(np.linalg.norm(mean), 1e-12)
 
