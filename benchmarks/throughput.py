@@ -290,8 +290,8 @@ def measure_model(table: Path, task: str, model: str, settings: dict[str, Any], 
                     figure["images_per_s"] = rate(figure["batch"])
                 except Exception as err:  # noqa: BLE001  (a batch that fails, out of memory say, keeps the others)
                     error = one_line(err)
-                    if device.startswith("cuda"):
-                        torch.cuda.empty_cache()
+                if error and device.startswith("cuda"):   # out of the handler: its traceback no longer holds tensors
+                    torch.cuda.empty_cache()
                 done += 1
                 record(table, [figure], error, t0)
                 failed += bool(error)
