@@ -267,3 +267,36 @@ def test_set_values_are_applied_by_dvcs_own_code(table, capsys):
     assert flags[1].startswith("++pretrain.")
     assert main(["plan", *flags, "--table", table]) == 0
     assert "pretrain: dino/vit_small_patch16_224 at 224px" in capsys.readouterr().out
+
+
+INPUT = [{"task": "input", "model": "dino/device", "batch": 16, "image_size": 224, "device": "cpu",
+          "images_per_s": 100.0, "machine": "a CPU", "date": "2026-11-28", "gflops_per_image": None},
+         {"task": "input", "model": "dino/cpu", "batch": 16, "image_size": 224, "device": "cpu",
+          "images_per_s": 50.0, "machine": "a CPU", "date": "2026-11-28", "gflops_per_image": None}]
+
+
+@pytest.mark.parametrize("cpus, bound", [(16, "input"), (256, "model")])
+def test_a_pretraining_row_runs_at_the_slower_of_the_model_and_its_input_pipeline(cpus, bound, tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": FIGURES + INPUT}))
+    assert main(["plan", *SETTINGS, "--gpu", "h100", "--pool-images", "0", "--table", str(path),
+                 "--cpus-per-gpu", str(cpus)]) == 0
+    out = capsys.readouterr().out
+    row = rows(out)["pretrain"]
+    model_rate = GPUS["h100"]["tflops"] * 1e3 * UTILISATION / 112.0             # ~3,090 img/s from FLOPs
+    speed = min(model_rate, 100.0 * cpus)                                        # the device path's CPU work
+    assert row[4] == bound and number(row[5]) == pytest.approx(speed, rel=1e-3)
+    assert number(row[2]) == pytest.approx(1_200_000 * 10 / speed / 3600, rel=1e-2)
+    assert (f"input of pretrain (dino, device path): {100.0 * cpus:,.1f} samples/s from 100.0 samples/s per core "
+            f"x {cpus} cores (device path at 224 px") in out
+
+
+def test_a_cpu_plan_prices_the_cpu_path(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": FIGURES + INPUT}))
+    assert main(["plan", *SETTINGS, "--gpu", "cpu", "--pool-images", "0", "--table", str(path),
+                 "--cpus-per-gpu", "1"]) == 0
+    row = rows(capsys.readouterr().out)["pretrain"]
+    assert row[4] == "model" and number(row[5]) == 2.0                          # 2 img/s model < 50 img/s input
+    assert main(["plan", *SETTINGS, "--gpu", "h100", "--cpus-per-gpu", "0", "--table", str(path)]) == 2
+    assert "--cpus-per-gpu 0 must be at least 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Machine settings (device, loader workers) read from the environment, never from params."""
+"""Machine settings (device, loader workers, where augmentation runs) read from the environment, never from params."""
 from __future__ import annotations
 
 import logging
@@ -22,12 +22,43 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def num_workers() -> int:
-    """Decode workers for DataLoaders: `PAS_NUM_WORKERS`, else 0 on <=2 cores, else cores - 1 (max 8)."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a SLURM/cgroup cpuset, taskset), else os.cpu_count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def num_workers(processes: int = 1) -> int:
+    """Decode workers of one DataLoader: `PAS_NUM_WORKERS`, else the usable cores shared by the node's `processes`
+    training processes (one per GPU), less one for the process itself; 0 (decode in the main process) at 2 or fewer
+    cores each."""
     if "PAS_NUM_WORKERS" in os.environ:
-        return int(os.environ["PAS_NUM_WORKERS"])
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(8, cores - 1)
+        value = os.environ["PAS_NUM_WORKERS"]
+        if not value.isdigit():
+            from pas.core.config import PasError
+
+            raise PasError(f"PAS_NUM_WORKERS={value!r} is not a whole number; unset it or use e.g. 8")
+        return int(value)
+    cores = usable_cores() // max(1, processes)
+    return 0 if cores <= 2 else cores - 1
+
+
+AUGMENT_CHOICES = ("auto", "cpu", "device")
+
+
+def augment_on_device(device: str) -> bool:
+    """Whether pretraining decodes and augments on the training device: `PAS_AUGMENT` auto (default: on a GPU),
+    device, or cpu (in DataLoader workers)."""
+    wanted = os.environ.get("PAS_AUGMENT", "auto")
+    if wanted not in AUGMENT_CHOICES:
+        from pas.core.config import PasError
+
+        raise PasError(f"PAS_AUGMENT={wanted!r} is not one of {', '.join(AUGMENT_CHOICES)}; unset it for auto")
+    if wanted == "auto":
+        return device.startswith("cuda")
+    return wanted == "device"
 
 
 def configure_threads() -> int | None:

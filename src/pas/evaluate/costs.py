@@ -2,7 +2,9 @@
 
 Per-image costs are the rates of pas.evaluate.throughput (benchmarks/throughput.json): each figure names its
 task, model, settings, device, machine and date, and is measured there or extrapolated; the table printed says
-which, and how; a tiny test model (tiny://) is priced only where it was measured. The params are checked as the
+which, and how; a tiny test model (tiny://) is priced only where it was measured. A training row runs at the slower
+of the model's rate and its input pipeline's (the per-core figures of benchmarks/input_pipeline.py times
+--cpus-per-gpu cores; on a GPU the device path, whose CPU work is what the cores do), and says which bounds it. The params are checked as the
 stages check them, recipes applied, and pretraining is counted in the images it sees (epochs, or pretrain.budget)
 as pas.ssl.pretrain counts them.
 """
@@ -23,8 +25,10 @@ from pas.evaluate.throughput import (
     DEVICES,
     GPUS,
     clip_arch,
+    Rate,
     clip_dim,
     generator_model,
+    input_rate,
     load_table,
     no_figure,
     rate,
@@ -134,7 +138,8 @@ def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
     get_method(cfg.method).check(args, cfg.image_size, cfg.batch_size * gpus,
                                  f"pretrain.method_args.{cfg.method}")
     what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
-    work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}"}
+    work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}",
+            "input": {"method": cfg.method, "image_size": cfg.image_size}}
     if cfg.dataset == "curated":
         images = size - heldout_count(args, size)
         steps, epochs = training_length(cfg, epoch_steps(cfg, images, gpus), global_batch)
@@ -200,17 +205,37 @@ def pool_size(source: str) -> int | None:
     return sum(1 for f in (path.rglob("*") if path.is_dir() else [path]) if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def feed_rate(figures: list[dict[str, Any]], work: dict[str, Any], device: str, cpus: int
+              ) -> tuple[Rate | None, str]:
+    """(samples/s the input pipeline of a training row delivers to one device from `cpus` cores, its path): the
+    device path on a GPU (its CPU work bounds the cores), the CPU path on a CPU."""
+    path = "device" if device in GPUS else "cpu"
+    core = input_rate(figures, work["input"]["method"], path, work["input"]["image_size"])
+    if core is None:
+        return None, path
+    return Rate(core.images_per_s * cpus, f"{core.images_per_s:,.1f} samples/s per core x {cpus} cores ({core.how})",
+                core.measured), path
+
+
 def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: int,
-         pool_images: int | None) -> dict[str, Any]:
-    """Per-stage images, GPU-hours (device-hours on a CPU), wall hours on `gpus` devices and the figure used."""
+         pool_images: int | None, cpus_per_gpu: int = 16) -> dict[str, Any]:
+    """Per-stage images, GPU-hours (device-hours on a CPU), wall hours on `gpus` devices, the figure used and, for a
+    training row, whether the model or the input pipeline on `cpus_per_gpu` cores bounds it."""
     rows = []
     for work in stage_work(settings, pool_images, gpus):
-        row = {"note": None, **work, "device_hours": None, "wall_hours": None, "rate": None}
+        row = {"note": None, **work, "device_hours": None, "wall_hours": None, "rate": None, "bound": None}
         if work["task"] and work["images"]:
             found = rate(figures, work["task"], work["model"], device)
             if found is not None:
-                hours = work["images"] / found.images_per_s / 3600
-                row.update(device_hours=hours, wall_hours=hours / gpus, rate=found)
+                row["bound"] = "model"
+                if "input" in work:
+                    feed, path = feed_rate(figures, work, device, cpus_per_gpu)
+                    row.update(feed=feed, feed_path=path)
+                    if feed is not None and feed.images_per_s < found.images_per_s:
+                        row["bound"] = "input"
+                speed = found.images_per_s if row["bound"] == "model" else row["feed"].images_per_s
+                hours = work["images"] / speed / 3600
+                row.update(device_hours=hours, wall_hours=hours / gpus, rate=found, speed=speed)
             else:
                 row["note"] = no_figure(figures, work["task"], work["model"])
         rows.append(row)
@@ -228,14 +253,15 @@ def _hours(value: float | None) -> str:
 def render(result: dict[str, Any], device: str, gpus: int) -> str:
     """The plan as a terminal table plus the total and the provenance of every figure."""
     unit = "GPU-h" if device in GPUS else "CPU-h"
-    lines = [f"{'stage':<11}{'images':>14}{unit:>11}{f'wall h on {gpus}':>14}  figure"]
+    lines = [f"{'stage':<11}{'images':>14}{unit:>11}{f'wall h on {gpus}':>14}  figure (a training row: its bound, "
+             f"model or input, first)"]
     for row in result["rows"]:
         images = "?" if row["images"] is None else f"{row['images']:,}"
-        source = row["rate"]
-        figure = (f"{source.images_per_s:,.1f} img/s, {'measured' if source.measured else 'EXTRAPOLATED'}"
+        source = row["feed"] if row["bound"] == "input" else row["rate"]
+        figure = (f"{row['speed']:,.1f} img/s, {'measured' if source.measured else 'EXTRAPOLATED'}"
                   if source else (row.get("note") or ""))
         lines.append(f"{row['stage']:<11}{images:>14}{_hours(row['device_hours']):>11}{_hours(row['wall_hours']):>14}"
-                     f"  {figure}")
+                     f"  {row['bound'] + ' ' if 'input' in row and row['bound'] else ''}{figure}")
     lines.append(f"{'total':<11}{'':>14}{_hours(result['device_hours']):>11}{_hours(result['wall_hours']):>14}"
                  + (f"  (not priced: {', '.join(result['unpriced'])})" if result["unpriced"] else ""))
     lines += [f"{row['stage']}: {row['detail']}" for row in result["rows"] if row.get("detail")]
@@ -246,6 +272,11 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
     for row in result["rows"]:
         if row["rate"]:
             lines.append(f"  {row['stage']}: {row['task']} {row['model']} on {device}: {row['rate'].how}")
+        if row["rate"] and "input" in row:
+            feed, method = row.get("feed"), row["input"]["method"]
+            lines.append(f"  input of {row['stage']} ({method}, {row['feed_path']} path): "
+                         + (f"{feed.images_per_s:,.1f} samples/s from {feed.how}" if feed else
+                            "no figure in the table (python benchmarks/input_pipeline.py --write): not priced"))
     lines.append(f"wall time assumes the {gpus} device(s) share every stage evenly (Ray actors, DDP ranks).")
     return "\n".join(lines)
 
@@ -259,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a param, as dvc exp run -S does (e.g. -S size=1.2M)")
     parser.add_argument("--gpu", default="h100", help=f"hardware profile: {', '.join(DEVICES)}")
     parser.add_argument("--gpus", type=int, default=1, help="devices working in parallel")
+    parser.add_argument("--cpus-per-gpu", type=int, default=16,
+                        help="CPU cores feeding each device (decode + augmentation, or the device path's CPU work)")
     parser.add_argument("--pool-images", type=int, default=None,
                         help="images in the unlabeled pool to embed (0: a pool of precomputed embeddings)")
     parser.add_argument("--params", default="params.yaml")
@@ -269,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--gpu {args.gpu!r} is not a known profile; use one of {', '.join(DEVICES)}")
         if args.gpus < 1:
             raise ConfigError(f"--gpus {args.gpus} must be at least 1")
+        if args.cpus_per_gpu < 1:
+            raise ConfigError(f"--cpus-per-gpu {args.cpus_per_gpu} must be at least 1")
         if args.pool_images is not None and args.pool_images < 0:
             raise ConfigError(f"--pool-images {args.pool_images} must be 0 or more")
         params = params_with_overrides(Path(args.params), args.set_param)
@@ -276,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = args.pool_images
         if pool is None:
             pool = pool_size(settings.pool_index.source)
-        result = plan(settings, load_table(Path(args.table)), args.gpu, args.gpus, pool)
+        result = plan(settings, load_table(Path(args.table)), args.gpu, args.gpus, pool, args.cpus_per_gpu)
     except PasError as err:
         print(f"pas plan: error: {err}", file=sys.stderr)
         return 2

@@ -61,6 +61,18 @@ def rate(figures: list[dict[str, Any]], task: str, model: str, device: str) -> R
     return None
 
 
+def input_rate(figures: list[dict[str, Any]], method: str, path: str, image_size: int) -> Rate | None:
+    """Samples/s of ONE CPU core feeding `method`'s views by `path` (cpu: decode + augment in workers; device: the
+    CPU work the device path leaves), from benchmarks/input_pipeline.py's figures (task "input"): the figure at
+    `image_size` if measured, else the one at the nearest size. None when the table has none."""
+    mine = [f for f in figures if f["task"] == "input" and f["model"] == f"{method}/{path}" and f.get("images_per_s")]
+    if not mine:
+        return None
+    figure = min(mine, key=lambda f: (abs((f.get("image_size") or 0) - image_size), -f["images_per_s"]))
+    return Rate(figure["images_per_s"], f"{path} path at {figure.get('image_size')} px, measured per core on "
+                                        f"{figure['machine']}, {figure['date']}", True)
+
+
 def is_tiny(model: str) -> bool:
     """A tiny test model (tiny://...): random weights, a speed set by overheads, no real cost to extrapolate."""
     return model.startswith("tiny://")

@@ -1,59 +1,67 @@
-"""Per-view augmentations (PIL image -> normalised (3, S, S) float tensor) for the SSL methods.
+"""The CPU augmentation path: decode once (JPEG draft mode), then each view's draw applied with PIL on uint8.
 
-One builder covers the SimCLR / BYOL / DINO family: random resized crop, flip, colour jitter
-(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2, then optional Gaussian blur and solarisation
-with the probabilities a method asks for per view.
+Every step stays in PIL's uint8 images: crop and resize in one `Image.resize(box=...)` call, flip,
+the colour adjustments of torchvision's ColorJitter on PIL images (brightness, contrast and saturation
+as one colour-matrix pass each, hue through HSV as torchvision does), grayscale, PIL's Gaussian blur
+with the drawn radius (as DINO's utils.GaussianBlur does, not a 23-pixel convolution) and solarisation;
+the float conversion and normalisation are the last step, or are left to the training device
+(`normalize=False`: uint8 views cross the worker and host-to-device boundaries at a quarter of the bytes).
+
+JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale. The scale is chosen from the drawn crops:
+the largest reduction at which every crop still has at least its output size in pixels, so no view is
+upsampled more than it would be from the full image.
 """
 from __future__ import annotations
 
+import io
+import math
+import random
 from collections.abc import Callable
 
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
+from pas.ssl.views import (  # noqa: F401  (re-exported: the methods' and the monitor's imports)
+    SIMCLR_JITTER,
+    STRONG_JITTER,
+    X0,
+    X1,
+    Y0,
+    Y1,
+    ViewSpec,
+    apply_view,
+    byol_views,
+    normalize_uint8,
+    sample_views,
+    simclr_view,
+)
 
-def blur_kernel(size: int) -> int:
-    """Odd Gaussian kernel of about 10% of the crop side (23 px at 224), at least 3."""
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
-
-
-SIMCLR_JITTER = (0.4, 0.4, 0.2, 0.1)   # brightness, contrast, saturation, hue (SimCLR/BYOL/DINO)
-STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)   # SwAV (src/multicropdataset.py:76) and LeJEPA (MINIMAL.md:104)
-
-
-def simclr_view(size: int, scale: tuple[float, float] = (0.08, 1.0), blur: float = 0.0, solarize: float = 0.0,
-                jitter: tuple[float, float, float, float] = SIMCLR_JITTER) -> Callable[[Image.Image], torch.Tensor]:
-    """One view: crop to `size` at `scale`, flip, jitter (p 0.8), grayscale, blur with p `blur`, solarise with p
-    `solarize`."""
-    steps: list[Callable] = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-    ]
-    if blur > 0:
-        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=blur))
-    steps.append(v2.PILToTensor())
-    if solarize > 0:
-        steps.append(v2.RandomSolarize(threshold=128, p=solarize))   # on uint8: invert pixels >= 128
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
-    return v2.Compose(steps)
+def draft_scale(params: list[list[float]], specs: list[ViewSpec]) -> float:
+    """The largest reduction of the image at which every drawn crop keeps at least its output size."""
+    return min(min(p[X1] - p[X0], p[Y1] - p[Y0]) / spec.size for p, spec in zip(params, specs))
 
 
-def byol_views(size: int) -> list[Callable[[Image.Image], torch.Tensor]]:
-    """BYOL's asymmetric pair: blur always on view 1; blur 0.1 and solarisation 0.2 on view 2."""
-    return [simclr_view(size, blur=1.0), simclr_view(size, blur=0.1, solarize=0.2)]
+def decode_for_views(data: bytes, specs: list[ViewSpec], rng: random.Random
+                     ) -> tuple[Image.Image, list[list[float]], float]:
+    """(RGB image, the views' draws in full-image pixels, full size / decoded size): the draws are made from the
+    header's size, then a JPEG is decoded in draft mode at the largest scale the crops allow."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        params = sample_views(specs, width, height, rng)
+        reduce = draft_scale(params, specs)
+        if image.format == "JPEG" and reduce >= 2:
+            image.draft("RGB", (math.ceil(width / reduce), math.ceil(height / reduce)))
+        image.load()
+        return image.convert("RGB"), params, width / image.width
+
+
+def cpu_views(data: bytes, specs: list[ViewSpec], rng: random.Random, normalize: bool = True) -> list[torch.Tensor]:
+    """Every view of one encoded image, drawn from `rng`."""
+    image, params, factor = decode_for_views(data, specs, rng)
+    return [apply_view(image, spec, row, normalize, factor) for spec, row in zip(specs, params)]
 
 
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Deterministic evaluation view: shorter side to `size`, centre crop, uint8 (3, S, S)."""
     return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
-
-
-def normalize_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, S, S) uint8 -> ImageNet-normalised float32 on the same device."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std

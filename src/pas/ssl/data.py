@@ -5,9 +5,15 @@ order through a seeded shuffle buffer. Work is split over DDP ranks (by record, 
 and DataLoader workers (by shard, or by record when there are fewer shards than workers).
 A view's augmentation is seeded by (seed, epoch, key), so it does not depend on the split.
 A run resumed mid-epoch skips, undecoded, exactly the records of the batches already trained on.
+A rank (and a worker) reads the bytes of its own tar members only: the others' are seeked over.
+
+With ViewSpec views (pas.ssl.views) a record is decoded once in JPEG draft mode and augmented with
+PIL on uint8 (pas.ssl.augment), or, with `encoded=True`, yielded as its bytes and the views' draws
+for the device to decode and augment (pas.ssl.gpu_augment).
 """
 from __future__ import annotations
 
+import io
 import logging
 import random
 import tarfile
@@ -25,11 +31,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pas.core.shards import decode_image
+from pas.ssl.augment import cpu_views
+from pas.ssl.views import ViewSpec, sample_views
 
 log = logging.getLogger(__name__)
 
 ShardPlan = list[tuple[Path, frozenset[str]]]
 Transform = Callable[[Image.Image], torch.Tensor]
+Keep = Callable[[int], bool]
 
 
 def shard_plan(manifest: pa.Table, root: Path) -> ShardPlan:
@@ -58,28 +67,33 @@ def mix_seed(*values: int) -> int:
     return int(np.random.SeedSequence([v % 2**64 for v in values]).generate_state(1)[0])
 
 
-def read_records(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]]:
-    """Yield (key, encoded image) of the listed keys from a tar shard, a parquet file or an image folder."""
+def read_records(path: Path, keys: frozenset[str], keep: Keep | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """Yield (key, encoded image) of the listed keys from a tar shard, a parquet file or an image folder, in the
+    source's order; with `keep`, the bytes of the j-th listed record only where keep(j) (None otherwise)."""
     from pas.ssl.datasets import read_folder_images, read_parquet_rows
 
     if path.is_dir():
-        return read_folder_images(path, keys)
-    if path.suffix == ".parquet":
-        return read_parquet_rows(path, keys)
-    return read_listed(path, keys)
+        records = read_folder_images(path, keys)
+    elif path.suffix == ".parquet":
+        records = read_parquet_rows(path, keys)
+    else:
+        return read_listed(path, keys, keep)
+    return ((key, data if keep is None or keep(j) else None) for j, (key, data) in enumerate(records))
 
 
-def read_listed(path: Path, keys: frozenset[str]) -> Iterator[tuple[str, bytes]]:
-    """Yield (key, image bytes) in tar order for the listed keys; fail if one is missing."""
+def read_listed(path: Path, keys: frozenset[str], keep: Keep | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """Yield (key, image bytes) in tar order for the listed keys, the bytes only of the j-th where keep(j) (the
+    others' data is seeked over, never read); fail if one is missing."""
     from pas.ssl.datasets import tar_image_key
 
     found = set()
-    with tarfile.open(path, mode="r|*") as tar:
+    with tarfile.open(path, mode="r:*") as tar:     # random access: an unread member's data is skipped by seek
         for member in tar:
             key = tar_image_key(member)
             if key in keys and key not in found:
+                wanted = keep is None or keep(len(found))
                 found.add(key)
-                yield key, tar.extractfile(member).read()
+                yield key, tar.extractfile(member).read() if wanted else None
     if len(found) != len(keys):
         absent = sorted(keys - found)
         raise ValueError(f"shard {path} lacks {len(absent)} manifest key(s), e.g. {absent[0]}.jpg")
@@ -119,12 +133,19 @@ class ViewStream(IterableDataset):
     """Yields {"key": str, "views": [(3, S_v, S_v) per transform]} per manifest image per epoch."""
 
     def __init__(self, manifest: pa.Table, root: str | Path, transforms: list[Transform], seed: int,
-                 shuffle_buffer: int = 1000) -> None:
+                 shuffle_buffer: int = 1000, normalize: bool = True, encoded: bool = False) -> None:
+        """`transforms`: ViewSpecs (one draw per record, drafted decode) or any callables on a PIL image.
+        `normalize=False`: ViewSpec views stay uint8 (the device normalises them). `encoded=True`: yield the
+        record's bytes and draws ({"key", "encoded", "params" (V, PARAMS)}) for pas.ssl.gpu_augment."""
         super().__init__()
         self.plan = shard_plan(manifest, Path(root))
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.transforms = list(transforms)
+        self.specs = self.transforms if all(isinstance(t, ViewSpec) for t in self.transforms) else None
+        if encoded and self.specs is None:
+            raise ValueError("encoded=True needs ViewSpec views (pas.ssl.views), not arbitrary transforms")
+        self.normalize, self.encoded = normalize, encoded
         self.epoch = 0
         self.rank, self.world = 0, 1
         self.resume_batches, self.batch_size = 0, 1
@@ -168,9 +189,12 @@ class ViewStream(IterableDataset):
     def _records(self, rank: int, world: int, worker: int, workers: int) -> Iterator[tuple[str, bytes]]:
         for index, start in self._shards(worker, workers):
             path, keys = self.plan[index]
-            for j, record in enumerate(read_records(path, keys)):
-                if self._keep(start + j, rank, world, worker, workers):
-                    yield record
+            def keep(j: int, start: int = start) -> bool:
+                return self._keep(start + j, rank, world, worker, workers)
+
+            for key, data in read_records(path, keys, keep):
+                if data is not None:
+                    yield key, data
 
     def _resume_plan(self, rank: int, world: int, workers: int) -> tuple[list[int], int]:
         """Records each worker delivered in the batches trained on before a resume, and the rotation
@@ -184,6 +208,16 @@ class ViewStream(IterableDataset):
         return [t * self.batch_size for t in taken], following
 
     def _views(self, key: str, jpeg: bytes) -> dict[str, Any]:
+        if self.specs is not None:
+            rng = random.Random(mix_seed(self.seed, self.epoch, zlib.crc32(key.encode())))
+            try:
+                if self.encoded:
+                    with Image.open(io.BytesIO(jpeg)) as image:     # the header only: its size
+                        params = sample_views(self.specs, image.width, image.height, rng)
+                    return {"key": key, "encoded": jpeg, "params": torch.tensor(params, dtype=torch.float32)}
+                return {"key": key, "views": cpu_views(jpeg, self.specs, rng, self.normalize)}
+            except OSError as err:
+                raise ValueError(f"cannot decode image {key}.jpg: {err}") from err
         try:
             image = decode_image(jpeg)
         except OSError as err:

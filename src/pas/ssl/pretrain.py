@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pas.core.config import ConfigError, parse_size, require
 from pas.core.recipes import load_recipe
-from pas.core.runtime import num_workers, pick_device
+from pas.core.runtime import augment_on_device, num_workers, pick_device
 from pas.core.shards import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
         run_dir,
     )
     from pas.ssl.data import StreamSync, ViewStream, make_loader, split_heldout
+    from pas.ssl.gpu_augment import DeviceViews
     from pas.ssl.module import PretrainModule
     from pas.ssl.monitor import KnnMonitor, load_labeled_set, score_heldout
     from pas.ssl.syncbn import layer_sync
@@ -334,11 +335,15 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     heldout = None
     if held := heldout_count(args, manifest.num_rows):   # a label-free score needs images the model never trained on
         manifest, heldout = split_heldout(manifest, held, seed)
-    dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed)
+    # views leave the workers as uint8 (normalised on the device), or as encoded bytes + draws that the device
+    # decodes and augments (PAS_AUGMENT, default: on a GPU); the draws are the same either way
+    on_device = augment_on_device(device)
+    dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed, normalize=False,
+                         encoded=on_device)
     images = dataset.num_images
     if images == 0:
         raise ValueError("the manifest lists no images to pretrain on")
-    workers = min(num_workers(), images // world // cfg.batch_size // 8)   # >= 8 full batches per worker
+    workers = min(num_workers(world // nodes), images // world // cfg.batch_size // 8)   # >= 8 batches per worker
     steps_per_epoch = epoch_steps(cfg, images, world, workers)
     cls.check(args, cfg.image_size, cfg.batch_size * world, f"pretrain.method_args.{cfg.method}")
     accumulate = cfg.accumulate_grad_batches
@@ -354,7 +359,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
                "effective_batch_size": global_batch, "total_steps": total_steps, "epochs": epochs,
                "budget": cfg.images_budget, "images_seen": total_steps * global_batch,
                "lr": cfg.effective_lr(global_batch), "warmup_steps": warmup_steps,
-               "views": len(dataset.transforms)}
+               "views": len(dataset.transforms), "augment": "device" if on_device else "cpu"}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 
     backbone, feature_dim = create_backbone(cfg.backbone, cfg.init, **cls.backbone_kwargs(args))
@@ -362,7 +367,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     module = PretrainModule(backbone, method, cfg.optimizer_config(global_batch), warmup_steps, total_steps,
                             schedule_epoch)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=accelerator == "cuda")
-    callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size)]
+    callbacks: list[Any] = [StreamSync(dataset, cfg.batch_size), DeviceViews(dataset.transforms)]
     knn = None
     if knn_val is not None:
         knn = KnnMonitor(load_labeled_set(knn_val, cfg.image_size, cfg.knn_images, seed), cfg.knn_k,

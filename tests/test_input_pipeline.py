@@ -1,0 +1,120 @@
+"""The input pipeline: ranks read only their tar members, draft decode, the device path's batches, worker count."""
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+import torch
+from conftest import make_image, write_image_shards
+from PIL import Image
+from torch.utils.data import default_collate
+
+from pas.core import runtime
+from pas.core.config import PasError
+from pas.ssl.augment import decode_for_views
+from pas.ssl.data import ViewStream
+from pas.ssl.gpu_augment import DeviceViews
+from pas.ssl.views import ViewSpec, simclr_view
+
+
+CPU_MODULE = SimpleNamespace(device=torch.device("cpu"))   # what DeviceViews reads of the LightningModule
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("input")
+    rows = write_image_shards(root, [[(f"s{s}-{i:02d}", make_image(100 * s + i)) for i in range(10)]
+                                     for s in range(2)])
+    return pa.Table.from_pylist(rows), root
+
+
+def test_each_rank_reads_only_the_tar_members_it_trains_on(shards, monkeypatch):
+    manifest, root = shards
+    read: list[str] = []
+    extract = tarfile.TarFile.extractfile
+
+    def recording(self, member):
+        read.append(member.name.split(".")[0])
+        return extract(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", recording)
+    trained = []
+    for rank in range(2):
+        stream = ViewStream(manifest, root, [simclr_view(16)], seed=0)
+        stream.set_rank(rank, 2)
+        read.clear()
+        keys = [item["key"] for item in stream]
+        assert sorted(read) == sorted(keys) and len(keys) == 10    # no other rank's member was read
+        trained += keys
+    assert sorted(trained) == sorted(manifest.column("key").to_pylist())
+
+
+def test_views_stay_uint8_until_the_device_normalises_them(shards):
+    manifest, root = shards
+    items = [item for _, item in zip(range(4), ViewStream(manifest, root, [simclr_view(16)] * 2, 0, normalize=False))]
+    batch = default_collate(items)
+    assert batch["views"][0].dtype == torch.uint8
+    DeviceViews([simclr_view(16)] * 2).on_train_batch_start(None, CPU_MODULE, batch, 0)
+    assert batch["views"][0].dtype == torch.float32
+    assert -2.2 < float(batch["views"][0].min()) and float(batch["views"][0].max()) < 2.7   # ImageNet-normalised
+    same = [item["views"][0] for _, item in zip(range(4), ViewStream(manifest, root, [simclr_view(16)] * 2, 0))]
+    assert torch.allclose(batch["views"][0], torch.stack(same), atol=1e-6)  # the CPU path's normalised views
+
+
+def test_the_device_path_batch_carries_bytes_and_draws_and_becomes_the_same_views(shards):
+    manifest, root = shards
+    specs = [simclr_view(16), simclr_view(12, blur=1.0, solarize=0.2)]
+    items = [item for _, item in zip(range(4), ViewStream(manifest, root, specs, seed=0, encoded=True))]
+    batch = default_collate(items)
+    assert isinstance(batch["encoded"], list) and isinstance(batch["encoded"][0], bytes)
+    assert batch["params"].shape == (4, 2, 17)
+    DeviceViews(specs).on_train_batch_start(None, CPU_MODULE, batch, 0)
+    assert [tuple(v.shape) for v in batch["views"]] == [(4, 3, 16, 16), (4, 3, 12, 12)]
+    cpu = [item for _, item in zip(range(4), ViewStream(manifest, root, specs, seed=0))]
+    assert [item["key"] for item in cpu] == batch["key"]
+    for v in range(2):
+        assert (batch["views"][v] - torch.stack([item["views"][v] for item in cpu])).abs().mean() < 0.08
+    with pytest.raises(ValueError, match="ViewSpec"):
+        ViewStream(manifest, root, [lambda image: image], seed=0, encoded=True)
+
+
+def test_draft_decode_shrinks_a_large_jpeg_only_as_far_as_every_crop_allows():
+    buffer = io.BytesIO()
+    make_image(0, size=64).resize((1024, 1024)).save(buffer, "JPEG", quality=90)
+    small = [ViewSpec(32, scale=(0.5, 1.0))]
+    image, params, factor = decode_for_views(buffer.getvalue(), small, random.Random(0))
+    assert factor >= 4 and image.width == 1024 / factor
+    assert all(min(p[2] - p[0], p[3] - p[1]) / factor >= 32 for p in params)
+    full, _, factor = decode_for_views(buffer.getvalue(), [ViewSpec(600, scale=(0.5, 1.0))], random.Random(0))
+    assert factor == 1 and full.size == (1024, 1024)
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(png, "PNG")
+    assert decode_for_views(png.getvalue(), small, random.Random(0))[2] == 1   # not a JPEG: decoded whole
+
+
+def test_workers_fill_the_cores_each_training_process_has(monkeypatch):
+    monkeypatch.delenv("PAS_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 64)
+    assert runtime.num_workers() == 63 and runtime.num_workers(8) == 7 and runtime.num_workers(32) == 0
+    monkeypatch.setenv("PAS_NUM_WORKERS", "3")
+    assert runtime.num_workers(8) == 3
+    monkeypatch.setenv("PAS_NUM_WORKERS", "many")
+    with pytest.raises(PasError, match="PAS_NUM_WORKERS='many'"):
+        runtime.num_workers()
+
+
+def test_augmentation_runs_on_the_gpu_by_default_and_the_environment_can_say_otherwise(monkeypatch):
+    monkeypatch.delenv("PAS_AUGMENT", raising=False)
+    assert runtime.augment_on_device("cuda") and runtime.augment_on_device("cuda:1")
+    assert not runtime.augment_on_device("cpu")
+    monkeypatch.setenv("PAS_AUGMENT", "cpu")
+    assert not runtime.augment_on_device("cuda")
+    monkeypatch.setenv("PAS_AUGMENT", "device")
+    assert runtime.augment_on_device("cpu")
+    monkeypatch.setenv("PAS_AUGMENT", "gpu")
+    with pytest.raises(PasError, match="PAS_AUGMENT='gpu'"):
+        runtime.augment_on_device("cuda")
