@@ -26,7 +26,6 @@ from pas.curation.diversity import against_references
 from pas.curation.duplicates import SOURCES, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
 from pas.curation.fingerprints import read_fingerprints
 from pas.curation.neighbors import SearchConfig
-from pas.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,8 @@ def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, 
     kept = [i for i, r in enumerate(rows) if r["kept"]]
     rows, embeddings = [rows[i] for i in kept], load_embeddings(Path(candidates) / "embeddings.npy")[kept]
     content, thumbs = read_fingerprints(rows)
+    from pas.models.clip import ClipEncoder   # torch: only the stage's work loads it (pas plan, report import this)
+
     encoder = ClipEncoder(clip, pick_device())
     dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(downstream), encoder,
                           Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())

@@ -12,7 +12,6 @@ import numpy as np
 from pas.core.config import require
 from pas.core.runtime import pick_device
 from pas.core.shards import load_embeddings, read_table
-from pas.models.clip import ClipEncoder, concept_queries
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,8 @@ def filter_candidates(candidates: str | Path, concepts: str | Path, clip: str | 
     document = json.loads(Path(concepts).read_text())
     rows = read_table(Path(candidates) / "manifest.parquet").to_pylist()
     images = load_embeddings(Path(candidates) / "embeddings.npy")
+    from pas.models.clip import ClipEncoder, concept_queries   # torch: only the stage's work loads it (pas plan)
+
     encoder = ClipEncoder(clip, pick_device())
     domain = domain_scores(images, encoder.encode_texts(document["positive_prompts"]),
                            encoder.encode_texts(document["negative_prompts"]), cfg.logit_scale)

@@ -39,7 +39,7 @@ from pas.sources.pool_sources import IMAGE_SUFFIXES
 if TYPE_CHECKING:
     from pas.models.registry import ModelsConfig
     from pas.sources.generate import GenerateConfig
-    from pas.sources.pool_index import PoolIndexConfig
+    from pas.sources.pool_config import PoolIndexConfig
     from pas.sources.retrieve import RetrieveConfig
     from pas.ssl.pretrain import PretrainConfig
 
@@ -92,7 +92,7 @@ def checked(params: dict[str, Any], source: str = "params.yaml") -> Settings:
     from pas.core.recipes import with_recipe
     from pas.models.registry import ModelsConfig, check_names
     from pas.sources.generate import GenerateConfig
-    from pas.sources.pool_index import PoolIndexConfig
+    from pas.sources.pool_config import PoolIndexConfig
     from pas.sources.retrieve import RetrieveConfig
     from pas.ssl.pretrain import PretrainConfig
 

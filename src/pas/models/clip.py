@@ -1,23 +1,29 @@
-"""CLIP image and text embeddings from a local open_clip directory (models/clip)."""
+"""CLIP image and text embeddings from a local open_clip directory (models/clip).
+
+torch is imported where a model runs, not here: modules that only name ClipEncoder (the report stage through
+pas.curation.decontam -> pas.curation.embed) import this without loading torch."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from pas.core.iterate import batched
 from pas.core.runtime import num_workers
 
+if TYPE_CHECKING:
+    import torch
 
-class Preprocessed(torch.utils.data.Dataset):
+
+class Preprocessed:
     """Item i of `source`, an (image or None, info) pair, with the image through the CLIP preprocess: a DataLoader
-    runs both the source's loading (decode) and the preprocessing in its workers."""
+    runs both the source's loading (decode) and the preprocessing in its workers (a map-style dataset: __getitem__
+    and __len__, all torch's DataLoader asks of one)."""
 
     def __init__(self, source: Sequence[tuple[Image.Image | None, Any]], preprocess: Any) -> None:
         self.source, self.preprocess = source, preprocess
@@ -37,6 +43,7 @@ class ClipEncoder:
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = DEFAULT_BATCH) -> None:
         import open_clip
+        import torch
 
         model_dir = Path(model_dir)
         if not (model_dir / "open_clip_config.json").is_file():
@@ -50,6 +57,8 @@ class ClipEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) float32 unit vectors for N texts."""
+        import torch
+
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
@@ -62,6 +71,8 @@ class ClipEncoder:
         """(N, D) float32 unit vectors for N PIL images, streamed in batches; each batch is preprocessed on
         `workers` threads (default pas.core.runtime.num_workers(); PIL's resize and torch's ops release the GIL).
         An indexable source whose loading should run in processes goes to encode_source instead."""
+        import torch
+
         workers = num_workers() if workers is None else workers
         out = []
         with ThreadPoolExecutor(workers) if workers > 0 else _Inline() as pool:
@@ -76,6 +87,8 @@ class ClipEncoder:
         CLIP preprocess run in `workers` DataLoader workers (default pas.core.runtime.num_workers()), the model in
         this process on batches of batch_size images in source order (the batches encode_images makes of the
         M images that are not None), so the vectors do not depend on the worker count."""
+        import torch
+
         loader = torch.utils.data.DataLoader(Preprocessed(source, self.preprocess), batch_size=self.batch_size,
                                              num_workers=num_workers() if workers is None else workers,
                                              collate_fn=list)
@@ -98,6 +111,8 @@ class ClipEncoder:
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, D) float32 unit vectors for a (B, 3, H, W) batch already preprocessed."""
+        import torch
+
         with torch.inference_mode():
             feats = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()

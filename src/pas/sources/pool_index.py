@@ -13,7 +13,6 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -34,37 +33,11 @@ from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
 from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
 from pas.sources.index_blocks import block_rows, build_in_blocks, code_bytes, needs_disk
+from pas.sources.pool_config import INDEX_KINDS, PoolIndexConfig
 from pas.sources.pool_sources import PoolItem, decode_checked, iter_pool
 from pas.sources.rerank import Reranked, Rows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PoolIndexConfig:
-    """params.pool_index: the pool, the screening rule, chunking and the index choice."""
-
-    source: str = "data/pool"
-    min_side: int = 8
-    index: str = "auto"  # auto | flat | ivf_flat | ivf_sq8 | ivf_pq | hnsw
-    memory_budget_mb: int = 4096
-    embedding_model: str = ""  # a pool of precomputed embeddings: the CLIP that made them (or its embedding_model.txt)
-    rerank: int = 50  # ivf_pq: re-score up to this many x k candidates exactly (factor tuned with nprobe; 0: off)
-    target_recall: float = 0.95
-    chunk_size: int = 4096
-    batch_size: int = 64
-
-    def validate(self, prefix: str) -> None:
-        """Check the index type and ranges."""
-        require(self.index in INDEXES or self.index == "auto", f"{prefix}.index", self.index,
-                f"use auto or one of {', '.join(INDEXES)}")
-        require(self.min_side >= 1, f"{prefix}.min_side", self.min_side, "use a positive integer")
-        require(self.chunk_size >= 1, f"{prefix}.chunk_size", self.chunk_size, "use a positive integer")
-        require(0 < self.target_recall <= 1, f"{prefix}.target_recall", self.target_recall, "use 0..1")
-        require(self.memory_budget_mb >= 1, f"{prefix}.memory_budget_mb", self.memory_budget_mb,
-                "use a positive number of MB (the index must fit in it)")
-        require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use a positive integer")
-        require(self.rerank >= 0, f"{prefix}.rerank", self.rerank, "use 0 (off) or the largest candidate factor")
 
 
 def check_source(source: str) -> Path:
@@ -233,6 +206,7 @@ def _hnsw(dim: int, n: int, budget_mb: int) -> faiss.Index:
 
 INDEXES: dict[str, Callable[[int, int, int], faiss.Index]] = {
     "flat": _flat, "ivf_flat": _ivf_flat, "ivf_sq8": _ivf_sq8, "ivf_pq": _ivf_pq, "hnsw": _hnsw}
+assert tuple(INDEXES) == INDEX_KINDS, "pas.sources.pool_config.INDEX_KINDS names every index INDEXES builds"
 
 
 def choose_index(n: int, dim: int, budget_mb: int) -> str:

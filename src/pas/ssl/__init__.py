@@ -5,30 +5,73 @@ is its own frozen `cls.Args` dataclass (params.pretrain.method_args.<name>). Its
 `forward(backbone, views)` returns a MethodOutput; it names its views' augmentations and may
 update a teacher or a queue in `after_optimizer_step`. Adding a method means adding one module
 here and one entry in METHODS.
+
+The registry imports a method's module (torch, its augmentations) only when that method is looked up, so that
+importing pas.ssl or pas.ssl.pretrain (pas plan, a stage's config checks) loads nothing heavy.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pas.core.config import ConfigError, build
-from pas.ssl.all4one import All4One
-from pas.ssl.barlow_twins import BarlowTwins
-from pas.ssl.base import SSLMethod
-from pas.ssl.dino import DINO
-from pas.ssl.lejepa import LeJEPA
-from pas.ssl.nnclr import NNCLR
-from pas.ssl.simclr import SimCLR
-from pas.ssl.swav import SwAV
 
-METHODS: dict[str, type[SSLMethod]] = {
-    "simclr": SimCLR,
-    "nnclr": NNCLR,
-    "barlow_twins": BarlowTwins,
-    "dino": DINO,
-    "all4one": All4One,
-    "swav": SwAV,
-    "lejepa": LeJEPA,
-}
+if TYPE_CHECKING:
+    from pas.ssl.base import SSLMethod
+
+
+def _load(name: str) -> type[SSLMethod]:
+    """Import method `name`'s module and return its class (a KeyError for an unknown name)."""
+    if name == "simclr":
+        from pas.ssl.simclr import SimCLR
+        return SimCLR
+    if name == "nnclr":
+        from pas.ssl.nnclr import NNCLR
+        return NNCLR
+    if name == "barlow_twins":
+        from pas.ssl.barlow_twins import BarlowTwins
+        return BarlowTwins
+    if name == "dino":
+        from pas.ssl.dino import DINO
+        return DINO
+    if name == "all4one":
+        from pas.ssl.all4one import All4One
+        return All4One
+    if name == "swav":
+        from pas.ssl.swav import SwAV
+        return SwAV
+    if name == "lejepa":
+        from pas.ssl.lejepa import LeJEPA
+        return LeJEPA
+    raise KeyError(name)
+
+
+class MethodRegistry(Mapping[str, "type[SSLMethod]"]):
+    """Method name -> class: the names are known up front, a class is imported on first lookup."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._loaded: dict[str, type[SSLMethod]] = {}
+
+    def __getitem__(self, name: str) -> type[SSLMethod]:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = _load(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+METHODS: Mapping[str, type[SSLMethod]] = MethodRegistry(
+    ("simclr", "nnclr", "barlow_twins", "dino", "all4one", "swav", "lejepa"))
 
 
 def get_method(name: str) -> type[SSLMethod]:
