@@ -21,8 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pas.core.shards import atomic_path
+from pas.core.work_store import WorkStore, pack, unpack
 
 log = logging.getLogger(__name__)
+
+DOWNLOADS = "downloads"   # the work store's kind of downloaded hits, by URL digest
+PERMANENT = ("not_found", "not_an_image")   # failures saved to the work store; others (timeouts) are tried again
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Fetched:
     errors: dict[int, str] = field(default_factory=dict)
     rounds: int = 0
     seconds: float = 0.0
+    urls_downloaded: int = 0   # URLs asked of the web (img2dataset)
+    urls_restored: int = 0     # URLs answered by the team's work store
 
     def metrics(self) -> dict[str, Any]:
         """Requested, downloaded, failed, success rate, failures by reason, rounds."""
@@ -50,7 +56,8 @@ class Fetched:
         reasons = Counter(_reason(e) for e in self.errors.values())
         return {"requested": tried, "downloaded": len(self.images), "failed": len(self.errors),
                 "success_rate": len(self.images) / tried if tried else 0.0, "rounds": self.rounds,
-                "failures": dict(sorted(reasons.items())),
+                "failures": dict(sorted(reasons.items())), "urls_downloaded": self.urls_downloaded,
+                "urls_restored": self.urls_restored,
                 "images_per_second": len(self.images) / self.seconds if self.seconds else 0.0}
 
 
@@ -64,9 +71,49 @@ def _reason(error: str) -> str:
     return "other"
 
 
-def download(hits: list[dict[str, Any]], cache: Path, settings: DownloadSettings, fetched: Fetched) -> None:
-    """Fetch the hits ({pool_row, url, caption}) not fetched yet; record each image or error in `fetched`."""
+def url_digest(url: str) -> str:
+    """A downloaded hit's address in the work store: the sha256 of its URL."""
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+def _restore(store: WorkStore, todo: list[dict[str, Any]], fetched: Fetched) -> list[dict[str, Any]]:
+    """Answer the hits the work store holds (an image, or a permanent failure); return the others."""
+    found = store.fetch(DOWNLOADS, [url_digest(h["url"]) for h in todo])
+    rest = []
+    for hit in todo:
+        payload = found.get(url_digest(hit["url"]))
+        if payload is None:
+            rest.append(hit)
+            continue
+        error, image = unpack(payload)
+        if error:
+            fetched.errors[hit["pool_row"]] = error.decode()
+        else:
+            fetched.images[hit["pool_row"]] = image
+        fetched.urls_restored += 1
+    return rest
+
+
+def _save(store: WorkStore, hits: list[dict[str, Any]], fetched: Fetched) -> None:
+    """Save the images and permanent failures of `hits` (just downloaded) to the work store."""
+    entries = {}
+    for hit in hits:
+        row = hit["pool_row"]
+        if row in fetched.images:
+            entries[url_digest(hit["url"])] = pack([b"", fetched.images[row]])
+        elif row in fetched.errors and _reason(fetched.errors[row]) in PERMANENT:
+            entries[url_digest(hit["url"])] = pack([fetched.errors[row].encode(), b""])
+    store.put_many(DOWNLOADS, entries)
+
+
+def download(hits: list[dict[str, Any]], cache: Path, settings: DownloadSettings, fetched: Fetched,
+             store: WorkStore | None = None) -> None:
+    """Fetch the hits ({pool_row, url, caption}) not fetched yet; record each image or error in `fetched`.
+
+    A hit the team's work store (`store`) holds is taken from it; one downloaded here is saved there."""
     todo = [h for h in hits if h["pool_row"] not in fetched.images and h["pool_row"] not in fetched.errors]
+    if todo and store is not None:
+        todo = _restore(store, todo, fetched)
     if not todo:
         return
     table = pa.table({"url": [h["url"] for h in todo], "caption": [h.get("caption") or "" for h in todo],
@@ -90,7 +137,10 @@ def download(hits: list[dict[str, Any]], cache: Path, settings: DownloadSettings
         distributor="multiprocessing", incremental_mode="incremental", retries=0)
     fetched.seconds += time.perf_counter() - started
     fetched.rounds += 1
+    fetched.urls_downloaded += len(todo)
     _read_results(folder, fetched)
+    if store is not None:
+        _save(store, todo, fetched)
 
 
 def _read_results(folder: Path, fetched: Fetched) -> None:

@@ -29,9 +29,12 @@ from pas.core.config import require
 from pas.core.runtime import pick_device
 from pas.core.scaleout import map_on_ray, ray_address
 from pas.core.shards import encode_jpeg, read_shard, shard_name, write_shard, write_table
+from pas.core.work_store import TEAM, WorkStore, resolve
 from pas.sources.plan import concept_of
 
 log = logging.getLogger(__name__)
+
+IMAGES = "images"   # the work store's kind of rendered images, by job digest
 
 
 @dataclass(frozen=True)
@@ -235,14 +238,24 @@ def _existing_records(shard: Path) -> dict[str, tuple[bytes, dict[str, Any]]]:
 
 
 class ShardWriter:
-    """Renders the missing images of one shard and writes shard + index atomically."""
+    """Renders the missing images of one shard (or restores them from the team's work store) and writes shard +
+    index atomically."""
 
-    def __init__(self, pipe_factory: Any, sampling: Sampling, model: dict[str, Any], batch_size: int) -> None:
+    def __init__(self, pipe_factory: Any, sampling: Sampling, model: dict[str, Any], batch_size: int,
+                 store: WorkStore | None = None) -> None:
         self.pipe_factory, self.sampling, self.model, self.batch_size = pipe_factory, sampling, model, batch_size
+        self.store = store
         self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg")  # off the render path
 
-    def run(self, out_dir: Path, index: int, jobs: list[dict[str, Any]]) -> tuple[str, int]:
-        """Bring shard `index` up to date; return ('kept' | 'updated' | 'rendered', images rendered)."""
+    def _meta(self, job: dict[str, Any], fingerprint: str, name: str) -> dict[str, Any]:
+        return {**job, **self.sampling.__dict__, "model": self.model["name"],
+                "revision": self.model.get("revision", ""), "shard": name, "fingerprint": fingerprint,
+                "source": "generated",  # no timings: a shard's bytes depend on its jobs alone
+                "width": self.sampling.output_size, "height": self.sampling.output_size}
+
+    def run(self, out_dir: Path, index: int, jobs: list[dict[str, Any]]) -> tuple[str, int, int]:
+        """Bring shard `index` up to date; return ('kept' | 'updated' | 'rendered', images rendered, images
+        restored from the work store)."""
         name = shard_name("generated", index)
         shard, table = out_dir / name, out_dir / f"{name[:-4]}.parquet"
         prints = [job_digest(job, self.sampling, self.model) for job in jobs]
@@ -252,18 +265,19 @@ class ShardWriter:
         if len(reusable) == len(jobs) == len(existing):
             if not table.exists():
                 _write_index([meta for _, meta in reusable.values()], table)
-            return "kept", 0
-        missing = [(j, fp) for j, fp in zip(jobs, prints) if j["key"] not in reusable]
+            return "kept", 0, 0
+        wanted = [(j, fp) for j, fp in zip(jobs, prints) if j["key"] not in reusable]
+        stored = self.store.fetch(IMAGES, [fp for _, fp in wanted]) if self.store is not None and wanted else {}
+        for job, fp in wanted:
+            if fp in stored:
+                reusable[job["key"]] = (stored[fp], self._meta(job, fp, name))
+        missing = [(j, fp) for j, fp in wanted if j["key"] not in reusable]
         rendered: dict[str, tuple[Future, dict[str, Any]]] = {}
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
             images = render(self.pipe_factory(), [j for j, _ in batch], self.sampling)
             for (job, fp), image in zip(batch, images):
-                meta = {**job, **self.sampling.__dict__, "model": self.model["name"],
-                        "revision": self.model.get("revision", ""), "shard": name, "fingerprint": fp,
-                        "source": "generated",  # no timings: a shard's bytes depend on its jobs alone
-                        "width": self.sampling.output_size, "height": self.sampling.output_size}
-                rendered[job["key"]] = (self.encoder.submit(_encode, image, self.sampling), meta)
+                rendered[job["key"]] = (self.encoder.submit(_encode, image, self.sampling), self._meta(job, fp, name))
         records = []
         for job in jobs:
             if job["key"] in reusable:
@@ -271,9 +285,11 @@ class ShardWriter:
             else:
                 future, meta = rendered[job["key"]]
                 records.append((job["key"], future.result(), meta))
+        if self.store is not None and rendered:     # saved before the shard: a kill loses no finished image
+            self.store.put_many(IMAGES, {meta["fingerprint"]: jpeg for key, jpeg, meta in records if key in rendered})
         write_shard(shard, records)
         _write_index([meta for _, _, meta in records], table)
-        return ("updated" if reusable else "rendered"), len(missing)
+        return ("updated" if len(reusable) > len(stored) else "rendered"), len(missing), len(stored)
 
 
 def _write_index(rows: list[dict[str, Any]], path: Path) -> None:
@@ -281,7 +297,8 @@ def _write_index(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _shard_worker(model_dir: str, model: dict[str, Any], sampling: Sampling, batch_size: int,
-                  out_dir: Path) -> Callable[[tuple[int, list[dict[str, Any]]]], tuple[str, int]]:
+                  out_dir: Path, store: WorkStore | None = None,
+                  ) -> Callable[[tuple[int, list[dict[str, Any]]]], tuple[str, int, int]]:
     """A ShardWriter on this process's device, as a function of (shard index, its jobs); the pipeline loads on the
     first shard that needs rendering."""
     device, pipe = pick_device(), []
@@ -292,13 +309,16 @@ def _shard_worker(model_dir: str, model: dict[str, Any], sampling: Sampling, bat
             pipe.append(load_pipeline(model_dir, device, Throughput.from_env(), model.get("variant")))
         return pipe[0]
 
-    writer = ShardWriter(pipe_factory, sampling, model, batch_size)
+    writer = ShardWriter(pipe_factory, sampling, model, batch_size, store)
     return lambda task: writer.run(out_dir, *task)
 
 
 def generate(model_dir: str | Path, model: dict[str, Any], jobs: list[dict[str, Any]], cfg: GenerateConfig,
-             out_dir: str | Path) -> dict[str, Any]:
+             out_dir: str | Path, store: WorkStore | str | None = TEAM) -> dict[str, Any]:
     """Bring every shard of `jobs` under out_dir up to date and write manifest.parquet.
+
+    An image missing locally is taken from the team's work store (`store`, pas.core.work_store) when it holds it,
+    else rendered and saved there.
 
     With PAS_RAY_ADDRESS set, the shards are rendered by one model-holding Ray actor per GPU (or CPU slot) of the
     cluster; each shard is written atomically from its jobs alone, so the bytes do not depend on who rendered it.
@@ -311,21 +331,25 @@ def generate(model_dir: str | Path, model: dict[str, Any], jobs: list[dict[str, 
         log.warning("%d of %d distinct prompts are longer than the text encoder's %d tokens: it reads only their "
                     "start (e.g. %r)", len(long), len({job["prompt"] for job in jobs}), limit, long[0][:120])
     groups = [jobs[i : i + cfg.shard_size] for i in range(0, len(jobs), cfg.shard_size)]
-    make_worker = partial(_shard_worker, str(model_dir), model, sampling, cfg.batch_size, out_dir)
+    store = resolve(store)
+    make_worker = partial(_shard_worker, str(model_dir), model, sampling, cfg.batch_size, out_dir, store)
     tasks = list(enumerate(groups))
     address = ray_address()
     outcome: dict[str, int] = {"kept": 0, "updated": 0, "rendered": 0}
-    rendered, t0 = 0, time.perf_counter()
+    rendered, restored, t0 = 0, 0, time.perf_counter()
     if address:
-        results: Iterator[tuple[str, int]] = map_on_ray(make_worker, tasks, address, "generate")
+        results: Iterator[tuple[str, int, int]] = map_on_ray(make_worker, tasks, address, "generate")
     else:
         worker = make_worker()
         results = (worker(task) for task in tqdm(tasks, desc="generate", unit="shard"))
-    for state, count in results:
+    for state, count, from_store in results:
         outcome[state] += 1
         rendered += count
+        restored += from_store
     seconds = time.perf_counter() - t0
-    metrics = {"images": len(jobs), "shards": len(groups), "images_rendered": rendered,
+    log.info("generate: %d images rendered, %d restored from the team's work store, %d kept", rendered, restored,
+             len(jobs) - rendered - restored)
+    metrics = {"images": len(jobs), "shards": len(groups), "images_rendered": rendered, "images_restored": restored,
                "shards_kept": outcome["kept"], "shards_updated": outcome["updated"],
                "shards_rendered": outcome["rendered"], "images_per_second": rendered / seconds if rendered else 0.0,
                "engine": "ray" if address else "local",

@@ -29,6 +29,7 @@ from pas.core.config import ConfigError, require
 from pas.core.runtime import num_workers, pick_device
 from pas.core.scaleout import map_on_ray, ray_address
 from pas.core.shards import atomic_path, save_embeddings, write_table
+from pas.core.work_store import TEAM, WorkStore, pack, resolve, unpack
 from pas.models.clip import ClipEncoder
 from pas.models.registry import read_entry
 from pas.sources.embedding_pool import check_model, is_embedding_pool, iter_blocks, iter_files, open_pool, rows_of
@@ -98,7 +99,7 @@ def _chunk_worker(make_encoder: Callable[[], Any], cfg: PoolIndexConfig, loader_
 
 
 def _embed_chunk(encoder: Any, cfg: PoolIndexConfig, loader_workers: int, items: list[PoolItem], digest: str,
-                 paths: tuple[Path, Path]) -> None:
+                 paths: tuple[Path, Path]) -> tuple[str, tuple[Path, Path]]:
     table_path, emb_path = paths
     loader = torch.utils.data.DataLoader(_Decoded(items, encoder.preprocess, cfg.min_side),
                                          batch_size=cfg.batch_size, num_workers=loader_workers, collate_fn=_collate)
@@ -111,18 +112,43 @@ def _embed_chunk(encoder: Any, cfg: PoolIndexConfig, loader_workers: int, items:
     save_embeddings(matrix, emb_path)
     table = pa.Table.from_pylist(rows).replace_schema_metadata({"pas.fingerprint": digest})
     write_table(table, table_path)  # written last: it marks the chunk complete
+    return digest, paths
+
+
+CHUNKS = "pool-chunks"   # the work store's kind of embedded pool chunks, by chunk digest
+
+
+def _restore_chunk(store: WorkStore, digest: str, paths: tuple[Path, Path]) -> bool:
+    """Write a chunk's two files from the team's work store (embeddings first, the table last); False if absent."""
+    payload = store.fetch(CHUNKS, [digest]).get(digest)
+    if payload is None:
+        return False
+    table_path, emb_path = paths
+    embeddings, table = unpack(payload)
+    for data, path in ((embeddings, emb_path), (table, table_path)):
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+    return True
+
+
+def _save_chunk(store: WorkStore, digest: str, paths: tuple[Path, Path]) -> None:
+    """Save a chunk just embedded to the team's work store."""
+    table_path, emb_path = paths
+    store.put(CHUNKS, digest, pack([emb_path.read_bytes(), table_path.read_bytes()]))
 
 
 def embed_pool(source: Path, make_encoder: Callable[[], Any], cfg: PoolIndexConfig, out_dir: Path, model_sha: str,
-               loader_workers: int = 0) -> int:
+               loader_workers: int = 0, store: WorkStore | None = None, counts: Counter | None = None) -> int:
     """Embed the pool into fingerprinted chunk files under out_dir; return the number of chunks.
 
     Finished chunks are kept (the encoder is not even loaded when all are). With PAS_RAY_ADDRESS set, the chunks
     to embed stream to one encoder-holding Ray actor per GPU (or CPU slot); each writes its chunk atomically.
+    A chunk the team's work store holds (`store`) is restored from it; one embedded here is saved there. `counts`
+    receives chunks, reused, restored and embedded.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = json.dumps([model_sha, cfg.min_side, str(source)])
-    seen = Counter()
+    seen = Counter() if counts is None else counts
 
     def pending() -> Iterator[tuple[list[PoolItem], str, tuple[Path, Path]]]:
         for index, items in enumerate(tqdm(_chunks(source, cfg.chunk_size), desc="pool chunks", unit="chunk")):
@@ -134,22 +160,31 @@ def embed_pool(source: Path, make_encoder: Callable[[], Any], cfg: PoolIndexConf
                 if meta.get(b"pas.fingerprint", b"").decode() == digest:
                     seen["reused"] += 1
                     continue
+            if store is not None and _restore_chunk(store, digest, (table_path, emb_path)):
+                seen["restored"] += 1
+                continue
             yield items, digest, (table_path, emb_path)
+
+    def finished(digest: str, paths: tuple[Path, Path]) -> None:
+        seen["embedded"] += 1
+        if store is not None:
+            _save_chunk(store, digest, paths)
 
     address = ray_address()
     if address:
-        for _ in map_on_ray(partial(_chunk_worker, make_encoder, cfg, 0), pending(), address, "pool chunks (ray)"):
-            pass
+        for done in map_on_ray(partial(_chunk_worker, make_encoder, cfg, 0), pending(), address, "pool chunks (ray)"):
+            finished(*done)
     else:
         work = None
         for task in pending():
             work = work or _chunk_worker(make_encoder, cfg, loader_workers)
-            work(task)
+            finished(*work(task))
     count = seen["chunks"]
     for stale in sorted(out_dir.glob("chunk-*")):
         if int(stale.stem.split("-")[1]) >= count:
             stale.unlink()
-    log.info("pool: %d chunks (%d reused from an earlier run)", count, seen["reused"])
+    log.info("pool: %d chunks (%d reused from an earlier run, %d restored from the team's work store, %d embedded)",
+             count, seen["reused"], seen["restored"], seen["embedded"])
     return count
 
 
@@ -389,15 +424,18 @@ def load_index(folder: Path) -> Any:
     return index
 
 
-def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int) -> dict[str, Any]:
-    """The stage: embed the pool into resumable chunks, then write files.parquet and the index."""
+def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int,
+               store: WorkStore | str | None = TEAM) -> dict[str, Any]:
+    """The stage: embed the pool into resumable chunks (restored from the team's work store when it holds them),
+    then write files.parquet and the index."""
     source = check_source(cfg.source)
     if is_embedding_pool(source):
         return index_embedding_pool(source, cfg, clip, out, seed)
     chunks_dir = out / "chunks"
     model_sha = read_entry(clip)["sha256"]
+    counts: Counter = Counter()
     count = embed_pool(source, partial(load_encoder, str(clip), cfg.batch_size), cfg, chunks_dir, model_sha,
-                       num_workers())
+                       num_workers(), resolve(store), counts)
     items = pa.concat_tables([pq.read_table(chunk_paths(chunks_dir, i)[0]) for i in range(count)])
     usable = items.filter(items.column("usable"))
     if usable.num_rows == 0:
@@ -411,7 +449,8 @@ def index_pool(cfg: PoolIndexConfig, clip: str | Path, out: Path, seed: int) -> 
     save_index(index, description, out)
     reasons = Counter(items.column("reason").to_pylist())
     return {"items": items.num_rows, "indexed": usable.num_rows, "skipped": items.num_rows - usable.num_rows,
-            "reasons": dict(reasons), **description}
+            "reasons": dict(reasons), "chunks_embedded": counts["embedded"], "chunks_restored": counts["restored"],
+            **description}
 
 
 def index_embedding_pool(source: Path, cfg: PoolIndexConfig, clip: str | Path, out: Path,

@@ -14,6 +14,7 @@ import numpy as np
 from pas.core.config import DataError, require, require_fields
 from pas.core.names import safe_name
 from pas.core.shards import decode_image, encode_jpeg, read_table, shard_name, write_json, write_shard
+from pas.core.work_store import TEAM, WorkStore, resolve
 from pas.sources.download import DownloadSettings, Fetched, download
 from pas.sources.plan import per_concept_quota
 from pas.sources.pool_sources import load_items
@@ -220,7 +221,8 @@ def _url(files: PoolFiles, row: int) -> str | None:
 
 
 def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int], cfg: RetrieveConfig,
-                      files: PoolFiles, cache: Path) -> tuple[Selection, dict[int, bytes], dict[str, Any]]:
+                      files: PoolFiles, cache: Path, store: WorkStore | None = None,
+                      ) -> tuple[Selection, dict[int, bytes], dict[str, Any]]:
     """Select with a margin for failed downloads, fetch the hits, and replace each failure with the next
     candidate of its concept, for up to `download_rounds` rounds; keep the best `quota` downloads per concept."""
     asked = [math.ceil(q * (1 + cfg.download_margin)) for q in quotas]
@@ -230,7 +232,7 @@ def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int]
     for _ in range(cfg.download_rounds):
         hits = [{"pool_row": c["pool_row"], "url": files.urls[c["pool_row"]],
                  "caption": files.captions[c["pool_row"]] if files.captions else None} for c in selection.chosen]
-        download(hits, cache, settings, fetched)
+        download(hits, cache, settings, fetched, store)
         got = Counter(c["concept_index"] for c in selection.chosen if c["pool_row"] in fetched.images)
         if all(got[i] >= q for i, q in enumerate(quotas)):
             break
@@ -257,11 +259,13 @@ def select_downloaded(index: faiss.Index, queries: np.ndarray, quotas: list[int]
 def retrieve(
     index: faiss.Index, queries: np.ndarray, concepts: list[dict[str, Any]], pool_ids: list[str] | PoolFiles,
     pool_source: Path, total: int, cfg: RetrieveConfig, out_dir: Path, downloads: Path | None = None,
+    store: WorkStore | str | None = TEAM,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Search, assign to the plan's quotas, and copy the chosen pool images into shards; return rows + metrics.
 
     pool_ids[i] is the pool item id of index vector i (or the whole PoolFiles). A pool of URLs has its hits
-    downloaded into `downloads` (img2dataset, resumable). out_dir/shortfall.json lists each concept the pool
+    downloaded into `downloads` (img2dataset, resumable), or taken from the team's work store (`store`,
+    pas.core.work_store) when it holds them. out_dir/shortfall.json lists each concept the pool
     could not fill (for the dataset report).
     """
     files = pool_ids if isinstance(pool_ids, PoolFiles) else PoolFiles(list(pool_ids))
@@ -271,7 +275,10 @@ def retrieve(
     if files.urls is not None:
         if downloads is None:
             raise DataError(f"{pool_source} is a pool of URLs: retrieve needs a downloads folder (--downloads)")
-        selection, by_row, fetched_metrics = select_downloaded(index, queries, quotas, cfg, files, downloads)
+        selection, by_row, fetched_metrics = select_downloaded(index, queries, quotas, cfg, files, downloads,
+                                                               resolve(store))
+        log.info("retrieve: %d URLs downloaded, %d restored from the team's work store",
+                 fetched_metrics["urls_downloaded"], fetched_metrics["urls_restored"])
     else:
         selection, by_row = select(index, queries, quotas, cfg), None
     shortfall = {concepts[i]["name"]: n for i, n in selection.shortfall.items()}
