@@ -118,3 +118,49 @@ def test_augmentation_runs_on_the_gpu_by_default_and_the_environment_can_say_oth
     monkeypatch.setenv("PAS_AUGMENT", "gpu")
     with pytest.raises(PasError, match="PAS_AUGMENT='gpu'"):
         runtime.augment_on_device("cuda")
+
+
+def _photo(side: int = 300) -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC)
+
+
+@pytest.mark.parametrize("op, reference", [(0, "adjust_brightness"), (1, "adjust_contrast"),
+                                           (2, "adjust_saturation"), (3, "adjust_hue")])
+def test_cpu_colour_adjustments_equal_torchvisions_pil_ones_pixel_for_pixel(op, reference):
+    from torchvision.transforms import functional as TF
+
+    from pas.ssl.views import ADJUST
+    image, rng = _photo(96), random.Random(op)
+    low, high = ((-0.2, 0.2) if op == 3 else (0.2, 1.8))
+    for _ in range(20):
+        factor = rng.uniform(low, high)
+        assert ADJUST[op](image, factor).tobytes() == getattr(TF, reference)(image, factor).tobytes()
+
+
+def test_reduced_then_resized_crops_stay_within_a_grey_level_of_the_direct_resize():
+    from pas.ssl.views import REDUCING_GAP
+    image, rng = _photo(500), random.Random(0)
+    for size, side in [(96, 240), (96, 280), (96, 400), (64, 300)]:   # crops 2.5x to 4.7x their output size
+        x, y = rng.randint(0, 500 - side), rng.randint(0, 500 - side)
+        direct = image.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side))
+        reduced = image.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side), reducing_gap=REDUCING_GAP)
+        diff = (torch.tensor(list(direct.tobytes())).float() - torch.tensor(list(reduced.tobytes())).float()).abs()
+        assert 0 < diff.mean() < 2 and diff.max() < 32
+
+
+def test_a_grey_view_kept_in_one_band_equals_the_three_band_grey_of_torchvision():
+    from torchvision.transforms import functional as TF
+
+    from pas.ssl.views import GRAY, SIGMA, SOLARIZE, apply_view, sample_view
+    image, spec = _photo(200), ViewSpec(64, blur=1.0, solarize=1.0)
+    row = sample_view(spec, 200, 200, random.Random(3))
+    row[GRAY], row[SIGMA], row[SOLARIZE] = 1.0, 1.3, 1.0
+    view = apply_view(image, spec, row, normalize=False)
+    plain = dict(row=list(row))
+    plain["row"][GRAY], plain["row"][SIGMA], plain["row"][SOLARIZE] = 0.0, 0.0, 0.0
+    colour = TF.to_pil_image(apply_view(image, spec, plain["row"], normalize=False))
+    from PIL import ImageFilter, ImageOps
+    expected = ImageOps.solarize(TF.rgb_to_grayscale(colour, 3).filter(ImageFilter.GaussianBlur(1.3)), 128)
+    assert view.shape == (3, 64, 64) and torch.equal(view, TF.pil_to_tensor(expected))

@@ -18,8 +18,9 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageFilter, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import functional as F
 
@@ -116,40 +117,48 @@ def byol_views(size: int) -> list[ViewSpec]:
     return [simclr_view(size, blur=1.0), simclr_view(size, blur=0.1, solarize=0.2)]
 
 
-LUMA = (0.299, 0.587, 0.114)   # PIL's RGB -> L weights (ITU-R 601-2), which ImageEnhance's grey images use
+REDUCING_GAP = 1.2   # Image.resize: a crop >= 2.4x its output size is box-reduced by an integer factor first
 
 
-def color_matrix(image: Image.Image, rows: list[list[float]]) -> Image.Image:
-    """out_c = sum_j rows[c][j] x in_j + rows[c][3], clamped to uint8: one pass of PIL's colour-matrix convert."""
-    return image.convert("RGB", tuple(value for row in rows for value in row))
+def _blend_with(level: int, image: Image.Image, factor: float) -> Image.Image:
+    """Image.blend of a constant grey `level` with `image` (ImageEnhance's degenerate-image blend)."""
+    return Image.blend(Image.new(image.mode, image.size, (level,) * len(image.getbands())), image, factor)
 
 
 def adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
-    """ImageEnhance.Brightness: a blend with black."""
-    return color_matrix(image, [[factor * (i == j) for j in range(3)] + [0.0] for i in range(3)])
+    """ImageEnhance.Brightness (torchvision's adjust_brightness on PIL): a blend with black."""
+    return _blend_with(0, image, factor)
 
 
 def adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
-    """ImageEnhance.Contrast: a blend with the image's mean grey level."""
-    mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)
-    return color_matrix(image, [[factor * (i == j) for j in range(3)] + [(1 - factor) * mean] for i in range(3)])
+    """ImageEnhance.Contrast: a blend with the mean grey level, rounded (the mean from the L histogram)."""
+    histogram = np.asarray(image.convert("L").histogram(), dtype=np.float64)
+    return _blend_with(int(histogram @ np.arange(256) / histogram.sum() + 0.5), image, factor)
 
 
 def adjust_saturation(image: Image.Image, factor: float) -> Image.Image:
     """ImageEnhance.Color: a blend with the image's grey version."""
-    return color_matrix(image, [[factor * (i == j) + (1 - factor) * LUMA[j] for j in range(3)] + [0.0]
-                                for i in range(3)])
+    return Image.blend(image.convert("L").convert(image.mode), image, factor)
 
 
-ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, F.adjust_hue)   # ColorJitter's four, on PIL
+def adjust_hue(image: Image.Image, factor: float) -> Image.Image:
+    """torchvision's adjust_hue on PIL (_functional_pil.py: HSV, H += uint8(factor x 255) wrapping, back to RGB),
+    the H shift as one modular add of a constant instead of a round trip through numpy."""
+    hsv = image.convert("HSV")
+    shift = int(np.array(factor * 255).astype(np.uint8))
+    return ImageChops.add_modulo(hsv, Image.new("HSV", hsv.size, (shift, 0, 0))).convert("RGB")
+
+
+ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)   # ColorJitter's four, on PIL
 
 
 def apply_view(image: Image.Image, spec: ViewSpec, row: list[float], normalize: bool = True,
                factor: float = 1.0) -> torch.Tensor:
     """One view of `image` for its draw `row` (crop box in pixels of an image `factor` x larger): uint8
-    (3, S, S), or normalised float32 with `normalize`."""
+    (3, S, S), or normalised float32 with `normalize`. A grey view stays one band through blur and solarisation
+    (the same pixels as three equal bands, a third of the work)."""
     box = tuple(v / factor for v in row[X0:Y1 + 1])
-    view = image.resize((spec.size, spec.size), Image.BILINEAR, box=box)
+    view = image.resize((spec.size, spec.size), Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
     if row[FLIP]:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if row[JITTER]:
@@ -157,12 +166,14 @@ def apply_view(image: Image.Image, spec: ViewSpec, row: list[float], normalize: 
         for index in row[ORDER]:
             view = ADJUST[int(index)](view, factors[int(index)])
     if row[GRAY]:
-        view = view.convert("L").convert("RGB")
+        view = view.convert("L")
     if row[SIGMA] > 0:
         view = view.filter(ImageFilter.GaussianBlur(radius=row[SIGMA]))
     if row[SOLARIZE]:
         view = ImageOps.solarize(view, 128)   # inverts pixels >= 128, as DINO's Solarization
     pixels = F.pil_to_tensor(view)
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)   # collate and normalisation copy it
     return normalize_uint8(pixels[None])[0] if normalize else pixels
 
 
