@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throughput of the real-size architectures on one GPU, within 8 minutes, into benchmarks/throughput.json
-# (which `pas plan` reads): SDXL-Turbo 512 px 1 step at batch 1 and 16, SD-1.5 25 steps, CLIP ViT-L/14 and
+# (which `pas plan` reads): the device augmentation path's samples/s per method (input <method>/device-gpu), SDXL-Turbo 512 px 1 step at batch 1 and 16, SD-1.5 25 steps, CLIP ViT-L/14 and
 # ViT-B/32 image embedding, DINO ViT-S/16 and All4One ResNet-50 training steps at 224 px. Random weights, built
 # from configs: nothing is downloaded. Each model is built once and timed at each of its batch sizes; each figure
 # is saved into the table as soon as it is measured, a figure that fails is saved with its error (and the run goes
@@ -59,13 +59,28 @@ if missing:
                      ".whl/ (`bash benchmarks/gpu.sh --download-wheels` where pip reaches the registry)")
 print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
 PY
+# the device augmentation path's own rate (benchmarks/input_pipeline.py --device: nvJPEG decode + every method's
+# views, batches of 256), first, as it is short; ONLY runs it when it names "input" (or is unset). On a CPU (the dry
+# run) two methods at 64 px. A failing method is saved as failed (FAIL names methods too), the others are kept.
+input_rc=0
+case " ${ONLY:-input} " in
+  *input*)
+    small=()
+    [ "$DEVICE" = cpu ] && small=(--size 64 --batch 8 --images 8 --repeats 1 --methods dino simclr)
+    timeout --kill-after=30 "$((LIMIT_S / 4))" "$PYTHON" benchmarks/input_pipeline.py --device "$DEVICE" --write \
+      --table "$TABLE" "${small[@]}" ${FAIL:+--fail $FAIL} || input_rc=$?
+    ;;
+esac
 # 8 minutes in all: each figure times about 8 s after its warm-up; the builds of the real architectures dominate
 rc=0
-timeout --kill-after=30 "$LIMIT_S" "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --seconds "${SECONDS_PER_FIGURE:-8}" \
+timeout --kill-after=30 "$((LIMIT_S - SECONDS))" "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --seconds "${SECONDS_PER_FIGURE:-8}" \
   --table "$TABLE" ${ONLY:+--only $ONLY} ${BATCHES:+--batches $BATCHES} ${FAIL:+--fail $FAIL} || rc=$?
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then   # 137: still running 30 s after the limit's SIGTERM, or killed
   echo "gpu.sh: stopped at the ${LIMIT_S} s limit (LIMIT_S) or killed; the figures measured before are saved in" \
     "$TABLE" >&2
+fi
+if [ "$rc" = 0 ] && [ "$input_rc" != 0 ]; then   # the input figure failed or ran out of its quarter of LIMIT_S
+  rc=1
 fi
 if [ -f "$TABLE" ]; then
   "$PYTHON" - "$TABLE" <<'PY'

@@ -2,6 +2,7 @@
 
     python benchmarks/input_pipeline.py                    # 224 px, prints the table
     python benchmarks/input_pipeline.py --write            # and saves the figures (task "input") for `pas plan`
+    python benchmarks/input_pipeline.py --device cuda --write   # the device path's own rate on the GPU (gpu.sh)
 
 Shards: the photos packaged with scikit-image (astronaut, coffee, chelsea, rocket, ...; flipped or rotated copies
 beyond the eight) resized to 500 px on the longer side,
@@ -14,6 +15,12 @@ device path leaves (read the member, parse the JPEG header, draw the views, coll
 pas.ssl.gpu_augment decodes and augments on the GPU); and the official DINO pipeline (OFFICIAL_DINO below), timed in
 the same run, as a ratio. Goals: CPU path >= 2x the official DINO per core; device path's CPU work per DINO sample
 <= 1/10 of the official's.
+
+`--device cuda` (benchmarks/gpu.sh) times the device path's GPU side instead: batches of `--batch` samples (256)
+of each method's encoded images and draws, decoded there (nvJPEG) and turned into the views by
+pas.ssl.gpu_augment.device_views, in wall seconds with the device synchronised; figures `<method>/device-gpu`
+whose device is the GPU's profile name (h100, ...), the GPU time the augmentation takes from training on the
+same GPU, which `pas plan` adds to the model's. `--device cpu` runs the same code on CPU tensors (the dry run).
 """
 from __future__ import annotations
 
@@ -211,6 +218,59 @@ def merge(table: Path, new: list[dict[str, Any]]) -> None:
                                   indent=1) + "\n")
 
 
+def device_batches(manifest: pa.Table, root: Path, specs: list, batch: int) -> list[tuple[list[bytes], torch.Tensor]]:
+    """The device path's batches (encoded images and their (N, V, PARAMS) draws) as its DataLoader delivers them."""
+    items = list(ViewStream(manifest, root, specs, seed=0, encoded=True))
+    while len(items) < batch:                  # fewer shard images than one batch: the same images again
+        items += items[:batch - len(items)]
+    out = []
+    for start in range(0, len(items) - batch + 1, batch):
+        part = items[start:start + batch]
+        out.append(([item["encoded"] for item in part], torch.stack([item["params"] for item in part])))
+    return out
+
+
+def measure_device(manifest: pa.Table, root: Path, size: int, batch: int, repeats: int, device: str,
+                   methods: list[str], fail: list[str]) -> Any:
+    """Yield each method's figure of the device path's rate on `device` (samples/s of decode + views, wall time
+    with the device synchronised; median of `repeats` passes after a warm-up), or its one-line error."""
+    from pas.ssl.gpu_augment import device_views
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for name in methods:
+        try:
+            if any(part in name for part in fail):
+                raise RuntimeError("injected failure (--fail)")
+            specs = get_method(name).view_transforms(method_args(name, {}, f"pretrain.method_args.{name}"), size)
+            batches = device_batches(manifest, root, specs, batch)
+            device_views(*batches[0], specs, device)        # warm-up: nvJPEG handles, kernels
+            sync()
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for encoded, params in batches:
+                    device_views(encoded, params, specs, device)
+                sync()
+                rates.append(len(batches) * batch / (time.perf_counter() - start))
+            yield name, statistics.median(rates), None
+        except Exception as error:  # noqa: BLE001  (saved as failed; the other methods go on)
+            message = str(error).strip().splitlines()
+            yield name, None, f"{type(error).__name__}: {message[0][:300]}" if message else type(error).__name__
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def device_figure(name: str, rate_: float | None, error: str | None, batch: int, size: int, device: str
+                  ) -> dict[str, Any]:
+    """The throughput.json figure of one method's device path on `device` (its profile name: h100, ..., cpu)."""
+    from throughput import device_kind, machine
+
+    figure = {"task": "input", "model": f"{name}/device-gpu", "batch": batch, "image_size": size,
+              "device": device_kind(device), "machine": machine(device), "date": datetime.date.today().isoformat(),
+              "gflops_per_image": None, "images_per_s": rate_, "per_core": False}
+    return {**figure, "error": error} if error else figure
+
+
 def render(result: dict[str, Any]) -> str:
     """The side-by-side table."""
     official = result["official_dino"]
@@ -230,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=None, help="samples per batch (16 on the CPU, 256 on a device)")
+    parser.add_argument("--device", default=None,
+                        help="time the device path's GPU side on this device (cuda; cpu: a dry run) instead")
+    parser.add_argument("--methods", nargs="*", default=None, help="the methods to time with --device (all)")
+    parser.add_argument("--fail", nargs="*", default=[], metavar="METHOD",
+                        help="make these methods' device timing fail (a check that a failure is saved as failed)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help=f"save the figures into {TABLE}")
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -239,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(0)
     torch.manual_seed(0)
     np.random.seed(0)
+    if args.device:
+        return main_device(args)
+    args.batch = args.batch or 16
     with tempfile.TemporaryDirectory(prefix="pas-input-") as tmp:
         manifest = make_shards(Path(tmp), args.images)
         (result,) = measure(manifest, Path(tmp), args.size, args.batch, args.repeats)
@@ -247,6 +315,27 @@ def main(argv: list[str] | None = None) -> int:
         merge(args.table, figures(result, args.batch))
         print(f"saved {len(result['rows']) * 2 + 1} figures (task input) into {args.table}")
     return 0
+
+
+def main_device(args: argparse.Namespace) -> int:
+    """--device: time each method's device path there, saving each figure as soon as it is measured (or failed);
+    exit status 1 when one failed."""
+    sys.path.insert(0, str(Path(__file__).parent))   # benchmarks/throughput.py: the device's name and profile
+    from throughput import merge as merge_figures
+
+    batch, failed = args.batch or 256, 0
+    with tempfile.TemporaryDirectory(prefix="pas-input-") as tmp:
+        manifest = make_shards(Path(tmp), min(args.images, batch))
+        for name, rate_, error in measure_device(manifest, Path(tmp), args.size, batch, args.repeats, args.device,
+                                                 args.methods or sorted(METHODS), args.fail):
+            figure = device_figure(name, rate_, error, batch, args.size, args.device)
+            if args.write:
+                merge_figures(args.table, [figure])
+            failed += bool(error)
+            shown = f"{rate_:,.1f} samples/s" if rate_ else f"FAILED {error}"
+            print(f"{'input':<11}{figure['model']:<28}batch {batch:>3} {shown:>22}  on {figure['machine']}",
+                  flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

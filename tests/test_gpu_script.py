@@ -100,6 +100,20 @@ def test_a_failing_figure_is_saved_as_failed_and_the_others_are_kept(tmp_path, c
 
 
 @pytest.mark.slow
+def test_the_device_augmentation_figure_is_measured_and_a_failing_method_saved_as_failed(tmp_path, committed_table):
+    table = tmp_path / "throughput.json"
+    env = dry_run_env(tmp_path, ONLY="input", FAIL="simclr")     # input_pipeline.py --device cpu: dino and simclr
+    run = subprocess.run(["bash", str(GPU_SH)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout + run.stderr         # 1: a figure failed
+    saved = figures(table)
+    assert set(saved) == {("input", "dino/device-gpu", 8, "cpu"), ("input", "simclr/device-gpu", 8, "cpu")}
+    dino = saved[("input", "dino/device-gpu", 8, "cpu")]
+    assert dino["images_per_s"] > 0 and dino["image_size"] == 64 and "error" not in dino
+    assert saved[("input", "simclr/device-gpu", 8, "cpu")]["error"] == "RuntimeError: injected failure (--fail)"
+    assert re.search(r"input +dino/device-gpu +batch +8 ", run.stdout)
+
+
+@pytest.mark.slow
 def test_a_run_stopped_part_way_keeps_the_figures_measured_before(tmp_path, committed_table):
     table = tmp_path / "throughput.json"
     env = dry_run_env(tmp_path, ONLY="tiny://sd", BATCHES="1 48")

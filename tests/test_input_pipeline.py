@@ -164,3 +164,26 @@ def test_a_grey_view_kept_in_one_band_equals_the_three_band_grey_of_torchvision(
     from PIL import ImageFilter, ImageOps
     expected = ImageOps.solarize(TF.rgb_to_grayscale(colour, 3).filter(ImageFilter.GaussianBlur(1.3)), 128)
     assert view.shape == (3, 64, 64) and torch.equal(view, TF.pil_to_tensor(expected))
+
+
+def test_pas_plan_adds_the_device_augmentations_gpu_time_to_the_model_or_says_it_is_not_counted(tmp_path, capsys):
+    import json
+
+    from test_plan import FIGURES, INPUT, SETTINGS, number, rows
+
+    from pas.cli import main
+    from pas.evaluate.throughput import GPUS, UTILISATION
+    augment = {"task": "input", "model": "dino/device-gpu", "batch": 256, "image_size": 224, "device": "h100",
+               "images_per_s": 6000.0, "machine": "NVIDIA H100", "date": "2026-12-07", "gflops_per_image": None}
+    model_rate = GPUS["h100"]["tflops"] * 1e3 * UTILISATION / 112.0
+    path = tmp_path / "throughput.json"
+    for extra, speed in [([augment], 1 / (1 / model_rate + 1 / 6000.0)), ([], model_rate)]:
+        path.write_text(json.dumps({"figures": FIGURES + INPUT + extra}))
+        assert main(["plan", *SETTINGS, "--gpu", "h100", "--pool-images", "0", "--table", str(path),
+                     "--cpus-per-gpu", "256"]) == 0
+        out = capsys.readouterr().out
+        row = rows(out)["pretrain"]
+        assert row[4] == "model" and number(row[5]) == pytest.approx(speed, rel=1e-3)
+        counted = "with the device augmentation's GPU time (6,000 samples/s" in out
+        not_counted = "device augmentation of pretrain: GPU time not counted (no dino/device-gpu figure on h100" in out
+        assert (counted, not_counted) == ((True, False) if extra else (False, True))

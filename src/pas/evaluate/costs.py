@@ -29,6 +29,7 @@ from pas.evaluate.throughput import (
     clip_dim,
     generator_model,
     input_rate,
+    augment_rate,
     load_table,
     no_figure,
     rate,
@@ -217,6 +218,16 @@ def feed_rate(figures: list[dict[str, Any]], work: dict[str, Any], device: str, 
                 core.measured), path
 
 
+def with_augment(model: Rate, augment: Rate | None) -> Rate:
+    """The model's rate with the device path's GPU time per sample added (the same GPU does both), or as it is
+    when that time was not measured."""
+    if augment is None:
+        return model
+    both = 1 / (1 / model.images_per_s + 1 / augment.images_per_s)
+    return Rate(both, f"{model.how}; with the device augmentation's GPU time ({augment.images_per_s:,.0f} "
+                      f"samples/s, {augment.how})", model.measured and augment.measured)
+
+
 def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: int,
          pool_images: int | None, cpus_per_gpu: int = 16) -> dict[str, Any]:
     """Per-stage images, GPU-hours (device-hours on a CPU), wall hours on `gpus` devices, the figure used and, for a
@@ -231,6 +242,10 @@ def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: i
                 if "input" in work:
                     feed, path = feed_rate(figures, work, device, cpus_per_gpu)
                     row.update(feed=feed, feed_path=path)
+                    if path == "device":   # the augmentation kernels run on the training GPU: their time adds up
+                        row["augment"] = augment_rate(figures, work["input"]["method"], device,
+                                                      work["input"]["image_size"])
+                        found = with_augment(found, row["augment"])
                     if feed is not None and feed.images_per_s < found.images_per_s:
                         row["bound"] = "input"
                 speed = found.images_per_s if row["bound"] == "model" else row["feed"].images_per_s
@@ -277,6 +292,9 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
             lines.append(f"  input of {row['stage']} ({method}, {row['feed_path']} path): "
                          + (f"{feed.images_per_s:,.1f} samples/s from {feed.how}" if feed else
                             "no figure in the table (python benchmarks/input_pipeline.py --write): not priced"))
+            if row["feed_path"] == "device" and row.get("augment") is None:
+                lines.append(f"  device augmentation of {row['stage']}: GPU time not counted (no {method}/device-gpu "
+                             f"figure on {device}: bash benchmarks/gpu.sh)")
     lines.append(f"wall time assumes the {gpus} device(s) share every stage evenly (Ray actors, DDP ranks).")
     return "\n".join(lines)
 

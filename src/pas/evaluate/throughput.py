@@ -73,6 +73,18 @@ def input_rate(figures: list[dict[str, Any]], method: str, path: str, image_size
                                         f"{figure['machine']}, {figure['date']}", True)
 
 
+def augment_rate(figures: list[dict[str, Any]], method: str, device: str, image_size: int) -> Rate | None:
+    """Samples/s of the device path's own GPU work for `method` (nvJPEG decode + the views, benchmarks/gpu.sh's
+    `<method>/device-gpu` figures) on `device`, at the nearest image size measured; None without a figure there."""
+    mine = [f for f in figures if f["task"] == "input" and f["model"] == f"{method}/device-gpu"
+            and f["device"] == device and f.get("images_per_s")]
+    if not mine:
+        return None
+    figure = min(mine, key=lambda f: (abs((f.get("image_size") or 0) - image_size), -f["images_per_s"]))
+    return Rate(figure["images_per_s"], f"device augmentation at {figure.get('image_size')} px, batch "
+                                        f"{figure.get('batch')}, measured on {figure['machine']}, {figure['date']}", True)
+
+
 def is_tiny(model: str) -> bool:
     """A tiny test model (tiny://...): random weights, a speed set by overheads, no real cost to extrapolate."""
     return model.startswith("tiny://")
