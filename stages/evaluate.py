@@ -51,7 +51,7 @@ def body(args, params, run):
         run.log_input_dataset(dataset)
     with atomic_path(args.report) as tmp:
         title, report = render_eval_md(metrics, index, cfg.reference, coordinates).split("\n", 1)
-        provenance = provenance_markdown(collect_provenance(".", params, args.lock))
+        provenance = provenance_markdown(collect_provenance(".", params, args.lock, run_facts=False))
         tmp.write_text(f"{title}\n\n{provenance}{report}")
     run.log_figures(args.plots)
     run.log_artifact(args.report)

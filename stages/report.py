@@ -25,7 +25,8 @@ def body(args, params, run):
     inputs = Inputs(read_table(args.filtered).to_pylist(), read_table(args.decisions).to_pylist(),
                     read_table(args.curated).to_pylist(), load_embeddings(Path(args.candidates) / "embeddings.npy"),
                     thresholds, Path(args.downstream), missing)
-    provenance = collect_provenance(".", {k: v for k, v in params.items() if k in DATASET_PARAMS}, args.lock)
+    provenance = collect_provenance(".", {k: v for k, v in params.items() if k in DATASET_PARAMS}, args.lock,
+                                    run_facts=False)
     metrics = build_report(inputs, cfg, args.out, args.figures, provenance)
     run.log_artifact(args.out)
     run.log_figures(args.figures)

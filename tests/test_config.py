@@ -34,7 +34,7 @@ def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
     import torch
 
     from pas.core.config import PasError
-    from pas.core.runtime import configure_threads
+    from pas.core.runtime import DEFAULT_THREADS, configure_threads
 
     before = torch.get_num_threads()
     try:
@@ -44,9 +44,26 @@ def test_pas_num_threads_sets_torch_threads_and_rejects_junk(monkeypatch):
         with pytest.raises(PasError, match="PAS_NUM_THREADS='two'"):
             configure_threads()
         monkeypatch.delenv("PAS_NUM_THREADS")
-        assert configure_threads() is None
+        assert configure_threads() == DEFAULT_THREADS and torch.get_num_threads() == DEFAULT_THREADS
     finally:
         torch.set_num_threads(before)
+
+
+def test_unset_pas_num_threads_is_a_fixed_count_not_the_machine_s_cores(monkeypatch):
+    """Byte-exact results need one thread count: a fresh clone on a 64-core machine must use the committed one."""
+    import subprocess
+    import sys
+
+    from pas.core.runtime import DEFAULT_THREADS
+
+    monkeypatch.delenv("PAS_NUM_THREADS", raising=False)
+    probe = ("import os, sys, torch; torch.set_num_threads(7); from pas.core.runtime import configure_threads, "
+             "pick_device; configure_threads(); pick_device(); print(torch.get_num_threads())")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() \
+        == str(DEFAULT_THREADS)
+    lazy = "import sys; from pas.core.runtime import configure_threads; configure_threads(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"                                     # a stage without a model still never imports torch
 
 
 def test_require_fields_names_the_first_field_that_fails():

@@ -98,3 +98,16 @@ def test_real_models_carry_no_warning_and_html_is_escaped(tmp_path):
     assert "Warning" not in provenance_markdown(prov) and "class='warning'" not in provenance_html(prov)
     assert "generator: stabilityai/sdxl-turbo (71153311)" in provenance_markdown(prov)
     assert "&lt;b&gt;clip&lt;/b&gt;" in provenance_html(prov) and "<b>clip</b>" not in provenance_html(prov)
+
+
+def test_a_stage_output_leaves_the_commit_and_date_to_mlflow_so_it_reproduces(repo, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    prov = collect_provenance(repo, {"size": 300}, run_facts=False)
+    assert "git" not in prov and "date" not in prov
+    text = provenance_markdown(prov)
+    assert git(repo, "rev-parse", "HEAD") not in text and "in the stage's MLflow run" in text
+    (repo / "params.yaml").write_text("size: 301\n")                     # another commit state, another day
+    git(repo, "commit", "-qam", "later")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1900000000")
+    assert provenance_markdown(collect_provenance(repo, {"size": 300}, run_facts=False)) == text
+    assert provenance_html(collect_provenance(repo, {"size": 300}, run_facts=False)) == provenance_html(prov)

@@ -81,14 +81,20 @@ def now_utc() -> str:
     return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def collect_provenance(repo_root: str | Path, params: dict[str, Any] | None, lock: str | Path | None = None
-                       ) -> dict[str, Any]:
+def collect_provenance(repo_root: str | Path, params: dict[str, Any] | None, lock: str | Path | None = None,
+                       run_facts: bool = True) -> dict[str, Any]:
     """Models (lock, default <repo_root>/models/lock.json), params + digest (None: not recorded), git commit/dirty,
-    date and whether a random-weight tiny model was used; plain JSON types throughout."""
+    date and whether a random-weight tiny model was used; plain JSON types throughout.
+
+    `run_facts=False` leaves out the git commit and the date: a DVC stage's output must be the same bytes whenever
+    its deps and params are (a fresh clone reproduces the committed dvc.lock), and the commit that holds a result is
+    never the one that made it. The stage's MLflow run carries both (`mlflow.source.git.commit`, its start time).
+    """
     repo_root = Path(repo_root)
     models = read_lock(lock if lock is not None else repo_root / "models" / "lock.json")
-    return {"models": models, "params": params, "params_digest": params_digest(params),
-            "git": git_state(repo_root), "date": now_utc(), "tiny_models": any(is_tiny(m) for m in models)}
+    facts = {"git": git_state(repo_root), "date": now_utc()} if run_facts else {}
+    return {"models": models, "params": params, "params_digest": params_digest(params), **facts,
+            "tiny_models": any(is_tiny(m) for m in models)}
 
 
 def tiny_warning(prov: dict[str, Any]) -> str | None:
@@ -118,8 +124,10 @@ def _commit_line(prov: dict[str, Any]) -> str:
 def provenance_lines(prov: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows shared by every rendering."""
     models = "; ".join(_model_line(m) for m in prov["models"]) or "not recorded (no models/lock.json)"
-    return [("models", models), ("params digest", prov["params_digest"] or "not recorded (no params)"),
-            ("git commit", _commit_line(prov)), ("date", prov["date"])]
+    rows = [("models", models), ("params digest", prov["params_digest"] or "not recorded (no params)")]
+    if "git" not in prov:   # a DVC stage's output: what made it is dvc.lock's deps and params, not a commit or a date
+        return [*rows, ("git commit, date", "in the stage's MLflow run (this file reproduces byte for byte)")]
+    return [*rows, ("git commit", _commit_line(prov)), ("date", prov["date"])]
 
 
 def params_yaml(prov: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def pick_device() -> str:
-    """`PAS_DEVICE` if set, else cuda when available, else cpu."""
+    """`PAS_DEVICE` if set, else cuda when available, else cpu; applies torch's thread count (torch_threads)."""
     import torch
+
+    use_torch_threads()
 
     wanted = os.environ.get("PAS_DEVICE")
     if wanted:
@@ -61,19 +64,44 @@ def augment_on_device(device: str) -> bool:
     return wanted == "device"
 
 
-def configure_threads() -> int | None:
-    """Apply `PAS_NUM_THREADS` (torch intra-op CPU threads) if set; return it."""
+DEFAULT_THREADS = 2   # torch's CPU threads when PAS_NUM_THREADS is unset: the count the committed results were made with
+
+
+def torch_threads() -> int:
+    """torch's intra-op CPU threads: `PAS_NUM_THREADS`, else DEFAULT_THREADS (not the core count).
+
+    Torch's CPU kernels split their sums by thread, so images, weights and scores are bit-identical only at one
+    thread count: a fixed default lets a fresh clone on any machine reproduce the committed dvc.lock. Set
+    PAS_NUM_THREADS to use more cores (results may then differ in the last bits). faiss and numpy are not limited.
+    """
     value = os.environ.get("PAS_NUM_THREADS")
     if not value:
-        return None
+        return DEFAULT_THREADS
     if not value.isdigit() or int(value) < 1:
         from pas.core.config import PasError
 
         raise PasError(f"PAS_NUM_THREADS={value!r} is not a positive integer; unset it or use e.g. 2")
+    return int(value)
+
+
+def configure_threads() -> int:
+    """Check `PAS_NUM_THREADS` and apply torch_threads() where torch runs (it is never imported here for that).
+
+    A stage that needs no model never imports torch; one that does meets `pick_device` (or `use_torch_threads`)
+    before its first tensor, and that applies the count.
+    """
+    threads = torch_threads()
+    if "torch" in sys.modules:
+        use_torch_threads()
+    return threads
+
+
+def use_torch_threads() -> None:
+    """Set torch's intra-op threads to torch_threads() (imports torch)."""
     import torch
 
-    torch.set_num_threads(int(value))
-    return int(value)
+    if torch.get_num_threads() != torch_threads():
+        torch.set_num_threads(torch_threads())
 
 
 def setup_logging() -> None:

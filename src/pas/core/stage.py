@@ -16,6 +16,7 @@ from pas.core.config import ConfigError, PasError, load_params, parse_size, top_
 from pas.core.provenance import params_digest
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.atomic import write_json
+from pas.core.timings import split_timings
 from pas.core.tracking import PARAMS_DIGEST_TAG, PIPELINE_KEYS, StageRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
             log.debug("%s: work starts", stage)
             metrics = body(args, params, run)
             log.debug("%s: work done", stage)
-            write_json(metrics, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
+            results, _ = split_timings(metrics)   # wall-clock figures go to MLflow only, never into DVC's files
+            write_json(results, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)
     except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug
         if os.environ.get("PAS_LOG_LEVEL") == "DEBUG":   # pas -v / PAS_LOG_LEVEL=DEBUG: the whole traceback

