@@ -2,6 +2,7 @@
 dataset funnel, the headline metrics, and where the report, plots and MLflow run are."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -9,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pas.core.config import PasError, load_params
+from pas.core.config import PasError, load_params, read_yaml12
 from pas.core.provenance import params_digest
 from pas.core.tracking import PARAMS_DIGEST_TAG
 from pas.evaluate.summary import PROTOCOLS
 
 SUMMARY = "metrics/summary.json"
+PARAMS = "params.yaml"   # the one params file of dvc.yaml (every stage reads its keys from it)
 
 
 def _dvc_started(*args: str) -> subprocess.Popen[str]:
@@ -59,6 +61,33 @@ def params_changed(experiment: str | None, started: subprocess.Popen[str] | None
             sorted(changes.items())}
 
 
+def head_params_text(path: str = PARAMS) -> str | None:
+    """`path` as committed at HEAD (git show), or None when HEAD does not have it (or there is no commit yet)."""
+    done = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True)
+    if done.returncode == 0:
+        return done.stdout
+    if subprocess.run(["git", "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+        raise PasError("not in a git repository: pas show compares the params with HEAD's (git init, commit)")
+    return None
+
+
+def workspace_params_changed(path: str = PARAMS) -> dict[str, tuple[Any, Any]]:
+    """What `dvc params diff` reports for the workspace's params file against HEAD, computed here from the files'
+    contents (never git's index, whose stat cache can take a rewritten file of the same size for unchanged): both
+    read as YAML 1.2 like DVC, lists as their str, nested keys flattened with dots, and compared by DVC's own diff
+    (dvc/repo/metrics/diff.py _diff: format_dict, then dvc.utils.diff.diff)."""
+    from dvc.utils.diff import diff, format_dict
+
+    committed = head_params_text(path)
+    if committed is None and subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
+                                            capture_output=True).returncode != 0:
+        return {}                      # no commit yet: dvc params diff reports nothing either
+    old = {} if committed is None else read_yaml12(committed) or {}
+    new = read_yaml12(Path(path).read_text()) if Path(path).is_file() else {}
+    changes = diff({path: {"data": format_dict(old)}}, {path: {"data": format_dict(new)}}).get(path, {})
+    return {key: (change.get("old"), change.get("new")) for key, change in sorted(changes.items())}
+
+
 def funnel_lines(summary: dict[str, Any]) -> list[str]:
     """The dataset funnel: sources -> candidates -> filter -> dedup -> curated."""
     get = summary.get
@@ -88,6 +117,44 @@ def metric_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def newest_pipeline_run(uri: str, tags: dict[str, str]) -> tuple[str, str] | None:
+    """(run id, run name) of the newest FINISHED pipeline run (tag pas.kind=pipeline) of a `pas-*` experiment that
+    carries `tags`, as MlflowClient.search_runs orders them (start time, newest first, then run id); active
+    experiments and runs only. A SQLite store is read directly (newest_in_sqlite), which spares pas show MLflow's
+    import (seconds); any other store goes through MlflowClient."""
+    wanted = {"pas.kind": "pipeline", **tags}
+    if uri.startswith("sqlite:///"):
+        return newest_in_sqlite(Path(uri.removeprefix("sqlite:///")), wanted)
+    return newest_through_mlflow(uri, wanted)
+
+
+def newest_in_sqlite(path: Path, tags: dict[str, str]) -> tuple[str, str] | None:
+    """newest_through_mlflow's answer read from MLflow's SQL store file (its tables experiments, runs, tags),
+    read-only."""
+    import sqlite3
+
+    checks = " ".join("and exists (select 1 from tags t where t.run_uuid = r.run_uuid and t.key = ? and t.value = ?)"
+                      for _ in tags)
+    sql = ("select r.run_uuid, r.name from runs r join experiments e on e.experiment_id = r.experiment_id "
+           "where e.name like 'pas-%' and e.lifecycle_stage = 'active' and r.lifecycle_stage = 'active' "
+           f"and r.status = 'FINISHED' {checks} order by r.start_time desc, r.run_uuid limit 1")
+    with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+        row = db.execute(sql, [part for item in tags.items() for part in item]).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def newest_through_mlflow(uri: str, tags: dict[str, str]) -> tuple[str, str] | None:
+    """(run id, run name) of the newest FINISHED run with `tags` in an active `pas-*` experiment of store `uri`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("pas-")]
+    query = " and ".join(["attributes.status = 'FINISHED'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1) \
+        if experiments else []
+    return (runs[0].info.run_id, runs[0].info.run_name) if runs else None
+
+
 def pipeline_run(experiment: str | None) -> str:
     """Where the MLflow pipeline run of the workspace (the latest) is, or how to find an experiment's."""
     from pas.core.mlflow_store import read_tracking_uri
@@ -96,26 +163,17 @@ def pipeline_run(experiment: str | None) -> str:
         uri = read_tracking_uri()
     except PasError as err:
         return f"  MLflow: {err}"
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("pas-")]
-    finished = "tags.`pas.kind` = 'pipeline' and attributes.status = 'FINISHED'"
     if experiment:
-        query = f"{finished} and tags.`dvc.exp_name` = '{experiment}'"
+        tags = {"dvc.exp_name": experiment}
     else:   # the workspace's results come from the newest finished run of its params file
-        query = f"{finished} and tags.`{PARAMS_DIGEST_TAG}` = '{params_digest(load_params('params.yaml'))}'"
-    def newest(query: str) -> Any | None:
-        runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1) \
-            if experiments else []
-        return runs[0] if runs else None
-
+        tags = {PARAMS_DIGEST_TAG: params_digest(load_params(PARAMS))}
     caveat = ""
-    if (run := newest(query)) is None and experiment is None and (run := newest(finished)) is not None:
+    if (run := newest_pipeline_run(uri, tags)) is None and experiment is None \
+            and (run := newest_pipeline_run(uri, {})) is not None:
         caveat = " (the newest finished one: no run recorded these params' digest, so it may be another's)"
     if run is None:
         return f"  MLflow: no finished pipeline run{f' of {experiment}' if experiment else ''} in {uri}"
-    return (f"  MLflow: run {run.info.run_id} ({run.info.run_name}){caveat} in {uri}; "
+    return (f"  MLflow: run {run[0]} ({run[1]}){caveat} in {uri}; "
             f"`mlflow ui --backend-store-uri {uri}`")
 
 
@@ -130,14 +188,17 @@ def where_lines(experiment: str | None) -> list[str]:
 def render(experiment: str | None) -> str:
     """The page."""
     summary = read_summary(experiment)
-    diff = params_diff_started(experiment)
-    try:
-        mlflow_line = pipeline_run(experiment)       # while dvc computes the params diff
-    except BaseException:
-        diff.kill()
-        diff.wait()
-        raise
-    changed = params_changed(experiment, diff)
+    if experiment is None:             # the workspace: from the files (no dvc process, whose start-up takes seconds)
+        changed, mlflow_line = workspace_params_changed(), pipeline_run(None)
+    else:                              # an experiment's rev is DVC's to resolve
+        diff = params_diff_started(experiment)
+        try:
+            mlflow_line = pipeline_run(experiment)       # while dvc computes the params diff
+        except BaseException:
+            diff.kill()
+            diff.wait()
+            raise
+        changed = params_changed(experiment, diff)
     lines = [f"pas show: {experiment or 'workspace'}", "", "Params that differ from HEAD:"]
     lines += [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items()] or ["  none"]
     lines += ["", "Dataset funnel:", *funnel_lines(summary), "", "Headline metrics (metrics/summary.json):",
