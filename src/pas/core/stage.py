@@ -16,7 +16,7 @@ from pas.core.config import ConfigError, PasError, load_params, parse_size, top_
 from pas.core.provenance import params_digest
 from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
 from pas.core.atomic import write_json
-from pas.core.timings import split_timings
+from pas.core.run_facts import split_run_facts
 from pas.core.tracking import PARAMS_DIGEST_TAG, PIPELINE_KEYS, StageRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
             log.debug("%s: work starts", stage)
             metrics = body(args, params, run)
             log.debug("%s: work done", stage)
-            results, _ = split_timings(metrics)   # wall-clock figures go to MLflow only, never into DVC's files
+            results, _ = split_run_facts(metrics)   # timings and work counts: MLflow and the log, never DVC's files
             write_json(results, Path(args.metrics_dir) / f"{metrics_name or stage}.json")
             run.log_metrics(metrics)
     except (PasError, FileNotFoundError) as err:   # bad input or a missing file: one line; anything else is a bug

@@ -24,7 +24,7 @@ from pas.core.config import ConfigError, parse_size, require
 from pas.core.recipes import load_recipe
 from pas.core.runtime import augment_on_device, num_workers, pick_device
 from pas.core.shards import atomic_path, write_json
-from pas.core.timings import split_timings
+from pas.core.run_facts import split_run_facts
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
             "dataset": source,
             "final_loss": metrics["loss_last_epoch"],
             "knn_val": str(knn_val) if knn_val is not None else None,
-            "metrics": split_timings(metrics)[0],   # the card is a DVC output: no wall-clock figures
+            "metrics": split_run_facts(metrics)[0],   # the card is a DVC output: no timings, no resume step
             "seed": seed,
             "config": dataclasses.asdict(cfg),
             "derived": derived,
