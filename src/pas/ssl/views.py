@@ -1,7 +1,7 @@
 """What a view is (ViewSpec: the official parameters), its random draw per image (sample_view), and the draw
-applied to one PIL image on uint8 (apply_view, the CPU path's per-view work).
+applied to one RGB image on uint8 with OpenCV (apply_view, the CPU path's per-view work).
 
-Both augmentation paths apply the same draw: the CPU path with PIL in DataLoader workers
+Both augmentation paths apply the same draw: the CPU path with OpenCV in DataLoader workers
 (pas.ssl.augment), the device path as batched tensor ops after the batch reached the GPU
 (pas.ssl.gpu_augment). A draw depends only on the image's size and a generator seeded by
 (seed, epoch, key), so it is deterministic for a seed, independent between the images of a
@@ -18,11 +18,11 @@ import math
 import random
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageChops, ImageFilter, ImageOps
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.transforms import functional as F
 
 SIMCLR_JITTER = (0.4, 0.4, 0.2, 0.1)   # brightness, contrast, saturation, hue (SimCLR/BYOL/DINO main_dino.py)
 STRONG_JITTER = (0.8, 0.8, 0.8, 0.2)   # SwAV (src/multicropdataset.py:76) and LeJEPA (MINIMAL.md:104)
@@ -117,63 +117,74 @@ def byol_views(size: int) -> list[ViewSpec]:
     return [simclr_view(size, blur=1.0), simclr_view(size, blur=0.1, solarize=0.2)]
 
 
-REDUCING_GAP = 1.2   # Image.resize: a crop >= 2.4x its output size is box-reduced by an integer factor first
+RGB_TO_GREY = cv2.COLOR_RGB2GRAY           # ITU-R 601 weights (0.299, 0.587, 0.114), as PIL's convert("L")
+HUE_SPACE = (cv2.COLOR_RGB2HSV_FULL, cv2.COLOR_HSV2RGB_FULL)   # H in 0..255, as PIL's HSV mode
+SOLARIZE_LUT = np.array([i if i < 128 else 255 - i for i in range(256)], dtype=np.uint8)   # DINO's solarize(128)
 
 
-def _blend_with(level: int, image: Image.Image, factor: float) -> Image.Image:
-    """Image.blend of a constant grey `level` with `image` (ImageEnhance's degenerate-image blend)."""
-    return Image.blend(Image.new(image.mode, image.size, (level,) * len(image.getbands())), image, factor)
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision's adjust_brightness (ImageEnhance.Brightness): a blend with black, factor x image."""
+    return cv2.convertScaleAbs(image, alpha=factor)
 
 
-def adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
-    """ImageEnhance.Brightness (torchvision's adjust_brightness on PIL): a blend with black."""
-    return _blend_with(0, image, factor)
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """ImageEnhance.Contrast: a blend with the grey image's mean level, rounded to an integer as PIL does."""
+    level = int(cv2.mean(cv2.cvtColor(image, RGB_TO_GREY))[0] + 0.5)
+    return cv2.addWeighted(image, factor, image, 0.0, (1 - factor) * level)   # saturates (no abs: factor > 1)
 
 
-def adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
-    """ImageEnhance.Contrast: a blend with the mean grey level, rounded (the mean from the L histogram)."""
-    histogram = np.asarray(image.convert("L").histogram(), dtype=np.float64)
-    return _blend_with(int(histogram @ np.arange(256) / histogram.sum() + 0.5), image, factor)
-
-
-def adjust_saturation(image: Image.Image, factor: float) -> Image.Image:
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
     """ImageEnhance.Color: a blend with the image's grey version."""
-    return Image.blend(image.convert("L").convert(image.mode), image, factor)
+    grey = cv2.cvtColor(cv2.cvtColor(image, RGB_TO_GREY), cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(image, factor, grey, 1 - factor, 0)
 
 
-def adjust_hue(image: Image.Image, factor: float) -> Image.Image:
+def adjust_hue(image: np.ndarray, factor: float) -> np.ndarray:
     """torchvision's adjust_hue on PIL (_functional_pil.py: HSV, H += uint8(factor x 255) wrapping, back to RGB),
-    the H shift as one modular add of a constant instead of a round trip through numpy."""
-    hsv = image.convert("HSV")
+    the shift as a lookup table on the H channel."""
     shift = int(np.array(factor * 255).astype(np.uint8))
-    return ImageChops.add_modulo(hsv, Image.new("HSV", hsv.size, (shift, 0, 0))).convert("RGB")
+    identity = np.arange(256, dtype=np.uint8)
+    table = np.stack([(identity + shift).astype(np.uint8), identity, identity], axis=-1)[:, None, :]
+    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(image, HUE_SPACE[0]), table), HUE_SPACE[1])
 
 
-ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)   # ColorJitter's four, on PIL
+ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)   # ColorJitter's four
 
 
-def apply_view(image: Image.Image, spec: ViewSpec, row: list[float], normalize: bool = True,
+def crop_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The box (x0, y0, x1, y1, rounded to whole pixels) of an HWC image resized to size x size: area
+    averaging where it shrinks (antialiased, as PIL's bilinear filter), bilinear where it grows."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    crop = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+    height, width = crop.shape[:2]
+    if (width > size) != (height > size):   # one side shrinks, the other grows: the shrinking one first, by area
+        crop = cv2.resize(crop, (size, height) if width > size else (width, size), interpolation=cv2.INTER_AREA)
+    shrink = crop.shape[0] > size and crop.shape[1] > size
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def apply_view(image: np.ndarray | Image.Image, spec: ViewSpec, row: list[float], normalize: bool = True,
                factor: float = 1.0) -> torch.Tensor:
-    """One view of `image` for its draw `row` (crop box in pixels of an image `factor` x larger): uint8
-    (3, S, S), or normalised float32 with `normalize`. A grey view stays one band through blur and solarisation
-    (the same pixels as three equal bands, a third of the work)."""
-    box = tuple(v / factor for v in row[X0:Y1 + 1])
-    view = image.resize((spec.size, spec.size), Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
+    """One view of an RGB image (HWC uint8 array, or PIL) for its draw `row` (crop box in pixels of an image
+    `factor` x larger), with OpenCV on uint8: uint8 (3, S, S), or normalised float32 with `normalize`. A grey
+    view stays one channel through blur and solarisation (the same pixels as three equal bands)."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    view = crop_resize(image, tuple(v / factor for v in row[X0:Y1 + 1]), spec.size)
     if row[FLIP]:
-        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        view = cv2.flip(view, 1)
     if row[JITTER]:
         factors = row[BRIGHTNESS:HUE + 1]
         for index in row[ORDER]:
             view = ADJUST[int(index)](view, factors[int(index)])
     if row[GRAY]:
-        view = view.convert("L")
-    if row[SIGMA] > 0:
-        view = view.filter(ImageFilter.GaussianBlur(radius=row[SIGMA]))
+        view = cv2.cvtColor(view, RGB_TO_GREY)
+    if row[SIGMA] > 0:   # a true Gaussian of the drawn sigma (DINO passes it to PIL as the radius), edges repeated
+        view = cv2.GaussianBlur(view, (0, 0), row[SIGMA], borderType=cv2.BORDER_REPLICATE)
     if row[SOLARIZE]:
-        view = ImageOps.solarize(view, 128)   # inverts pixels >= 128, as DINO's Solarization
-    pixels = F.pil_to_tensor(view)
-    if pixels.shape[0] == 1:
-        pixels = pixels.expand(3, -1, -1)   # collate and normalisation copy it
+        view = cv2.LUT(view, SOLARIZE_LUT)   # inverts pixels >= 128, as DINO's Solarization
+    pixels = torch.from_numpy(view)
+    pixels = pixels[None].expand(3, -1, -1) if pixels.ndim == 2 else pixels.permute(2, 0, 1)   # collate copies
     return normalize_uint8(pixels[None])[0] if normalize else pixels
 
 
