@@ -257,3 +257,19 @@ def test_pas_plan_adds_the_device_augmentations_gpu_time_to_the_model_or_says_it
         counted = "with the device augmentation's GPU time (6,000 samples/s" in out
         not_counted = "device augmentation of pretrain: GPU time not counted (no dino/device-gpu figure on h100" in out
         assert (counted, not_counted) == ((True, False) if extra else (False, True))
+
+
+def test_a_loader_worker_runs_opencv_on_one_thread():
+    """Each DataLoader worker limits OpenCV to one thread (it would start a pool per worker and oversubscribe)."""
+    import cv2
+    import torch
+
+    from pas.ssl.data import make_loader, one_thread_per_worker
+
+    class Probe(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.tensor(cv2.getNumThreads())
+
+    loader = torch.utils.data.DataLoader(Probe(), batch_size=None, num_workers=1, worker_init_fn=one_thread_per_worker)
+    assert [int(t) for t in loader] == [1]
+    assert make_loader(Probe(), 1, workers=1).worker_init_fn is one_thread_per_worker    # pretraining's loader uses it

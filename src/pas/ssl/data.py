@@ -7,8 +7,8 @@ A view's augmentation is seeded by (seed, epoch, key), so it does not depend on 
 A run resumed mid-epoch skips, undecoded, exactly the records of the batches already trained on.
 A rank (and a worker) reads the bytes of its own tar members only: the others' are seeked over.
 
-With ViewSpec views (pas.ssl.views) a record is decoded once in JPEG draft mode and augmented with
-PIL on uint8 (pas.ssl.augment), or, with `encoded=True`, yielded as its bytes and the views' draws
+With ViewSpec views (pas.ssl.views) a record is decoded once by OpenCV, at the smallest JPEG scale its crops
+allow, and augmented with OpenCV on uint8 (pas.ssl.augment), or, with `encoded=True`, yielded as its bytes and the views' draws
 for the device to decode and augment (pas.ssl.gpu_augment).
 """
 from __future__ import annotations
@@ -274,10 +274,18 @@ class StreamSync(L.Callback):
         self.batches = state_dict["batches"]
 
 
+def one_thread_per_worker(worker_id: int) -> None:
+    """A DataLoader worker augments on one core: OpenCV's own thread pool off, as torch already is in workers."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def make_loader(dataset: ViewStream, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """Batches of full size only; fresh workers each epoch so they see the new epoch."""
+    """Batches of full size only; fresh workers each epoch so they see the new epoch; one thread per worker."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=False,
+                      worker_init_fn=one_thread_per_worker if workers else None)
 
 
 def split_heldout(manifest: pa.Table, count: int, seed: int) -> tuple[pa.Table, pa.Table]:
