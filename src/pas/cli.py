@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("pas.evaluate.show", "one page for the workspace or an experiment: params changed, funnel, headline"),
     "recipe": ("pas.core.recipes", "list the official recipes of recipes/, or print one as dvc exp run -S flags"),
     "share": ("pas.core.share", "push DVC's run-cache with its outputs, so colleagues' dvc exp run --pull restores"),
+    "pool": ("pas.sources.pool_embed", "pool embed FOLDER|URL-LIST OUT: embed a team's pool once (clip-retrieval layout)"),
 }
 LEVELS = {"-q": "WARNING", "--quiet": "WARNING", "-v": "DEBUG", "--verbose": "DEBUG"}
 
