@@ -286,21 +286,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     from pas.core.runtime import setup_logging
+    from pas.core.stage import command_parser
 
-    parser = argparse.ArgumentParser(prog="pas pool", description="team pools: embed once, point pool_index at it")
+    parser = command_parser("pool", "team pools: embed once (pas pool embed --help), point pool_index.source at it")
+    parser.add_argument("--clip", dest="pool_clip", default="models/clip",
+                        help="resolved CLIP model folder (dvc repro models), for every action")
     commands = parser.add_subparsers(dest="action", required=True)
     embed = commands.add_parser("embed", help=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     embed.add_argument("source", type=Path, help="folder of images / tar shards, img2dataset output, or URL list")
     embed.add_argument("out", type=Path, help="output folder (clip-retrieval layout)")
-    embed.add_argument("--clip", default="models/clip", help="resolved CLIP model folder (dvc repro models)")
+    embed.add_argument("--clip", default=None, help="resolved CLIP model folder; None: pas pool --clip (models/clip)")
     embed.add_argument("--part-size", type=int, default=PART_SIZE, help="images per part of a plain folder")
     embed.add_argument("--batch-size", type=int, default=64, help="images per CLIP batch")
     embed.add_argument("--min-side", type=int, default=16, help="smaller images are skipped")
     embed.add_argument("--max-parts", type=int, default=None, help="stop after embedding this many parts")
     args = parser.parse_args(argv)
     setup_logging()
-    counts = embed_pool_folder(args.source, args.out, args.clip, args.part_size, args.batch_size, args.min_side,
+    counts = embed_pool_folder(args.source, args.out, args.clip or args.pool_clip, args.part_size, args.batch_size, args.min_side,
                                args.max_parts)
     print(json.dumps(counts))
     return 0
