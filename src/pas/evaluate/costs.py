@@ -29,6 +29,7 @@ from pas.evaluate.throughput import (
     clip_dim,
     generator_model,
     input_rate,
+    is_tiny,
     augment_rate,
     load_table,
     no_figure,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from pas.sources.pool_config import PoolIndexConfig
     from pas.sources.retrieve import RetrieveConfig
     from pas.ssl.pretrain import PretrainConfig
+    from pas.transfer.finetune import FinetuneConfig
 
 JPEG_BYTES_PER_PIXEL = 0.25  # a q90 JPEG of a photo: about 2 bits a pixel (an estimate, stated in the output)
 
@@ -78,6 +80,8 @@ class Settings:
     pool_index: PoolIndexConfig
     retrieve: RetrieveConfig
     pretrain: PretrainConfig   # with its recipe applied, as stages/pretrain.py applies it
+    finetune: FinetuneConfig   # with its recipe applied, as stages/finetune.py applies it
+    downstream: tuple[tuple[int, int], ...]   # (train, test) images per downstream dataset: sample_data's one set
 
 
 def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -107,7 +111,13 @@ def checked(params: dict[str, Any], source: str = "params.yaml") -> Settings:
     _section(params, "pretrain")   # a mapping, before with_recipe copies it
     pretrain = build(PretrainConfig, with_recipe(params, "pretrain"), "pretrain")
     check_unpriced_sections(params)
-    return Settings(top, models, generate, pool_index, retrieve, pretrain)
+    from pas.data.sample_data import SampleDataConfig
+    from pas.transfer.finetune import finetune_config
+
+    sample = build(SampleDataConfig, _section(params, "sample_data"), "sample_data")
+    finetune = finetune_config(with_recipe(params, "finetune"))
+    return Settings(top, models, generate, pool_index, retrieve, pretrain, finetune,
+                    ((sample.downstream_train, sample.downstream_test),))
 
 
 def check_unpriced_sections(params: dict[str, Any]) -> None:
@@ -162,8 +172,48 @@ def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
     return {**work, "images": steps * global_batch, "detail": f"{what}: {length}"}
 
 
-def stage_work(settings: Settings, pool_images: int | None, gpus: int = 1) -> list[dict[str, Any]]:
-    """Per stage: images processed and the (task, model) whose rate prices them, from the params alone."""
+def full_train_images(train: int, cfg: Any) -> int:
+    """Images full fine-tuning trains on for one dataset's `train` images, counted as pas.transfer.fulltune counts
+    them: the stratified subset of full.max_train_images (about that many: each class keeps its rounded share), then
+    per epoch whole batches of full.batch_size (one batch of all of them when fewer)."""
+    picked = train if cfg.max_train_images <= 0 else min(train, cfg.max_train_images)
+    steps = max(1, picked // cfg.batch_size)            # finetune_full drops the last partial batch
+    return cfg.epochs * min(picked, steps * cfg.batch_size)
+
+
+def finetune_work(cfg: FinetuneConfig, backbone: str, downstream: Sequence[tuple[int, int]], source: str
+                  ) -> dict[str, Any]:
+    """The images the finetune stage runs through its backbones, per init, as pas.transfer.finetune runs them: one
+    feature pass over train + test per (dataset, init); with `full` among the protocols, full.epochs of the
+    (capped) train images as training steps and one prediction pass over test, twice when ELFIS extends `full`.
+    The linear, kNN and few-shot protocols train on the features alone (no backbone) and are not counted."""
+    from pas.transfer.inits import resolve_arch
+
+    runs = ("full" in cfg.protocols) * (1 + ("full" in cfg.elfis.protocols))
+    parts = []
+    for spec in cfg.inits:
+        arch = resolve_arch(spec, backbone)
+        features = sum(train + test for train, test in downstream)
+        training = runs * sum(full_train_images(train, cfg.full) for train, _ in downstream)
+        predict = runs * sum(test for _, test in downstream)
+        parts.append({"init": spec.name, "arch": arch, "timm_eval": spec.weights == "timm",
+                      "forward": features + predict, "train": training})
+    kind = cfg.full.augmentation(cfg.image_size)
+    sets = ", ".join(f"{train:,}+{test:,}" for train, test in downstream)
+    full = (f"full: {cfg.full.epochs} epoch(s) x train" + (f" capped at {cfg.full.max_train_images:,}"
+            if cfg.full.max_train_images > 0 else "") + f" x {runs} run(s), {kind} + flip in DataLoader workers"
+            if runs else "no full fine-tuning (protocols without full): features only")
+    detail = (f"{len(cfg.inits)} init(s) x {len(downstream)} dataset(s) of train+test {sets} ({source}) at "
+              f"{cfg.image_size}px: features of train+test; {full}; on one device")
+    return {"stage": "finetune", "task": "finetune", "model": None, "images": sum(p["forward"] + p["train"]
+            for p in parts), "parts": parts, "image_size": cfg.image_size, "augment": kind if runs else None,
+            "detail": detail}
+
+
+def stage_work(settings: Settings, pool_images: int | None, gpus: int = 1,
+               downstream: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+    """Per stage: images processed and the (task, model) whose rate prices them, from the params alone
+    (`downstream`: (train, test) images per downstream dataset; default sample_data's offline set)."""
     top = settings.top
     counts = candidate_counts(top.size, top.oversample, top.mix)
     clip = clip_arch(settings.models.clip)
@@ -179,6 +229,9 @@ def stage_work(settings: Settings, pool_images: int | None, gpus: int = 1) -> li
         {"stage": "embed", "images": counts["generated"], "task": "clip_embed", "model": clip,
          "note": "retrieved images reuse their pool vectors"},
         pretrain_work(settings.pretrain, top.size, gpus),
+        finetune_work(settings.finetune, settings.pretrain.backbone, downstream or settings.downstream,
+                      "--finetune-images" if downstream else "sample_data.downstream_train/_test, the offline "
+                      "default's one dataset: --finetune-images TRAIN,TEST per dataset for others"),
     ]
 
 
@@ -228,12 +281,99 @@ def with_augment(model: Rate, augment: Rate | None) -> Rate:
                       f"samples/s, {augment.how})", model.measured and augment.measured)
 
 
+def backbone_gflops(arch: str, size: int, timm_eval: bool) -> tuple[float | None, int, str]:
+    """(forward GFLOPs per image of the headless timm backbone, the side it sees, why not counted): counted with
+    torch's FLOP counter on the meta device (no weights, no memory), as benchmarks/throughput.py counts its models;
+    a `weights: timm` init sees timm's evaluation size (its pretrained cfg), as pas.transfer.inits feeds it."""
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            net = timm.create_model(arch, num_classes=0, pretrained=False)
+            if timm_eval:
+                size = int(resolve_data_config(model=net)["input_size"][-1])
+            if hasattr(net, "set_input_size"):   # ViTs: position embeddings at this side, as features.prepare does
+                net.set_input_size(img_size=size)
+            with FlopCounterMode(display=False) as counter:
+                net(torch.zeros(1, 3, size, size))
+    except Exception as err:   # noqa: BLE001 - an arch timm cannot build here is named in the row, not a crash
+        return None, size, f"FLOPs of {arch} not counted: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return counter.get_total_flops() / 1e9, size, ""
+
+
+def finetune_rates(figures: list[dict[str, Any]], arch: str, size: int, timm_eval: bool, device: str
+                   ) -> tuple[Rate | None, Rate | None, int, str]:
+    """(forward rate, training rate, side, why unpriced) of one init's backbone: the table's finetune_features /
+    finetune_train figures at that side (measured or extrapolated, as `rate` finds them), else the forward FLOPs
+    counted on the meta device at UTILISATION; training without its own figure costs 3 forward passes (forward +
+    backward), said so."""
+    if timm_eval:
+        _, size, _ = backbone_gflops(arch, size, timm_eval) if not is_tiny(arch) else (None, size, "")
+    mine = [f for f in figures if f.get("image_size") in (None, size)]
+    forward, train = rate(mine, "finetune_features", arch, device), rate(mine, "finetune_train", arch, device)
+    why = ""
+    if forward is None and device in GPUS and not is_tiny(arch):
+        gflops, size, why = backbone_gflops(arch, size, timm_eval)
+        if gflops:
+            counted = [{"task": "finetune_features", "model": arch, "device": "meta", "gflops_per_image": gflops}]
+            found = rate(counted, "finetune_features", arch, device)
+            forward = Rate(found.images_per_s, f"{found.how} (forward FLOPs counted on the meta device at {size}px)",
+                           False)
+    if forward is None:
+        return None, None, size, why or no_figure(figures, "finetune_features", arch)
+    if train is None:
+        train = Rate(forward.images_per_s / 3, f"3 x the forward pass (no finetune_train figure): {forward.how}", False)
+    return forward, train, size, ""
+
+
+def price_finetune(work: dict[str, Any], figures: list[dict[str, Any]], device: str, cpus: int) -> dict[str, Any]:
+    """The finetune row: per init, its forward passes at the backbone's forward rate and its training steps at the
+    slower of the training rate and full fine-tuning's augmentation on `cpus` cores (DataLoader workers, the CPU on
+    any device: a `finetune_<augment>/cpu` input figure), on one device; which bounds it."""
+    feed = None
+    if work["augment"]:
+        core = input_rate(figures, f"finetune_{work['augment']}", "cpu", work["image_size"])
+        if core is not None:
+            feed = Rate(core.images_per_s * cpus, f"{core.images_per_s:,.1f} samples/s per core x {cpus} cores "
+                                                  f"({core.how})", core.measured)
+    row = {"note": None, **work, "device_hours": None, "wall_hours": None, "rate": None, "bound": None,
+           "feed": feed, "feed_path": "cpu"}
+    seconds, measured, bounds, hows = 0.0, True, set(), []
+    for part in work["parts"]:
+        forward, train, size, why = finetune_rates(figures, part["arch"], work["image_size"], part["timm_eval"],
+                                                   device)
+        if forward is None:
+            row["note"] = f"init {part['init']}: {why}"
+            return row
+        bound = "input" if part["train"] and feed is not None and feed.images_per_s < train.images_per_s else "model"
+        step = feed if bound == "input" else train
+        seconds += part["forward"] / forward.images_per_s + part["train"] / step.images_per_s
+        measured &= forward.measured and (step.measured or not part["train"])
+        bounds.add(bound if part["train"] else "model")
+        hows.append(f"{part['init']} ({part['arch']} at {size}px): forward {forward.images_per_s:,.1f} img/s, "
+                    f"{forward.how}" + (f"; training {train.images_per_s:,.1f} img/s, {train.how}"
+                                        if part["train"] else ""))
+    hours = seconds / 3600
+    speed = work["images"] / seconds if seconds else 0.0
+    row.update(device_hours=hours, wall_hours=hours, speed=speed, bound="input" if "input" in bounds else "model",
+               rate=Rate(speed, "; ".join(hows), measured), hows=hows)
+    return row
+
+
 def plan(settings: Settings, figures: list[dict[str, Any]], device: str, gpus: int,
-         pool_images: int | None, cpus_per_gpu: int = 16) -> dict[str, Any]:
+         pool_images: int | None, cpus_per_gpu: int = 16,
+         downstream: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Per-stage images, GPU-hours (device-hours on a CPU), wall hours on `gpus` devices, the figure used and, for a
-    training row, whether the model or the input pipeline on `cpus_per_gpu` cores bounds it."""
+    training row, whether the model or the input pipeline on `cpus_per_gpu` cores bounds it (`downstream`: (train,
+    test) images per downstream dataset for the finetune row; default sample_data's)."""
     rows = []
-    for work in stage_work(settings, pool_images, gpus):
+    for work in stage_work(settings, pool_images, gpus, downstream):
+        if work["stage"] == "finetune":
+            rows.append(price_finetune(work, figures, device, cpus_per_gpu))
+            continue
         row = {"note": None, **work, "device_hours": None, "wall_hours": None, "rate": None, "bound": None}
         if work["task"] and work["images"]:
             found = rate(figures, work["task"], work["model"], device)
@@ -265,6 +405,19 @@ def _hours(value: float | None) -> str:
     return "-" if value is None else f"{value:,.2f}" if value >= 1 else f"{value:.3g}"
 
 
+def finetune_figures(row: dict[str, Any], device: str) -> list[str]:
+    """The finetune row's figures: per init its forward and training rates, and its input pipeline's."""
+    lines = [f"  finetune on {device}, init {how}" for how in row["hows"]] if row["rate"] else []
+    if row["augment"]:
+        feed = row["feed"]
+        lines.append(f"  input of finetune (full fine-tuning's {row['augment']} + flip on decoded uint8 images, "
+                     "DataLoader workers on the CPU): " + (f"{feed.images_per_s:,.1f} samples/s from {feed.how}"
+                     if feed else f"not measured (no finetune_{row['augment']}/cpu input figure in the table; the "
+                                  "pretraining methods' figures include JPEG decode and colour jitter, so none is "
+                                  "reused): training priced at the model's rate"))
+    return lines
+
+
 def render(result: dict[str, Any], device: str, gpus: int) -> str:
     """The plan as a terminal table plus the total and the provenance of every figure."""
     unit = "GPU-h" if device in GPUS else "CPU-h"
@@ -272,11 +425,15 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
              f"model or input, first)"]
     for row in result["rows"]:
         images = "?" if row["images"] is None else f"{row['images']:,}"
-        source = row["feed"] if row["bound"] == "input" else row["rate"]
+        finetune = row["stage"] == "finetune"   # its rate already mixes its parts' bounds and sources
+        source = row["feed"] if row["bound"] == "input" and not finetune else row["rate"]
         figure = (f"{row['speed']:,.1f} img/s, {'measured' if source.measured else 'EXTRAPOLATED'}"
                   if source else (row.get("note") or ""))
+        if finetune and source and row["augment"] and row["feed"] is None:
+            figure += " (input not measured)"
+        named = ("input" in row or finetune) and row["bound"]
         lines.append(f"{row['stage']:<11}{images:>14}{_hours(row['device_hours']):>11}{_hours(row['wall_hours']):>14}"
-                     f"  {row['bound'] + ' ' if 'input' in row and row['bound'] else ''}{figure}")
+                     f"  {row['bound'] + ' ' if named else ''}{figure}")
     lines.append(f"{'total':<11}{'':>14}{_hours(result['device_hours']):>11}{_hours(result['wall_hours']):>14}"
                  + (f"  (not priced: {', '.join(result['unpriced'])})" if result["unpriced"] else ""))
     lines += [f"{row['stage']}: {row['detail']}" for row in result["rows"] if row.get("detail")]
@@ -285,6 +442,9 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
                  f"embeddings {disk['embeddings']:,.1f} GB, pool chunks + index {disk['pool_index']:,.1f} GB")
     lines.append("figures:")
     for row in result["rows"]:
+        if row["stage"] == "finetune":
+            lines += finetune_figures(row, device)
+            continue
         if row["rate"]:
             lines.append(f"  {row['stage']}: {row['task']} {row['model']} on {device}: {row['rate'].how}")
         if row["rate"] and "input" in row:
@@ -295,8 +455,22 @@ def render(result: dict[str, Any], device: str, gpus: int) -> str:
             if row["feed_path"] == "device" and row.get("augment") is None:
                 lines.append(f"  device augmentation of {row['stage']}: GPU time not counted (no {method}/device-gpu "
                              f"figure on {device}: bash benchmarks/gpu.sh)")
-    lines.append(f"wall time assumes the {gpus} device(s) share every stage evenly (Ray actors, DDP ranks).")
+    lines.append(f"wall time assumes the {gpus} device(s) share every stage evenly (Ray actors, DDP ranks), but "
+                 "finetune, which runs on one.")
     return "\n".join(lines)
+
+
+def split_counts(text: str) -> tuple[int, int]:
+    """`TRAIN,TEST` of --finetune-images -> (train, test), both whole numbers, train at least 1."""
+    train, _, test = text.partition(",")
+    try:
+        counts = int(train), int(test)
+    except ValueError:
+        counts = (-1, -1)
+    if counts[0] < 1 or counts[1] < 0:
+        raise ConfigError(f"--finetune-images {text!r} must be TRAIN,TEST image counts of one dataset (e.g. "
+                          "50000,10000), train at least 1")
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="CPU cores feeding each device (decode + augmentation, or the device path's CPU work)")
     parser.add_argument("--pool-images", type=int, default=None,
                         help="images in the unlabeled pool to embed (0: a pool of precomputed embeddings)")
+    parser.add_argument("--finetune-images", action="append", default=None, metavar="TRAIN,TEST",
+                        help="train and test images of one downstream dataset, once per dataset (default: "
+                             "sample_data.downstream_train,downstream_test: the offline default's one dataset)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--table", default=str(DEFAULT_TABLE), help="throughput table (benchmarks/throughput.py)")
     args = parser.parse_args(argv)
@@ -324,12 +501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--cpus-per-gpu {args.cpus_per_gpu} must be at least 1")
         if args.pool_images is not None and args.pool_images < 0:
             raise ConfigError(f"--pool-images {args.pool_images} must be 0 or more")
+        downstream = [split_counts(text) for text in args.finetune_images or []]
         params = params_with_overrides(Path(args.params), args.set_param)
         settings = checked(params, f"{args.params} with -S overrides" if args.set_param else args.params)
         pool = args.pool_images
         if pool is None:
             pool = pool_size(settings.pool_index.source)
-        result = plan(settings, load_table(Path(args.table)), args.gpu, args.gpus, pool, args.cpus_per_gpu)
+        result = plan(settings, load_table(Path(args.table)), args.gpu, args.gpus, pool, args.cpus_per_gpu,
+                      downstream)
     except PasError as err:
         print(f"pas plan: error: {err}", file=sys.stderr)
         return 2
