@@ -44,14 +44,14 @@ def number(text: str) -> float:
 
 def rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in
-            ("generate", "pool_index", "retrieve", "embed", "pretrain", "total")}
+            ("generate", "pool_index", "retrieve", "embed", "pretrain", "finetune", "total")}
 
 
 def test_plan_prices_every_stage_from_the_table_and_totals_them(table, capsys):
     assert main(["plan", *SETTINGS, "--gpu", "h100", "--gpus", "8", "--pool-images", "0", "--table", table]) == 0
     out = capsys.readouterr().out
     table_rows = rows(out)
-    assert set(table_rows) == {"generate", "pool_index", "retrieve", "embed", "pretrain", "total"}
+    assert set(table_rows) == {"generate", "pool_index", "retrieve", "embed", "pretrain", "finetune", "total"}
     generated = 1_200_000                                      # 1.2M x oversample 2 x (1 - real share 0.5)
     assert table_rows["generate"][1] == f"{generated:,}"
     generate_h = generated / 40.0 / 3600                       # the measured batch-16 figure, not batch 1
@@ -86,6 +86,7 @@ def test_a_stage_without_a_figure_is_named_not_priced(table, capsys):
     (["-S", "size"], "pas plan: error: -S 'size' is refused, as dvc exp run refuses it: Error parsing override 'size'"),
     (["-S", "size=1.2Q"], "pas plan: error: size='1.2Q' is not a size"),
     (["--table", "/nonexistent/t.json"], "pas plan: error: /nonexistent/t.json not found: run `python benchmarks/"),
+    (["--finetune-images", "5000"], "pas plan: error: --finetune-images '5000' must be TRAIN,TEST image counts"),
 ])
 def test_bad_input_is_one_line_and_exit_2(flags, message, table, capsys):
     args = ["plan", *flags] if "--table" in flags else ["plan", *flags, "--table", table]
@@ -134,7 +135,10 @@ def test_a_recipe_is_priced_as_the_pretrain_stage_applies_it(table, capsys):
     assert f"pretrain: pretrain {method}/{backbone} on h100: extrapolated from 112 GFLOPs/image" in out
     assert (f"pretrain: {method}/{backbone} at {RECIPE['image_size']}px (recipe dino_vits16): {epochs} epoch(s) of "
             f"{SIZE} images" in out)
-    assert PARAMS["pretrain"]["backbone"] not in out
+    not_finetune = "\n".join(line for line in out.splitlines()
+                             if not line.lstrip().startswith(("finetune", "fine-tuning", "input of fine")))
+    assert PARAMS["pretrain"]["backbone"] not in not_finetune       # the imagenet init's own arch may share its name
+    assert f"init pas ({backbone} at " in out                        # the pas init is the recipe's backbone
 
 
 @pytest.mark.parametrize(("flags", "seen"), [
@@ -234,8 +238,11 @@ def test_a_tiny_test_model_is_never_extrapolated_into_a_throughput(gpu, tmp_path
     for stage, where in (("pool_index", "cpu"), ("embed", "cpu"), ("generate", "a100")):
         assert table_rows[stage][2] == "-" and " ".join(table_rows[stage][4:]) == \
             f"no figure (tiny test model, measured on {where} only)"
-    assert "EXTRAPOLATED" not in out and "img/s" not in out and "GFLOPs" not in out
-    assert table_rows["total"][1:3] == ["-", "-"]
+    # the finetune row's backbones are params' real architectures (tf_efficientnet_lite0), priced from their FLOPs
+    rest = "\n".join(line for line in out.splitlines()
+                     if not line.lstrip().startswith(("finetune", "fine-tuning", "input of fine")))
+    assert "EXTRAPOLATED" not in rest and "img/s" not in rest and "GFLOPs" not in rest
+    assert table_rows["total"][1:3] == table_rows["finetune"][2:4]
 
 
 def test_a_tiny_test_model_is_priced_where_it_was_measured(tmp_path, capsys):
@@ -300,3 +307,70 @@ def test_a_cpu_plan_prices_the_cpu_path(tmp_path, capsys):
     assert row[4] == "model" and number(row[5]) == 2.0                          # 2 img/s model < 50 img/s input
     assert main(["plan", *SETTINGS, "--gpu", "h100", "--cpus-per-gpu", "0", "--table", str(path)]) == 2
     assert "--cpus-per-gpu 0 must be at least 1" in capsys.readouterr().err
+
+
+# --- the finetune row: the images the finetune stage runs through its backbones, priced like the pretraining row
+
+ARCH = PARAMS["pretrain"]["backbone"]          # every default init's architecture (pas, random, imagenet)
+FINETUNE = [{"task": "finetune_features", "model": ARCH, "batch": 256, "image_size": 64, "device": "h100",
+             "images_per_s": 1000.0, "machine": "NVIDIA H100", "date": "2026-12-07", "gflops_per_image": None},
+            {"task": "finetune_train", "model": ARCH, "batch": 64, "image_size": 64, "device": "h100",
+             "images_per_s": 300.0, "machine": "NVIDIA H100", "date": "2026-12-07", "gflops_per_image": None},
+            {"task": "input", "model": "finetune_pad_crop/cpu", "batch": 64, "image_size": 64, "device": "cpu",
+             "images_per_s": 10.0, "machine": "a CPU", "date": "2026-12-07", "gflops_per_image": None}]
+
+
+def finetune_images(train: int, test: int, flags: list[str]) -> int:
+    """Images per init as pas.transfer.finetune runs them: features of train + test, then per full run the capped
+    train subset's whole batches of 64 for each epoch plus the test predictions."""
+    epochs = 3 if "finetune.full.epochs=3" in flags else 1
+    cap = train if "finetune.full.max_train_images=0" in flags else min(train, 200)
+    runs = 0 if "finetune.protocols=[linear, knn]" in flags else 2 if "finetune.elfis.protocols=[linear, full]" in \
+        flags else 1
+    return train + test + runs * (epochs * min(cap, max(1, cap // 64) * 64) + test)
+
+
+@pytest.mark.parametrize("flags", [[], ["-S", "finetune.full.epochs=3"], ["-S", "finetune.full.max_train_images=0"],
+                                   ["-S", "finetune.protocols=[linear, knn]"],
+                                   ["-S", "finetune.elfis.protocols=[linear, full]"]])
+def test_the_finetune_row_counts_the_images_the_stage_runs(flags, tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": FIGURES + FINETUNE}))
+    inits = len(PARAMS["finetune"]["inits"])
+    train, test = PARAMS["sample_data"]["downstream_train"], PARAMS["sample_data"]["downstream_test"]
+    assert main(["plan", *flags, "--pool-images", "0", "--table", str(path)]) == 0        # sample_data's one set
+    assert rows(capsys.readouterr().out)["finetune"][1] == f"{inits * finetune_images(train, test, flags):,}"
+    sets = ["--finetune-images", "50000,10000", "--finetune-images", "100,20"]           # one per dataset
+    assert main(["plan", *flags, *sets, "--pool-images", "0", "--table", str(path)]) == 0
+    seen = inits * (finetune_images(50000, 10000, flags) + finetune_images(100, 20, flags))
+    assert rows(capsys.readouterr().out)["finetune"][1] == f"{seen:,}"
+
+
+@pytest.mark.parametrize("cpus, bound", [(16, "input"), (256, "model")])
+def test_the_finetune_row_runs_at_the_slower_of_the_model_and_its_augmentation(cpus, bound, tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"figures": FIGURES + FINETUNE}))
+    assert main(["plan", "--gpus", "4", "--pool-images", "0", "--table", str(path), "--cpus-per-gpu", str(cpus)]) == 0
+    out = capsys.readouterr().out
+    row, inits = rows(out)["finetune"], len(PARAMS["finetune"]["inits"])
+    train = min(10.0 * cpus, 300.0)                     # pad_crop on the cores, or the measured training figure
+    seconds = inits * ((1000 + 500 + 500) / 1000.0 + 192 / train)
+    assert row[4] == bound and row[-1] == "measured"
+    assert number(row[2]) == pytest.approx(seconds / 3600, rel=1e-2)
+    assert number(row[3]) == number(row[2])             # the finetune stage runs on one device, not on the 4
+    assert (f"input of finetune (full fine-tuning's pad_crop + flip on decoded uint8 images, DataLoader workers on "
+            f"the CPU): {10.0 * cpus:,.1f} samples/s from 10.0 samples/s per core x {cpus} cores") in out
+
+
+def test_unmeasured_finetune_is_extrapolated_from_the_backbones_flops_and_says_its_input_is_not_measured(table,
+                                                                                                         capsys):
+    assert main(["plan", "-S", "finetune.image_size=224", "--pool-images", "0", "--table", table]) == 0
+    out = capsys.readouterr().out
+    row = rows(out)["finetune"]
+    assert row[4] == "model" and " ".join(row[6:]) == "img/s, EXTRAPOLATED (input not measured)"
+    assert "no finetune_random_resized_crop/cpu input figure in the table" in out
+    assert f"init pas ({ARCH} at 224px): forward " in out
+    assert "(forward FLOPs counted on the meta device at 224px); training " in out
+    assert "3 x the forward pass (no finetune_train figure)" in out
+    assert main(["plan", "--gpu", "cpu", "--pool-images", "0", "--table", table]) == 0     # a CPU: measured only
+    assert f"no figure for finetune_features {ARCH} in the throughput table" in capsys.readouterr().out

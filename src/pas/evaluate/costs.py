@@ -407,7 +407,7 @@ def _hours(value: float | None) -> str:
 
 def finetune_figures(row: dict[str, Any], device: str) -> list[str]:
     """The finetune row's figures: per init its forward and training rates, and its input pipeline's."""
-    lines = [f"  finetune on {device}, init {how}" for how in row["hows"]] if row["rate"] else []
+    lines = [f"  fine-tuning on {device}, init {how}" for how in row["hows"]] if row["rate"] else []
     if row["augment"]:
         feed = row["feed"]
         lines.append(f"  input of finetune (full fine-tuning's {row['augment']} + flip on decoded uint8 images, "
