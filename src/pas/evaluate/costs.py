@@ -6,7 +6,8 @@ which, and how; a tiny test model (tiny://) is priced only where it was measured
 of the model's rate and its input pipeline's (the per-core figures of benchmarks/input_pipeline.py times
 --cpus-per-gpu cores; on a GPU the device path, whose CPU work is what the cores do), and says which bounds it. The params are checked as the
 stages check them, recipes applied, and pretraining is counted in the images it sees (epochs, or pretrain.budget)
-as pas.ssl.pretrain counts them.
+as pas.ssl.pretrain counts them; fine-tuning in the images its backbones process per downstream dataset and init
+(feature passes, full fine-tuning's steps and predictions) as pas.transfer.finetune runs them.
 """
 from __future__ import annotations
 
