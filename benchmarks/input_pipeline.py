@@ -195,6 +195,33 @@ def measure(manifest: pa.Table, root: Path, size: int, batch: int, repeats: int)
     return [{"official_dino": statistics.median(official), "size": size, "rows": rows}]
 
 
+def measure_finetune(size: int, batch: int, repeats: int) -> dict[str, float]:
+    """Per-core samples/s of full fine-tuning's CPU augmentation (pas.transfer.fulltune, in DataLoader workers): a
+    random resized crop + flip (ImageNet) or a padded crop + flip (CIFAR) of already decoded images at `size`."""
+    from pas.transfer.fulltune import _augment, random_resized_crop
+
+    pixels = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rates = {}
+    for name, augment in (("random_resized_crop", random_resized_crop), ("pad_crop", _augment)):
+        gen, runs = torch.Generator().manual_seed(0), []
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(4):
+                augment(pixels, gen)
+            runs.append(4 * batch / (time.process_time() - start))
+        rates[name] = statistics.median(runs)
+    return rates
+
+
+def finetune_figures(rates: dict[str, float], batch: int, size: int) -> list[dict[str, Any]]:
+    """throughput.json figures: task input, model finetune_<augment>/cpu, samples/s of one CPU core (pas plan's
+    fine-tuning row bound)."""
+    machine = f"{platform.machine()} CPU, 1 thread"
+    return [{"task": "input", "model": f"finetune_{name}/cpu", "batch": batch, "image_size": size, "device": "cpu",
+             "machine": machine, "date": datetime.date.today().isoformat(), "gflops_per_image": None,
+             "images_per_s": value, "per_core": True} for name, value in rates.items()]
+
+
 def figures(result: dict[str, Any], batch: int) -> list[dict[str, Any]]:
     """throughput.json figures: task input, model <method>/<path>, samples/s of one CPU core."""
     machine = f"{platform.machine()} CPU, 1 thread"
@@ -303,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help=f"save the figures into {TABLE}")
     parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--finetune-only", action="store_true",
+                        help="time only full fine-tuning's augmentation (and save its figures with --write)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -312,13 +341,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         return main_device(args)
     args.batch = args.batch or 16
+    if args.finetune_only:
+        return main_finetune(args)
     with tempfile.TemporaryDirectory(prefix="pas-input-") as tmp:
         manifest = make_shards(Path(tmp), args.images)
         (result,) = measure(manifest, Path(tmp), args.size, args.batch, args.repeats)
+    finetune = measure_finetune(args.size, args.batch, args.repeats)
     print(render(result))
+    print("full fine-tuning's augmentation (decoded images, in DataLoader workers), samples/s per CPU core: "
+          + ", ".join(f"{name} {value:,.1f}" for name, value in finetune.items()))
     if args.write:
-        merge(args.table, figures(result, args.batch))
-        print(f"saved {len(result['rows']) * 2 + 1} figures (task input) into {args.table}")
+        merge(args.table, figures(result, args.batch) + finetune_figures(finetune, args.batch, args.size))
+        print(f"saved {len(result['rows']) * 2 + 1 + len(finetune)} figures (task input) into {args.table}")
+    return 0
+
+
+def main_finetune(args: argparse.Namespace) -> int:
+    """--finetune-only: full fine-tuning's augmentation rates, printed (and saved with --write)."""
+    finetune = measure_finetune(args.size, args.batch, args.repeats)
+    for name, value in finetune.items():
+        print(f"finetune_{name}/cpu at {args.size} px: {value:,.1f} samples/s per CPU core")
+    if args.write:
+        merge(args.table, finetune_figures(finetune, args.batch, args.size))
     return 0
 
 
