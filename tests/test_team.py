@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from dvc_repo import copy_sources, ran, set_params
+from moto_s3 import free_port, s3_server
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("dvc_s3", reason="the test extra installs dvc-s3")
@@ -35,26 +35,11 @@ SMALL = {"size": 100, "sample_data.pool_animals": 600, "sample_data.downstream_t
 EXPERIMENT = {"report.samples": 4}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on a free port with an empty bucket; the fake credentials go in each command's env."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
+    with s3_server(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

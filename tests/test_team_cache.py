@@ -91,19 +91,10 @@ def team(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_server():
     pytest.importorskip("moto.server", reason="the test extra installs moto[server]")
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from moto_s3 import s3_server as serve_s3
 
-    from test_team import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="team")
-    yield url
-    server.stop()
+    with serve_s3("team") as url:
+        yield url
 
 
 def clone(team: dict, name: str) -> Path:
