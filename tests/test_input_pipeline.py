@@ -260,16 +260,24 @@ def test_pas_plan_adds_the_device_augmentations_gpu_time_to_the_model_or_says_it
 
 
 def test_a_loader_worker_runs_opencv_on_one_thread():
-    """Each DataLoader worker limits OpenCV to one thread (it would start a pool per worker and oversubscribe)."""
-    import cv2
-    import torch
+    """Each DataLoader worker limits OpenCV to one thread (it would start a pool per worker and oversubscribe).
 
-    from pas.ssl.data import make_loader, one_thread_per_worker
+    Run in a fresh process, as a stage is: a worker forked from a process whose OpenCV pool already ran (this test
+    process, after the other tests) can hang in OpenCV, which is not fork-safe once its threads exist.
+    """
+    import subprocess
+    import sys
 
-    class Probe(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            yield torch.tensor(cv2.getNumThreads())
+    probe = """
+import cv2, torch
+from pas.ssl.data import make_loader, one_thread_per_worker
 
-    loader = torch.utils.data.DataLoader(Probe(), batch_size=None, num_workers=1, worker_init_fn=one_thread_per_worker)
-    assert [int(t) for t in loader] == [1]
-    assert make_loader(Probe(), 1, workers=1).worker_init_fn is one_thread_per_worker    # pretraining's loader uses it
+class Probe(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.tensor(cv2.getNumThreads())
+
+loader = torch.utils.data.DataLoader(Probe(), batch_size=None, num_workers=1, worker_init_fn=one_thread_per_worker)
+print([int(t) for t in loader], make_loader(Probe(), 1, workers=1).worker_init_fn is one_thread_per_worker)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[0] == "[1] True"
