@@ -32,7 +32,8 @@ def _models_stage(tmp_path, generator, clip) -> dict:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "models.py"), "--params", "params.yaml",
-                           "--generator", "models/generator", "--clip", "models/clip", "--lock", "models/lock.json"],
+                           "--generator", "models/generator", "--clip", "models/clip", "--baselines", "models/baselines",
+                           "--lock", "models/lock.json"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((tmp_path / "models" / "lock.json").read_text())
@@ -56,19 +57,24 @@ def test_local_model_folders_are_pinned_by_their_content_in_the_lock(tmp_path, t
 
 
 @pytest.mark.parametrize(("role", "name", "message"), [
-    ("generator", "sdxl-turbo", r"models.generator='sdxl-turbo' \(stabilityai/sdxl-turbo\): could not download from the Hugging "
-                                r"Face hub \(\w+\); "
-                                r"check the id and network, or use a local dir or tiny://sd"),
-    ("generator", "someone/some-model", r"models.generator='someone/some-model': could not download"),
-    ("clip", "hf-hub:someone/some-clip", r"models.clip='hf-hub:someone/some-clip': could not download \(\w+\); "
-                                         r"check the id and network, or use a local dir or tiny://clip"),
+    ("generator", "sdxl-turbo", r"models.generator='sdxl-turbo': stabilityai/sdxl-turbo is not in the Hugging Face "
+                                r"cache \(.*\) and HF_HUB_OFFLINE=1 forbids downloading it; fill the cache"),
+    ("generator", "someone/some-model", r"models.generator='someone/some-model': someone/some-model is not in the "
+                                        r"Hugging Face cache"),
+    ("clip", "hf-hub:someone/some-clip", r"models.clip='hf-hub:someone/some-clip': someone/some-clip is not in the "
+                                         r"Hugging Face cache .* or unset HF_HUB_OFFLINE and set HF_ENDPOINT"),
 ])
 def test_the_hub_path_offline_fails_with_one_line_naming_the_model(role, name, message, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
+    from pas.models.fetch import fetch_hub
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ConfigError, match=message) as err:
-        resolve(role, name, tmp_path / role)
+        resolve(role, name, tmp_path / role, fetch_hub)
     assert "\n" not in str(err.value)
 
 
