@@ -36,8 +36,10 @@ def ray_cluster():
 
 
 @pytest.fixture
-def one_thread():
-    """The single-process baseline with the actors' thread count (CPU results depend on it)."""
+def one_thread(monkeypatch):
+    """The single-process baseline with the actors' thread count (CPU results depend on it): PAS_NUM_THREADS, which
+    the stages apply where torch runs, as the actors' runtime env sets it."""
+    monkeypatch.setenv("PAS_NUM_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
