@@ -2,12 +2,13 @@
 --keep-days, never a referenced one; --dry-run deletes nothing and names the same entries and bytes."""
 import json
 import os
+import shutil
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import make_image
+from conftest import REPO, make_image
 from pas.core.share import gc, main, referenced_digests
 from pas.core.shards import encode_jpeg, write_shard
 from pas.core.work_store import from_url
@@ -16,7 +17,8 @@ DAY = 86_400
 
 
 def workspace(root):
-    """Outputs made from images a1, a2, chunk c1 and URL http://x/1."""
+    """Outputs made from images a1, a2, chunk c1 and URL http://x/1, where the repository's dvc.yaml puts them."""
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     write_shard(root / "data/generated/generated-000000.tar",
                 [(f"k{i}", encode_jpeg(make_image(i)), {"fingerprint": f"a{i}"}) for i in (1, 2)])
     chunk = root / "data/pool_index/chunks/chunk-000000.parquet"

@@ -56,7 +56,20 @@ def share(root: str | Path = ".", remote: str | None = None) -> dict[str, int]:
     return counts
 
 
-WORK_OUTPUTS = {"images": "data/generated", "pool-chunks": "data/pool_index/chunks", "downloads": "data/retrieved"}
+def work_outputs(root: Path) -> dict[str, Path]:
+    """kind -> the workspace folder holding what that kind of work made, from dvc.yaml's `vars: paths` (the one place
+    the pipeline's paths are written): generated shards, pool chunks, retrieved shards."""
+    import yaml
+
+    from pas.core.config import PasError
+
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        raise PasError(f"{dvc_yaml} not found: run pas share --gc in the repository's root")
+    paths = {k: v for entry in yaml.safe_load(dvc_yaml.read_text()).get("vars", []) if isinstance(entry, dict)
+             for k, v in (entry.get("paths") or {}).items()}
+    return {"images": root / paths["generated"], "pool-chunks": root / paths["pool_index"] / "chunks",
+            "downloads": root / paths["retrieved"]}
 
 
 def referenced_digests(root: str | Path = ".") -> dict[str, set[str]]:
@@ -68,15 +81,15 @@ def referenced_digests(root: str | Path = ".") -> dict[str, set[str]]:
 
     from pas.core.shards import read_shard
 
-    root = Path(root)
-    found: dict[str, set[str]] = {kind: set() for kind in WORK_OUTPUTS}
-    for shard in sorted((root / WORK_OUTPUTS["images"]).glob("*.tar")):
+    folders = work_outputs(Path(root))
+    found: dict[str, set[str]] = {kind: set() for kind in folders}
+    for shard in sorted(folders["images"].glob("*.tar")):
         found["images"] |= {meta["fingerprint"] for _, _, meta in read_shard(shard) if meta.get("fingerprint")}
-    for chunk in sorted((root / WORK_OUTPUTS["pool-chunks"]).glob("chunk-*.parquet")):
+    for chunk in sorted(folders["pool-chunks"].glob("chunk-*.parquet")):
         digest = (pq.read_schema(chunk).metadata or {}).get(b"pas.fingerprint")
         if digest:
             found["pool-chunks"].add(digest.decode())
-    for shard in sorted((root / WORK_OUTPUTS["downloads"]).glob("*.tar")):   # pas.sources.download.url_digest
+    for shard in sorted(folders["downloads"].glob("*.tar")):   # pas.sources.download.url_digest
         found["downloads"] |= {hashlib.sha256(meta["url"].encode()).hexdigest()[:32]
                                for _, _, meta in read_shard(shard) if meta.get("url")}
     return found
