@@ -36,14 +36,15 @@ def fetch_tag(arch: str, tag: str, dest: Path) -> dict[str, Any]:
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     quick = tag_uses_quick_gelu(arch, tag)
-    if cfg.get("hf_hub"):
-        repo_id, filename = os.path.split(cfg["hf_hub"])  # open_clip's convention (pretrained.py, download_pretrained)
-        sha = hub.pin(repo_id)
-        weights = oc_pretrained.download_pretrained_from_hf(repo_id, filename=filename or None, revision=sha)
-        source = {"hub_id": repo_id, "revision": sha}
-    else:  # a tag with a URL only: open_clip's own download, checked against the sha256 in its URL
-        weights = oc_pretrained.download_pretrained(cfg, prefer_hf_hub=False)
-        source = {"url": cfg.get("url", ""), "revision": tag}
+    if not cfg.get("hf_hub"):   # every tag of open_clip 3.3 has one; a URL-only tag could not be pinned by commit
+        from pas.core.config import ConfigError
+
+        raise ConfigError(f"models.clip='{arch}/{tag}': open_clip gives this tag no Hugging Face hub id to pin; "
+                          "use a tag with one, an hf-hub:org/name repository or a local folder")
+    repo_id, filename = os.path.split(cfg["hf_hub"])  # open_clip's convention (pretrained.py, download_pretrained)
+    sha = hub.pin(repo_id)
+    weights = oc_pretrained.download_pretrained_from_hf(repo_id, filename=filename or None, revision=sha)
+    source = {"hub_id": repo_id, "revision": sha}
     model = open_clip.create_model(arch, pretrained=weights, force_quick_gelu=quick)
     save(model, arch, cfg, quick, dest)
     return {"source": "open_clip", "tag": tag, "quick_gelu": quick, **source}
