@@ -339,3 +339,15 @@ def test_the_models_stage_fetches_only_what_each_library_loads_from_a_mirror(hf_
     hf_hub.clear_log()  # re-resolving an unchanged generator: a copy from the cache, the same bytes
     again = resolve("generator", "sdxl-turbo", tmp_path / "generator2", fetch_hub)
     assert hf_hub.fetched() == [] and again["sha256"] == generator["sha256"]
+
+
+def test_an_open_clip_tag_without_a_hub_id_is_one_clear_error(monkeypatch, tmp_path):
+    """Every tag of the pinned open_clip has a hub id; one without could not be pinned by commit: refused, not fetched."""
+    import open_clip
+
+    from pas.models.openclip import fetch_tag
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: {"url": "https://example.invalid/w.pt"})
+    with pytest.raises(ConfigError, match=r"models.clip='ViT-B-32/old': open_clip gives this tag no Hugging Face hub id"):
+        fetch_tag("ViT-B-32", "old", tmp_path / "clip")
+    assert not (tmp_path / "clip").exists()
