@@ -50,6 +50,11 @@ SUITE: list[tuple[str, str, tuple[int, ...], dict[str, Any]]] = [
     ("pretrain", "dino/vit_small_patch16_224", (64,), {"image_size": 224}),
     ("pretrain", "all4one/resnet50", (64,), {"image_size": 224}),
     ("pretrain", "simclr/resnet18", (32,), {"image_size": 64}),
+    # the finetune stage's feature pass (headless backbone, eval mode): the offline default's inits at 64 px and the
+    # real recipes' backbones at 224 px
+    ("finetune_features", "tf_efficientnet_lite0", (64,), {"image_size": 64}),
+    ("finetune_features", "resnet50", (64,), {"image_size": 224}),
+    ("finetune_features", "vit_small_patch16_224", (64,), {"image_size": 224}),
 ]
 UNETS = {"sdxl-turbo": (SDXL_UNET, 2048, True), "sd-turbo": (SD2_UNET, 1024, False), "sd-1.5": (SD1_UNET, 768, False)}
 
@@ -146,6 +151,21 @@ def pretrain_timer(model: str, image_size: int, device: str) -> Iterator[Callabl
     yield lambda batch: step_rate(method, {}, backbone, image_size, batch, 3, 1, device)["images_per_s"]
 
 
+@contextmanager
+def features_timer(model: str, image_size: int, device: str, seconds: float) -> Iterator[Callable[[int], float]]:
+    """Yield batch -> images/s of the headless backbone's forward pass in eval mode (finetune's feature pass)."""
+    import timm
+
+    net = timm.create_model(model, num_classes=0, pretrained=False).eval().to(device)
+
+    def rate(batch: int) -> float:
+        images = torch.randn(batch, 3, image_size, image_size, device=device)
+        with torch.inference_mode():
+            return _median_rate(lambda: net(images), batch, device, seconds)
+
+    yield rate
+
+
 def _median_rate(run: Callable[[], object], batch: int, device: str, seconds: float) -> float:
     """Warm up once, then time calls until `seconds` have passed (at least 3); median images/s."""
     run()
@@ -173,7 +193,14 @@ def gflops(task: str, model: str, settings: dict[str, Any]) -> float | None:
         return counted(lambda: net.encode_image(torch.zeros(1, 3, clip_size(net), clip_size(net))))
     if task == "pretrain":
         return pretrain_gflops(model, settings["image_size"])
-    raise ValueError(f"unknown task {task!r}: expected generate, clip_embed or pretrain")
+    if task == "finetune_features":   # counted as `pas plan` counts a backbone it has no figure for
+        from pas.evaluate.costs import backbone_gflops
+
+        flops, _, why = backbone_gflops(model, settings["image_size"], timm_eval=False)
+        if flops is None:
+            raise ValueError(why)
+        return flops
+    raise ValueError(f"unknown task {task!r}: expected generate, clip_embed, pretrain or finetune_features")
 
 
 def timer(task: str, model: str, settings: dict[str, Any], device: str,
@@ -183,6 +210,8 @@ def timer(task: str, model: str, settings: dict[str, Any], device: str,
         return generate_timer(model, device, seconds)
     if task == "clip_embed":
         return clip_timer(model, device, seconds)
+    if task == "finetune_features":
+        return features_timer(model, settings["image_size"], device, seconds)
     return pretrain_timer(model, settings["image_size"], device)
 
 
@@ -255,7 +284,7 @@ def record(table: Path, figures: list[dict[str, Any]], error: str | None, t0: fl
     for figure in figures:
         rate = f"{figure['images_per_s']:,.2f} img/s" if figure["images_per_s"] else "not timed"
         flops = f"{figure['gflops_per_image']:,.1f} GFLOPs/img" if figure["gflops_per_image"] else "-"
-        print(f"{figure['task']:<11}{figure['model']:<28}batch {figure['batch']:>3}  "
+        print(f"{figure['task']:<18}{figure['model']:<28}batch {figure['batch']:>3}  "
               f"{'FAILED' if error else rate:>18}  {flops:>20}  ({time.perf_counter() - t0:.0f} s)"
               + (f"  {error}" if error else ""), flush=True)
     return len(figures)
@@ -270,7 +299,7 @@ def measure_model(table: Path, task: str, model: str, settings: dict[str, Any], 
         flops, flops_error = gflops(task, model, settings), None
     except Exception as error:  # noqa: BLE001  (said, and the timing goes on: it does not need the count)
         flops, flops_error = None, f"FLOPs not counted: {one_line(error)}"
-        print(f"{task:<11}{model:<28}{flops_error}", flush=True)
+        print(f"{task:<18}{model:<28}{flops_error}", flush=True)
     for figure in figures:
         figure["gflops_per_image"] = flops
     if not time_it:
@@ -317,7 +346,8 @@ def main() -> None:
     args = parser.parse_args()
     untimed = args.no_timing
     if untimed is None:
-        untimed = [] if args.device.startswith("cuda") else ["sdxl-turbo", "sd-1.5", "ViT-L-14", "dino/", "all4one/"]
+        untimed = [] if args.device.startswith("cuda") else ["sdxl-turbo", "sd-1.5", "ViT-L-14", "dino/", "all4one/",
+                                                                "resnet50", "vit_small"]
     table, total, failed = Path(args.table), 0, 0
     for task, model, batches, settings in SUITE:
         if args.only and not any(part in task or part in model for part in args.only):

@@ -41,4 +41,6 @@ python=$("$from/bin/python" -c 'import platform; print(platform.python_version()
   cat "$work/pins"
 } > "$work/lock"
 mv "$work/lock" "$out.tmp" && mv "$out.tmp" "$out"
+# the locked timm's architecture names, read by config checks that must not import timm (pas plan)
+(cd src && "$from/bin/python" -m pas.models.timm_archs) >&2
 echo "lock: $(wc -l < "$work/pins") pins written to $out" >&2

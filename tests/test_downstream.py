@@ -19,10 +19,9 @@ from pas.data.downstream import (
 )
 from pas.evaluate.eval_md import render_eval_md
 from pas.evaluate.metrics import EvaluateConfig, evaluate
-from pas.transfer.elfis import ElfisConfig
-from pas.transfer.finetune import FinetuneConfig, run_finetune
-from pas.transfer.inits import InitSpec
-from pas.transfer.probe import LinearConfig, torch_threads
+from pas.transfer.config import ElfisConfig, FinetuneConfig, InitSpec, LinearConfig
+from pas.transfer.finetune import run_finetune
+from pas.transfer.probe import torch_threads
 
 COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
 

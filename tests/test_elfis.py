@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pas.core.config import ConfigError, build
+from pas.transfer.config import LinearConfig
 from pas.transfer.elfis import (
     ElfisConfig,
     ElfisHead,
@@ -16,7 +17,6 @@ from pas.transfer.elfis import (
     elfis_probe_scores,
     embed_class_names,
 )
-from pas.transfer.probe import LinearConfig
 
 
 def test_affinity_mixes_scaled_text_and_symmetrised_confusion():

@@ -25,11 +25,9 @@ from pas.evaluate.metrics import (
     result_metrics,
     topk_accuracy,
 )
-from pas.transfer.elfis import ElfisConfig
-from pas.transfer.finetune import FinetuneConfig, read_finetune_index, run_finetune
-from pas.transfer.inits import InitSpec
-from pas.transfer.probe import LinearConfig, knn_predict, torch_threads
-from pas.transfer.protocols import FewshotConfig
+from pas.transfer.config import ElfisConfig, FewshotConfig, FinetuneConfig, InitSpec, LinearConfig
+from pas.transfer.finetune import read_finetune_index, run_finetune
+from pas.transfer.probe import knn_predict, torch_threads
 
 CLASSES = ("red", "green", "blue")
 TINY = "resnet10t"

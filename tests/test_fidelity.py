@@ -26,7 +26,8 @@ from pas.ssl.datasets import resolve_dataset
 from pas.ssl.dino import DINO
 from pas.ssl.module import PretrainModule, clip_per_parameter, make_optimizer, param_groups
 from pas.ssl.pretrain import PretrainConfig, pretrain, training_length
-from pas.transfer.fulltune import FullConfig, random_resized_crop
+from pas.transfer.config import FullConfig
+from pas.transfer.fulltune import random_resized_crop
 
 
 @pytest.fixture(autouse=True)
@@ -258,9 +259,8 @@ def test_the_pretrain_stage_trains_on_a_released_parquet_and_logs_input_and_back
     import sys
 
     import yaml
-    from mlflow.tracking import MlflowClient
-
     from conftest import REPO
+    from mlflow.tracking import MlflowClient
 
     _pas_f_parquet(tmp_path / "pas-f" / "data", 24)
     spec = str(tmp_path / "pas-f" / "data" / "*.parquet")

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from pas.core.config import ConfigError
 from pas.data.downstream import DownstreamDataError, iter_image_batches, load_split, read_split_info
-from pas.transfer.elfis import ElfisConfig
+from pas.transfer.config import ElfisConfig, FewshotConfig, FullConfig, InitSpec, LinearConfig
 from pas.transfer.finetune import (
     FinetuneConfig,
     extract_features,
@@ -25,10 +25,7 @@ from pas.transfer.finetune import (
     run_finetune,
     train_linear_probe,
 )
-from pas.transfer.fulltune import FullConfig
-from pas.transfer.inits import InitSpec
-from pas.transfer.probe import LinearConfig, torch_threads
-from pas.transfer.protocols import FewshotConfig
+from pas.transfer.probe import torch_threads
 
 CLASSES = ("red_circle", "green_square", "blue_triangle")
 COLOURS = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
@@ -155,7 +152,6 @@ def test_linear_probe_rejects_labels_out_of_range():
 
 def test_config_defaults_nested_sections_and_inits():
     import yaml
-
     from conftest import REPO
 
     cfg = finetune_config({})

@@ -78,8 +78,9 @@ def test_config_is_validated_by_key():
 
 def test_probe_started_head_reproduces_the_linear_probe_before_training():
     """LP-FT: backbone + NormalisedHead(probe) give the probe's logits on the frozen features."""
+    from pas.transfer.config import LinearConfig
     from pas.transfer.features import pixel_features
-    from pas.transfer.probe import LinearConfig, fit_standardised_probe, train_linear_probe
+    from pas.transfer.probe import fit_standardised_probe, train_linear_probe
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, size=(30, 3, 16, 16), dtype=np.uint8)

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import LocalServer, make_image, send
+
 from pas.concepts.llm import LLMConfig, LLMError, OpenAIChat
 from pas.core.config import ConfigError, build
 
@@ -276,8 +276,8 @@ def test_a_locked_mlflow_store_never_fails_a_stage(tmp_path, monkeypatch, caplog
 
 
 def test_a_single_class_dataset_is_skipped_not_scored(tmp_path):
-    from pas.transfer.finetune import FinetuneConfig, run_finetune
-    from pas.transfer.inits import InitSpec
+    from pas.transfer.config import FinetuneConfig, InitSpec
+    from pas.transfer.finetune import run_finetune
 
     folder = tmp_path / "one"
     folder.mkdir()

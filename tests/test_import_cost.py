@@ -195,9 +195,10 @@ def test_pas_show_reads_a_sqlite_store_as_mlflow_searches_it(tmp_path):
 
 def test_pas_plan_checks_the_params_without_the_stages_machinery():
     """pas plan checks every section with the stages' own config classes, but loads neither the indexing nor the
-    CLIP code (faiss index builders, open_clip) nor Lightning, MLflow or the generators. (torch and timm it still
-    loads: the finetune protocols' and SSL methods' configs live in modules that import them.)"""
-    unwanted = ("pas.sources.pool_index", "pas.ssl.module", "lightning", "mlflow", "open_clip",
+    CLIP code (faiss index builders, open_clip) nor torch, timm, Lightning, MLflow or the generators: the SSL methods'
+    Args (pas.ssl.args), finetune's config (pas.transfer.config) and timm's architecture names
+    (pas.models.timm_archs) are torch-free, and the finetune row's FLOPs come from benchmarks/throughput.json."""
+    unwanted = ("pas.sources.pool_index", "pas.ssl.module", "torch", "timm", "lightning", "mlflow", "open_clip",
                 "diffusers", "transformers", "webdataset", "ray")
     code = (f"from pas.cli import main\nassert main(['plan']) == 0\nimport json, sys\n"
             f"print(json.dumps(sorted(m for m in {unwanted!r} if m in sys.modules)))")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from pas.core.config import ConfigError, build
-from pas.transfer.inits import WEIGHT_SOURCES, InitSpec, build_init, efficientnet_lite0_weights, map_by_position
+from pas.transfer.config import InitSpec
+from pas.transfer.inits import WEIGHT_SOURCES, build_init, efficientnet_lite0_weights, map_by_position
 
 TINY = "resnet10t"
 

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pas.concepts.build import ConceptsConfig
 from pas.core.config import SECTIONS, TOP_LEVEL_KEYS, ConfigError, MixConfig, TopLevel, check_keys, top_level
 from pas.curation.dedup import DedupConfig
@@ -18,7 +18,7 @@ from pas.sources.generate import GenerateConfig
 from pas.sources.pool_index import PoolIndexConfig
 from pas.sources.retrieve import RetrieveConfig
 from pas.ssl.pretrain import PretrainConfig
-from pas.transfer.finetune import FinetuneConfig
+from pas.transfer.config import FinetuneConfig
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 CONFIGS = {"models": ModelsConfig, "sample_data": SampleDataConfig, "concepts": ConceptsConfig,

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_hub.fixtures import hf_hub, hf_hub_server  # noqa: F401 (pytest fixtures)
 
 from pas.core.config import ConfigError
 from pas.models.presets import PRESETS, recommended
 from pas.models.registry import content_hash, resolve
-
-from hf_hub.fixtures import hf_hub, hf_hub_server  # noqa: F401 (pytest fixtures)
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -208,7 +207,8 @@ def test_the_models_stage_pins_timm_baselines_and_finetune_loads_them_offline(ti
 
     from pas.models.baselines import timm_baselines
     from pas.models.fetch import resolve_baseline
-    from pas.transfer.inits import InitSpec, build_init
+    from pas.transfer.config import InitSpec
+    from pas.transfer.inits import build_init
 
     snapshot = cache_repo(hf_cache, f"timm/{BASELINE}", timm_repo)
     finetune = {"inits": [{"name": "pas", "arch": "pretrain", "weights": "pretrain"},
@@ -293,9 +293,8 @@ def test_finetune_feeds_a_timm_baseline_its_own_transform_and_the_others_the_sha
 
     import pas.transfer.finetune as finetune
     from pas.models.fetch import resolve_baseline
-    from pas.transfer.elfis import ElfisConfig
-    from pas.transfer.finetune import FinetuneConfig, run_finetune
-    from pas.transfer.inits import InitSpec
+    from pas.transfer.config import ElfisConfig, FinetuneConfig, InitSpec
+    from pas.transfer.finetune import run_finetune
 
     cache_repo(hf_cache, f"timm/{BASELINE}", timm_repo)
     resolve_baseline("imagenet", BASELINE, tmp_path / "baselines" / "imagenet")

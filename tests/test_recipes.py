@@ -6,13 +6,13 @@ import re
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pas.core.config import ConfigError, build, load_params
 from pas.core.recipes import available, main, recipe_flags, with_recipe
 from pas.ssl import METHODS, method_args
 from pas.ssl.pretrain import PretrainConfig
-from pas.transfer.finetune import finetune_config
+from pas.transfer.config import finetune_config
 
 RECIPES = REPO / "recipes"
 PRETRAIN_RECIPES = ("dino_vits16", "all4one_resnet18_cifar", "all4one_resnet18_imagenet100")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from pas.sources.pool_config import PoolIndexConfig
     from pas.sources.retrieve import RetrieveConfig
     from pas.ssl.pretrain import PretrainConfig
-    from pas.transfer.finetune import FinetuneConfig
+    from pas.transfer.config import FinetuneConfig
 
 JPEG_BYTES_PER_PIXEL = 0.25  # a q90 JPEG of a photo: about 2 bits a pixel (an estimate, stated in the output)
 
@@ -113,7 +113,7 @@ def checked(params: dict[str, Any], source: str = "params.yaml") -> Settings:
     pretrain = build(PretrainConfig, with_recipe(params, "pretrain"), "pretrain")
     check_unpriced_sections(params)
     from pas.data.sample_data import SampleDataConfig
-    from pas.transfer.finetune import finetune_config
+    from pas.transfer.config import finetune_config
 
     sample = build(SampleDataConfig, _section(params, "sample_data"), "sample_data")
     finetune = finetune_config(with_recipe(params, "finetune"))
@@ -130,7 +130,7 @@ def check_unpriced_sections(params: dict[str, Any]) -> None:
     from pas.curation.report import ReportConfig
     from pas.data.sample_data import SampleDataConfig
     from pas.evaluate.metrics import EvaluateConfig
-    from pas.transfer.finetune import finetune_config
+    from pas.transfer.config import finetune_config
 
     for cls, name in ((SampleDataConfig, "sample_data"), (ConceptsConfig, "concepts"), (FilterConfig, "filter"),
                       (DedupConfig, "dedup"), (ReportConfig, "report"), (EvaluateConfig, "evaluate")):
@@ -139,30 +139,37 @@ def check_unpriced_sections(params: dict[str, Any]) -> None:
     finetune_config(with_recipe(params, "finetune"))
 
 
-def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
+def pretrain_work(cfg: PretrainConfig, size: int, gpus: int, generated_share: float = 1.0) -> dict[str, Any]:
     """The images pretraining sees, counted as pas.ssl.pretrain counts them: whole batches per device (one loader
-    worker: more workers drop at most a batch each per epoch), whole optimizer steps, then training_length."""
-    from pas.ssl import get_method
+    worker: more workers drop at most a batch each per epoch), whole optimizer steps, then training_length.
+    StableRep's items are groups of m views (pas.ssl.groups: m generated images of a prompt, or m views of any other
+    image, `generated_share` of the curated set being generated): priced as m / 2 SimCLR samples of 2 views each."""
     from pas.ssl.pretrain import epoch_steps, heldout_count, training_length
 
     global_batch, args = cfg.batch_size * cfg.accumulate_grad_batches * gpus, cfg.args()
     # the method's own check at this world size, as pretraining runs it (e.g. SwAV's queue: a multiple of the batch)
-    get_method(cfg.method).check(args, cfg.image_size, cfg.batch_size * gpus,
-                                 f"pretrain.method_args.{cfg.method}")
+    args.check_run(cfg.image_size, cfg.batch_size * gpus, f"pretrain.method_args.{cfg.method}")
     what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
-    work = {"stage": "pretrain", "task": "pretrain", "model": f"{cfg.method}/{cfg.backbone}",
-            "input": {"method": cfg.method, "image_size": cfg.image_size}}
+    priced, pairs, unit = cfg.method, 1.0, "images"   # the throughput table's method, its samples per item
+    if cfg.method == "stablerep":
+        priced, pairs, unit = "simclr", args.images_per_prompt / 2, "groups"
+        what += f", groups of {args.images_per_prompt} views priced as {pairs:g} SimCLR samples"
+    work = {"stage": "pretrain", "task": "pretrain", "model": f"{priced}/{cfg.backbone}",
+            "input": {"method": priced, "image_size": cfg.image_size}}
     if cfg.dataset == "curated":
         images = size - heldout_count(args, size)
+        if cfg.method == "stablerep":   # a group per m generated images (prompt boundaries ignored), one per other
+            generated = round(images * generated_share)
+            images = -(-generated // args.images_per_prompt) + images - generated
         steps, epochs = training_length(cfg, epoch_steps(cfg, images, gpus), global_batch)
-        passes = f"{epochs:,} epoch(s) of {images:,} images"
+        passes = f"{epochs:,} epoch(s) of {images:,} {unit}"
     elif cfg.images_budget:
         steps, _ = training_length(cfg, 1, global_batch)   # a budget's steps do not depend on the dataset's size
         passes = ""
     else:
         return {**work, "images": None, "detail": what,
                 "note": f"pretrain.dataset={cfg.dataset!r} has a size unknown here: set pretrain.budget to price it"}
-    batches = f"{steps:,} steps x {global_batch:,} images/step"
+    batches = f"{steps:,} steps x {global_batch:,} {unit}/step"
     if steps == cfg.max_steps:
         batches += " (pretrain.max_steps)"
     if cfg.images_budget:
@@ -170,7 +177,7 @@ def pretrain_work(cfg: PretrainConfig, size: int, gpus: int) -> dict[str, Any]:
         length = f"budget {cfg.budget} images{source} = {batches}" + (f" ({passes})" if passes else "")
     else:
         length = f"{passes} = {batches}"
-    return {**work, "images": steps * global_batch, "detail": f"{what}: {length}"}
+    return {**work, "images": round(steps * global_batch * pairs), "detail": f"{what}: {length}"}
 
 
 def full_train_images(train: int, cfg: Any) -> int:
@@ -188,7 +195,7 @@ def finetune_work(cfg: FinetuneConfig, backbone: str, downstream: Sequence[tuple
     feature pass over train + test per (dataset, init); with `full` among the protocols, full.epochs of the
     (capped) train images as training steps and one prediction pass over test, twice when ELFIS extends `full`.
     The linear, kNN and few-shot protocols train on the features alone (no backbone) and are not counted."""
-    from pas.transfer.inits import resolve_arch
+    from pas.transfer.config import resolve_arch
 
     runs = ("full" in cfg.protocols) * (1 + ("full" in cfg.elfis.protocols))
     parts = []
@@ -229,7 +236,7 @@ def stage_work(settings: Settings, pool_images: int | None, gpus: int = 1,
          "note": "downloads only the hits (network-bound, no GPU)"},
         {"stage": "embed", "images": counts["generated"], "task": "clip_embed", "model": clip,
          "note": "retrieved images reuse their pool vectors"},
-        pretrain_work(settings.pretrain, top.size, gpus),
+        pretrain_work(settings.pretrain, top.size, gpus, top.mix.generated / (top.mix.generated + top.mix.retrieved)),
         finetune_work(settings.finetune, settings.pretrain.backbone, downstream or settings.downstream,
                       "--finetune-images" if downstream else "sample_data.downstream_train/_test, the offline "
                       "default's one dataset: --finetune-images TRAIN,TEST per dataset for others"),

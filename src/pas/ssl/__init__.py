@@ -1,10 +1,10 @@
 """Self-supervised pretraining methods: a registry from method name to its class.
 
 A method (pas.ssl.base.SSLMethod) is built as `cls(backbone, feature_dim, args)`, where `args`
-is its own frozen `cls.Args` dataclass (params.pretrain.method_args.<name>). Its
+is its own frozen `cls.Args` dataclass (params.pretrain.method_args.<name>, defined torch-free in pas.ssl.args). Its
 `forward(backbone, views)` returns a MethodOutput; it names its views' augmentations and may
 update a teacher or a queue in `after_optimizer_step`. Adding a method means adding one module
-here and one entry in METHODS.
+here, its Args in pas.ssl.args (and METHOD_ARGS), and one entry in METHODS.
 
 The registry imports a method's module (torch, its augmentations) only when that method is looked up, so that
 importing pas.ssl or pas.ssl.pretrain (pas plan, a stage's config checks) loads nothing heavy.
@@ -43,6 +43,9 @@ def _load(name: str) -> type[SSLMethod]:
     if name == "lejepa":
         from pas.ssl.lejepa import LeJEPA
         return LeJEPA
+    if name == "stablerep":
+        from pas.ssl.stablerep import StableRep
+        return StableRep
     raise KeyError(name)
 
 
@@ -71,7 +74,7 @@ class MethodRegistry(Mapping[str, "type[SSLMethod]"]):
 
 
 METHODS: Mapping[str, type[SSLMethod]] = MethodRegistry(
-    ("simclr", "nnclr", "barlow_twins", "dino", "all4one", "swav", "lejepa"))
+    ("simclr", "nnclr", "barlow_twins", "dino", "all4one", "swav", "lejepa", "stablerep"))
 
 
 def get_method(name: str) -> type[SSLMethod]:
@@ -84,4 +87,8 @@ def get_method(name: str) -> type[SSLMethod]:
 
 def method_args(name: str, data: dict[str, Any] | None, prefix: str) -> Any:
     """Build method `name`'s frozen Args from a params mapping; unknown keys fail naming `prefix`.key."""
-    return build(get_method(name).Args, data, prefix)
+    from pas.ssl.args import METHOD_ARGS
+
+    if name not in METHOD_ARGS:
+        get_method(name)   # the ConfigError that lists the valid names
+    return build(METHOD_ARGS[name], data, prefix)

@@ -7,62 +7,21 @@ Transformer; loss 0.5 L_centroid + 0.5 L_neighbour + 0.5 L_feature.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import All4OneArgs
 from pas.ssl.augment import byol_views, simclr_view
 from pas.ssl.barlow_twins import off_diagonal
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.centroid import CentroidEncoder
 from pas.ssl.dist import gather
 from pas.ssl.heads import cosine_momentum, ema_update, mlp, momentum_copy
-from pas.ssl.nnclr import check_queue, nn_contrast, symmetric
+from pas.ssl.nnclr import nn_contrast, symmetric
 from pas.ssl.support import SupportQueue
 
 CIFAR_SIZE = 32   # solo-learn's CIFAR recipes blur nothing; its ImageNet-100 ones do
-
-
-@dataclass(frozen=True)
-class All4OneArgs:
-    """params.pretrain.method_args.all4one (defaults: the paper / official code)."""
-
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 256
-    pred_hidden_dim: int = 4096
-    queue_size: int = 98304
-    k: int = 5
-    temperature: float = 0.2                 # neighbour contrast
-    centroid_temperature: float = 0.1
-    centroid_layers: int = 3
-    centroid_heads: int = 8
-    centroid_dropout: float = 0.1
-    centroid_lr_scale: float = 0.1           # the centroid module's lr / base lr (0.1 / 1.0 with LARS)
-    base_momentum: float = 0.99
-    final_momentum: float = 1.0
-    feature_scale: float = 10.0
-    centroid_weight: float = 0.5
-    neighbour_weight: float = 0.5
-    feature_weight: float = 0.5
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges and that the heads split the embedding."""
-        require_fields(self, prefix, ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "queue_size",
-                                      "centroid_layers", "centroid_heads"),
-                       lambda v: v >= 1, "use an integer >= 1")
-        require(self.k >= 2, f"{prefix}.k", self.k, "use an integer >= 2 (the query keeps k - 1 neighbours)")
-        require(self.k <= self.queue_size, f"{prefix}.k", self.k, f"use at most queue_size ({self.queue_size})")
-        require(self.proj_output_dim % self.centroid_heads == 0, f"{prefix}.centroid_heads", self.centroid_heads,
-                f"use a divisor of proj_output_dim ({self.proj_output_dim})")
-        require_fields(self, prefix, ("temperature", "centroid_temperature", "centroid_lr_scale"),
-                       lambda v: v > 0, "use a positive number")
-        require_fields(self, prefix, ("centroid_dropout", "base_momentum", "final_momentum"),
-                       lambda v: 0 <= v <= 1, "use a number in [0, 1]")
-        require_fields(self, prefix, ("feature_scale", "centroid_weight", "neighbour_weight", "feature_weight"),
-                       lambda v: v >= 0, "use a number >= 0")
 
 
 def feature_contrast(z1_m: Tensor, z2_m: Tensor, z1: Tensor, z2: Tensor, scale: float = 10.0) -> Tensor:
@@ -106,11 +65,6 @@ class All4One(SSLMethod):
         if image_size <= CIFAR_SIZE:
             return [simclr_view(image_size), simclr_view(image_size, solarize=0.2)]
         return byol_views(image_size)
-
-    @classmethod
-    def check(cls, args: All4OneArgs, image_size: int, global_batch: int, prefix: str) -> None:
-        """The queue holds whole global batches."""
-        check_queue(args.queue_size, global_batch, f"{prefix}.queue_size")
 
     def lr_scales(self) -> dict[nn.Module, float]:
         """The centroid encoder has its own learning rate."""

@@ -12,8 +12,6 @@ from pas.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
 
 def close_backbones(name: str, limit: int = 8) -> list[str]:
     """timm model names that look like `name` (for error messages)."""

@@ -1,30 +1,14 @@
 """Barlow Twins (Zbontar et al. 2021): make the cross-correlation of the two views' embeddings the identity."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import BarlowTwinsArgs
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks, world_size
 from pas.ssl.heads import mlp
-
-
-@dataclass(frozen=True)
-class BarlowTwinsArgs:
-    """params.pretrain.method_args.barlow_twins (defaults: the paper)."""
-
-    proj_hidden_dim: int = 8192
-    proj_output_dim: int = 8192
-    lambd: float = 0.0051
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require_fields(self, prefix, ("proj_hidden_dim", "proj_output_dim"), lambda v: v >= 1, "use an integer >= 1")
-        require(self.lambd >= 0, f"{prefix}.lambd", self.lambd, "use a number >= 0")
 
 
 def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:

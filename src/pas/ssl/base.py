@@ -68,7 +68,8 @@ class SSLMethod(nn.Module, abc.ABC):
 
     @classmethod
     def check(cls, args: Any, image_size: int, global_batch: int, prefix: str) -> None:
-        """Raise a ConfigError (naming `prefix`.key) if args do not fit this run's sizes."""
+        """Raise a ConfigError (naming `prefix`.key) if args do not fit this run's sizes (pas.ssl.args)."""
+        args.check_run(image_size, global_batch, prefix)
 
     @abc.abstractmethod
     def forward(self, backbone: nn.Module, views: list[Tensor]) -> MethodOutput:

@@ -2,60 +2,17 @@
 and sharpening. The exported backbone is the teacher's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import groupby
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import DINOArgs
 from pas.ssl.augment import simclr_view
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks
 from pas.ssl.heads import cosine_momentum, ema_update, momentum_copy
-
-
-@dataclass(frozen=True)
-class DINOArgs:
-    """params.pretrain.method_args.dino. Defaults: the vanilla main_dino.py argument defaults (facebookresearch/dino,
-    get_args_parser), not the README's "boosting" ViT-S variant (teacher_temp 0.07 over 30 warm-up epochs,
-    norm_last_layer false): recipes/dino_vits16.yaml cites each value."""
-
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 0.0
-    center_momentum: float = 0.9
-    base_momentum: float = 0.996
-    final_momentum: float = 1.0
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops: int = 8
-    local_crop_size: int = 96
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    freeze_last_layer_epochs: float = 1.0
-    grad_clip: float = 3.0                   # each parameter's gradient norm (utils.clip_gradients), not a global one
-    drop_path_rate: float = 0.1              # stochastic depth in the student; the teacher has none
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require_fields(self, prefix, ("out_dim", "hidden_dim", "bottleneck_dim", "local_crop_size"),
-                       lambda v: v >= 1, "use an integer >= 1")
-        require_fields(self, prefix, ("student_temp", "teacher_temp", "warmup_teacher_temp"),
-                       lambda v: v > 0, "use a positive number")
-        require_fields(self, prefix, ("center_momentum", "base_momentum", "final_momentum", "drop_path_rate"),
-                       lambda v: 0 <= v <= 1, "use a number in [0, 1]")
-        require_fields(self, prefix, ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "grad_clip",
-                                      "local_crops"),
-                       lambda v: v >= 0, "use a number >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
 
 
 class DINOHead(nn.Module):
@@ -149,12 +106,6 @@ class DINO(SSLMethod):
     def backbone_kwargs(cls, args: DINOArgs) -> dict[str, float]:
         """The student backbone gets stochastic depth (main_dino.py builds the teacher without it)."""
         return {"drop_path_rate": args.drop_path_rate}
-
-    @classmethod
-    def check(cls, args: DINOArgs, image_size: int, global_batch: int, prefix: str) -> None:
-        """Local crops are smaller than the global ones."""
-        require(args.local_crop_size < image_size, f"{prefix}.local_crop_size", args.local_crop_size,
-                f"use a size below pretrain.image_size ({image_size})")
 
     def forward(self, backbone: nn.Module, views: list[Tensor]) -> MethodOutput:
         """views: 2 global (N, 3, S, S) then local (N, 3, s, s) batches -> DINO loss."""

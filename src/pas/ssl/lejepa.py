@@ -13,47 +13,15 @@ score of the dataset (`pas compare` ranks experiments by it).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import LeJEPAArgs
 from pas.ssl.augment import STRONG_JITTER, simclr_view
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import mean_over_ranks, world_size
 from pas.ssl.heads import mlp
-
-
-@dataclass(frozen=True)
-class LeJEPAArgs:
-    """params.pretrain.method_args.lejepa (defaults: the official recipe; see the citations in the comments)."""
-
-    lamb: float = 0.02               # SIGReg weight; invariance gets 1 - lamb (MINIMAL.md:175,219)
-    proj_dim: int = 16               # MINIMAL.md:219 (+proj_dim=16)
-    proj_hidden_dim: int = 2048      # MINIMAL.md:89: MLP(emb, [2048, 2048, proj_dim], BatchNorm1d)
-    num_slices: int = 256            # MINIMAL.md:71; redrawn each step, same on every rank (slicing.py:131-141)
-    knots: int = 17                  # MINIMAL.md:59-64 / epps_pulley.py:61: 17 knots on [0, 3]
-    t_max: float = 3.0
-    global_views: int = 4            # MINIMAL.md:219 (+V=4); the target is the centroid of these views
-    local_views: int = 0             # the paper's ImageNet recipe adds 6 x 96 px crops (2 global + 6 local)
-    local_crop_size: int = 96
-    global_crop_scale: tuple[float, float] = (0.08, 1.0)   # MINIMAL.md:103
-    local_crop_scale: tuple[float, float] = (0.05, 0.3)
-    heldout_images: int = 256        # pas: a fixed sample of the curated set kept out of training, scored at the end
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require(0.0 <= self.lamb <= 1.0, f"{prefix}.lamb", self.lamb, "use a weight in [0, 1]")
-        require_fields(self, prefix, ("proj_dim", "proj_hidden_dim", "num_slices", "global_views", "local_crop_size"),
-                       lambda v: v >= 1, "use an integer >= 1")
-        require(self.knots >= 2, f"{prefix}.knots", self.knots, "use an integer >= 2")
-        require(self.t_max > 0, f"{prefix}.t_max", self.t_max, "use a positive number")
-        require_fields(self, prefix, ("local_views", "heldout_images"), lambda v: v >= 0, "use an integer >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
 
 
 def random_directions(dim: int, slices: int, step: int, device: torch.device | str) -> Tensor:
@@ -124,13 +92,6 @@ class LeJEPA(SSLMethod):
         view = functools.partial(simclr_view, blur=0.5, solarize=0.2, jitter=STRONG_JITTER)
         return [*[view(image_size, args.global_crop_scale) for _ in range(args.global_views)],
                 *[view(args.local_crop_size, args.local_crop_scale) for _ in range(args.local_views)]]
-
-    @classmethod
-    def check(cls, args: LeJEPAArgs, image_size: int, global_batch: int, prefix: str) -> None:
-        """Local views are smaller than the global ones."""
-        if args.local_views:
-            require(args.local_crop_size < image_size, f"{prefix}.local_crop_size", args.local_crop_size,
-                    f"use a size below pretrain.image_size ({image_size})")
 
     def project(self, backbone: nn.Module, views: list[Tensor]) -> list[Tensor]:
         """One (N, P) projection per view, one backbone pass per resolution."""

@@ -2,42 +2,18 @@
 in a FIFO support set of past projections."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import NNCLRArgs
 from pas.ssl.augment import byol_views
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import gather, rank
 from pas.ssl.heads import mlp
 from pas.ssl.support import SupportQueue
-
-
-@dataclass(frozen=True)
-class NNCLRArgs:
-    """params.pretrain.method_args.nnclr (defaults: the paper)."""
-
-    temperature: float = 0.1
-    queue_size: int = 98304
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 256
-    pred_hidden_dim: int = 4096
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a positive number")
-        require_fields(self, prefix, ("queue_size", "proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"),
-                       lambda v: v >= 1, "use an integer >= 1")
-
-
-def check_queue(queue_size: int, global_batch: int, key: str) -> None:
-    """The support queue must hold a whole number of global batches."""
-    require(queue_size % global_batch == 0, key, queue_size,
-            f"use a multiple of the global batch ({global_batch} = batch_size x devices)")
 
 
 def nn_contrast(nn_: Tensor, p: Tensor, temperature: float) -> Tensor:
@@ -74,11 +50,6 @@ class NNCLR(SSLMethod):
     def view_transforms(cls, args: NNCLRArgs, image_size: int) -> list[Transform]:
         """BYOL's asymmetric augmentations, as in the paper."""
         return byol_views(image_size)
-
-    @classmethod
-    def check(cls, args: NNCLRArgs, image_size: int, global_batch: int, prefix: str) -> None:
-        """The queue holds whole global batches."""
-        check_queue(args.queue_size, global_batch, f"{prefix}.queue_size")
 
     def forward(self, backbone: nn.Module, views: list[Tensor]) -> MethodOutput:
         """views: two (N, 3, H, W) batches -> symmetric NN contrast."""

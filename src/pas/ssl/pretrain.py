@@ -67,13 +67,13 @@ class PretrainConfig:
 
     def validate(self, prefix: str) -> None:
         """Check names against the registries, numbers against their ranges, and every method_args block."""
-        import timm
-
+        from pas.models.timm_archs import WEIGHT_SUFFIXES, is_timm_arch
         from pas.ssl import METHODS, method_args
-        from pas.ssl.backbones import WEIGHT_SUFFIXES, backbone_hint
 
         require(self.method in METHODS, f"{prefix}.method", self.method, f"use one of {', '.join(sorted(METHODS))}")
-        if not timm.is_model(self.backbone):
+        if not is_timm_arch(self.backbone):
+            from pas.ssl.backbones import backbone_hint
+
             require(False, f"{prefix}.backbone", self.backbone, backbone_hint(self.backbone))
         if self.init != "random":
             path = Path(self.init)
@@ -113,7 +113,7 @@ class PretrainConfig:
             require(block is None or isinstance(block, dict), key, block, "use a mapping of that method's keys")
             args = method_args(name, block, key)   # every block's values are checked; sizes only for the method run
             if name == self.method:
-                METHODS[name].check(args, self.image_size, self.batch_size, key)   # one device; rechecked per run
+                args.check_run(self.image_size, self.batch_size, key)   # one device; rechecked per run
 
     @property
     def images_budget(self) -> int:
@@ -322,6 +322,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     )
     from pas.ssl.data import StreamSync, ViewStream, make_loader, split_heldout
     from pas.ssl.gpu_augment import DeviceViews
+    from pas.ssl.groups import GroupStream, has_siblings
     from pas.ssl.module import PretrainModule
     from pas.ssl.monitor import KnnMonitor, load_labeled_set, score_heldout
     from pas.ssl.syncbn import layer_sync
@@ -339,8 +340,14 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     # views leave the workers as uint8 (normalised on the device), or as encoded bytes + draws that the device
     # decodes and augments (PAS_AUGMENT, default: on a GPU); the draws are the same either way
     on_device = augment_on_device(device)
-    dataset = ViewStream(manifest, root, cls.view_transforms(args, cfg.image_size), seed, normalize=False,
-                         encoded=on_device)
+    transforms = cls.view_transforms(args, cfg.image_size)
+    if getattr(cls, "prompt_groups", False) and has_siblings(manifest):
+        # StableRep: groups of m images of one prompt, each group's views decoded from several images on the CPU path
+        # (the device path decodes one image per item); a manifest without prompt siblings streams m views per image
+        on_device = False
+        dataset: ViewStream | GroupStream = GroupStream(manifest, root, transforms, seed, normalize=False)
+    else:
+        dataset = ViewStream(manifest, root, transforms, seed, normalize=False, encoded=on_device)
     images = dataset.num_images
     if images == 0:
         raise ValueError("the manifest lists no images to pretrain on")
@@ -361,6 +368,8 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
                "budget": cfg.images_budget, "images_seen": total_steps * global_batch,
                "lr": cfg.effective_lr(global_batch), "warmup_steps": warmup_steps,
                "views": len(dataset.transforms), "augment": "device" if on_device else "cpu"}
+    if isinstance(dataset, GroupStream):   # a step's items are groups of m views: `images` above counts groups
+        derived["prompt_groups"] = {"groups": images, "images": len(dataset.location), "views_per_group": dataset.m}
     log.info("pretrain %s/%s on %s: %s", cfg.method, cfg.backbone, device, derived)
 
     backbone, feature_dim = create_backbone(cfg.backbone, cfg.init, **cls.backbone_kwargs(args))

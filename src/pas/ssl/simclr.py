@@ -1,28 +1,13 @@
 """SimCLR (Chen et al. 2020): a shared backbone, an MLP projector and the NT-Xent loss."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.core.config import require
+from pas.ssl.args import SimCLRArgs
 from pas.ssl.base import MethodOutput, SSLMethod
 from pas.ssl.dist import gather, mean_over_ranks, rank, world_size
-
-
-@dataclass(frozen=True)
-class SimCLRArgs:
-    """params.pretrain.method_args.simclr."""
-
-    temperature: float = 0.2
-    proj_dim: int = 128
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a positive number")
-        require(self.proj_dim >= 1, f"{prefix}.proj_dim", self.proj_dim, "use an integer >= 1")
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:

@@ -10,48 +10,16 @@ those values (README "Pretraining").
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from itertools import groupby
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pas.core.config import require, require_fields
+from pas.ssl.args import SwAVArgs
 from pas.ssl.augment import STRONG_JITTER, simclr_view
 from pas.ssl.base import MethodOutput, Progress, SSLMethod, Transform
 from pas.ssl.dist import world_size
-
-
-@dataclass(frozen=True)
-class SwAVArgs:
-    """params.pretrain.method_args.swav (defaults: the official ImageNet recipe; see the citations)."""
-
-    nmb_prototypes: int = 3000       # main_swav.py:67
-    feat_dim: int = 128              # main_swav.py:65
-    hidden_mlp: int = 2048           # main_swav.py:148 (fixed for resnet50)
-    temperature: float = 0.1         # main_swav.py:59
-    epsilon: float = 0.05            # main_swav.py:61
-    sinkhorn_iterations: int = 3     # main_swav.py:63
-    queue_length: int = 0            # main_swav.py:69 (0: no queue); the batch-256 scripts use 3840 (..._bs256_pretrain.sh)
-    epoch_queue_starts: int = 15     # main_swav.py:71
-    freeze_prototypes_epochs: float = 1.0  # main_swav.py:83,323-326: 313 iterations at batch 4096; 5005 at 256 (1 epoch)
-    global_crop_scale: tuple[float, float] = (0.14, 1.0)   # main_swav.py:49,51 / bs256 script: 0.14 1.
-    local_crops: int = 6             # bs256 script: --nmb_crops 2 6, --size_crops 224 96
-    local_crop_size: int = 96
-    local_crop_scale: tuple[float, float] = (0.05, 0.14)   # bs256 script: --min_scale_crops 0.14 0.05 --max ... 0.14
-
-    def validate(self, prefix: str) -> None:
-        """Check ranges."""
-        require_fields(self, prefix, ("nmb_prototypes", "feat_dim", "hidden_mlp", "sinkhorn_iterations",
-                                      "local_crop_size"), lambda v: v >= 1, "use an integer >= 1")
-        require_fields(self, prefix, ("temperature", "epsilon"), lambda v: v > 0, "use a positive number")
-        require_fields(self, prefix, ("queue_length", "epoch_queue_starts", "freeze_prototypes_epochs", "local_crops"),
-                       lambda v: v >= 0, "use a number >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
 
 
 @torch.no_grad()
@@ -118,15 +86,6 @@ class SwAV(SSLMethod):
         view = functools.partial(simclr_view, blur=0.5, jitter=STRONG_JITTER)
         return [*[view(image_size, args.global_crop_scale) for _ in range(2)],
                 *[view(args.local_crop_size, args.local_crop_scale) for _ in range(args.local_crops)]]
-
-    @classmethod
-    def check(cls, args: SwAVArgs, image_size: int, global_batch: int, prefix: str) -> None:
-        """Local crops are smaller than the global ones; the queue holds whole global batches."""
-        if args.local_crops:
-            require(args.local_crop_size < image_size, f"{prefix}.local_crop_size", args.local_crop_size,
-                    f"use a size below pretrain.image_size ({image_size})")
-        require(args.queue_length % global_batch == 0, f"{prefix}.queue_length", args.queue_length,
-                f"use 0 or a multiple of the global batch ({global_batch})")
 
     def embed(self, backbone: nn.Module, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """(unit embeddings (B, feat_dim), prototype scores (B, K)) per view, one backbone pass per resolution."""

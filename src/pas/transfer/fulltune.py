@@ -22,49 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pas.core.config import require
 from pas.core.runtime import num_workers
+from pas.transfer.config import FullConfig
 from pas.transfer.features import normalise, prepare
 from pas.transfer.inits import InitInfo
 from pas.transfer.probe import HeadLoss
 
 log = logging.getLogger(__name__)
-
-
-AUGMENTS = ("auto", "random_resized_crop", "pad_crop")
-IMAGENET_MIN_SIZE = 128  # auto: from this side up the ImageNet recipe's crops, below it CIFAR's
-
-
-@dataclasses.dataclass(frozen=True)
-class FullConfig:
-    """params.finetune.full: end-to-end fine-tuning settings."""
-
-    epochs: int = 1
-    max_train_images: int = 200  # stratified subset of the train split; 0 = all of it
-    batch_size: int = 64
-    lr: float = 0.0001  # the head's; backbone layers get lr * layer_decay ** depth-from-top
-    layer_decay: float = 0.65
-    weight_decay: float = 0.05
-    probe_init: bool = True  # LP-FT: start the head from a linear probe on the frozen features
-    freeze_bn_stats: bool = True  # batch norm keeps its running statistics (affine weights still train)
-    augment: str = "auto"  # auto | random_resized_crop (ImageNet) | pad_crop (CIFAR); auto: RRC from 128 px
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        require(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "use an integer >= 1")
-        require(self.max_train_images >= 0, f"{prefix}.max_train_images", self.max_train_images,
-                "use 0 (all) or a positive integer")
-        require(self.batch_size >= 2, f"{prefix}.batch_size", self.batch_size, "use an integer >= 2 (batch norm)")
-        require(self.lr > 0, f"{prefix}.lr", self.lr, "use a number > 0")
-        require(0 < self.layer_decay <= 1, f"{prefix}.layer_decay", self.layer_decay, "use a number in (0, 1]")
-        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
-        require(self.augment in AUGMENTS, f"{prefix}.augment", self.augment, f"use one of {', '.join(AUGMENTS)}")
-
-    def augmentation(self, image_size: int) -> str:
-        """The training augmentation at this resolution: `augment`, with auto resolved."""
-        if self.augment != "auto":
-            return self.augment
-        return "random_resized_crop" if image_size >= IMAGENET_MIN_SIZE else "pad_crop"
 
 
 class NormalisedHead(nn.Module):

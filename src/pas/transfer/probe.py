@@ -9,30 +9,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from pas.core.config import require
 from pas.core.runtime import pick_device
+from pas.transfer.config import LinearConfig
 
 log = logging.getLogger(__name__)
 
 # loss(head output, labels (B,)) -> (scalar loss, (B, C) scores used for the running train accuracy)
 HeadLoss = Callable[[object, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearConfig:
-    """params.finetune.linear: softmax regression on frozen, standardised features."""
-
-    epochs: int = 100
-    lr: float = 0.01  # AdamW, cosine-decayed to 0
-    weight_decay: float = 0.0
-    batch_size: int = 1024
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        require(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "use an integer >= 1")
-        require(self.lr > 0, f"{prefix}.lr", self.lr, "use a number > 0")
-        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "use a number >= 0")
-        require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "use an integer >= 1")
 
 
 def _check(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pas.core.config import require
-from pas.transfer.elfis import ElfisConfig, ElfisHead, MetaCategories, elfis_loss, elfis_probe_scores
-from pas.transfer.fulltune import FullConfig, NormalisedHead, finetune_full, predict_full, subset_positions
+from pas.transfer.config import ProtocolSettings
+from pas.transfer.elfis import ElfisHead, MetaCategories, elfis_loss, elfis_probe_scores
+from pas.transfer.fulltune import NormalisedHead, finetune_full, predict_full, subset_positions
 from pas.transfer.inits import InitInfo
 from pas.transfer.probe import (
-    LinearConfig,
     StandardisedProbe,
     fewshot_positions,
     fit_standardised_probe,
@@ -33,51 +32,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class KnnConfig:
-    """params.finetune.knn: DINO's weighted kNN on L2-normalised features."""
-
-    k: int = 20
-    temperature: float = 0.07
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        require(self.k >= 1, f"{prefix}.k", self.k, "use an integer >= 1")
-        require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a number > 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class FewshotConfig:
-    """params.finetune.fewshot: linear probes on `shots` images per class, `seeds` draws each."""
-
-    shots: tuple[int, ...] = (1, 5, 10)
-    seeds: int = 2
-
-    def validate(self, prefix: str) -> None:
-        """Raise a ConfigError naming the first out-of-range value."""
-        require(bool(self.shots) and all(s >= 1 for s in self.shots), f"{prefix}.shots", list(self.shots),
-                "use a non-empty list of integers >= 1")
-        require(self.seeds >= 1, f"{prefix}.seeds", self.seeds, "use an integer >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
 class ProtocolResult:
     """Test scores (N_test, C) per run, the learning curve of the first run, and extra info."""
 
     scores: list[np.ndarray]
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtocolSettings:
-    """The settings the protocols read (the protocol sections of params.finetune, and its batch size)."""
-
-    linear: LinearConfig = LinearConfig()
-    knn: KnnConfig = KnnConfig()
-    fewshot: FewshotConfig = FewshotConfig()
-    full: FullConfig = FullConfig()
-    elfis: ElfisConfig = ElfisConfig()
-    batch_size: int = 256  # images per forward pass when scoring the test split
 
 
 @dataclasses.dataclass(frozen=True)
