@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import sqlite3
 import subprocess
@@ -233,3 +234,32 @@ def test_missing_pool_folder_fails_naming_it(repo):
     finally:
         restore_params(repo)
     assert proc.returncode != 0 and "data/no_such_pool" in proc.stdout + proc.stderr
+
+
+def test_hkmeans_balance_runs_from_exp_run_and_the_report_plots_it(repo, reproduced):
+    """`-S dedup.balance=hkmeans` reruns dedup and report only: exactly `size` curated, cluster sizes plotted."""
+    try:
+        proc = run("dvc exp run -S dedup.balance=hkmeans report", repo)
+    finally:
+        restore_params(repo)
+    assert ran(proc) == {"dedup", "report"}
+    dedup, report = (json.loads((repo / f"metrics/{name}.json").read_text()) for name in ("dedup", "report"))
+    size = yaml.safe_load((repo / "params.yaml").read_text())["size"]
+    assert dedup["balance"] == "hkmeans" and dedup["curated"] == size == curated_rows(repo)
+    assert report["balance"]["mode"] == "hkmeans" and report["balance"]["groups"] == "cluster"
+    assert (repo / "reports/dataset/balance.png").is_file()
+
+
+def test_stablerep_pretrains_on_prompt_groups_from_exp_run(repo, reproduced):
+    """`-S pretrain.method=stablerep` reruns pretrain only, on groups of a prompt's generated images (one step)."""
+    try:
+        proc = run("dvc exp run -S pretrain.method=stablerep -S pretrain.max_steps=1 -S pretrain.batch_size=16 "
+                   "-S pretrain.knn_images=100 pretrain", repo)
+    finally:
+        restore_params(repo)
+    assert ran(proc) == {"pretrain"}
+    card = json.loads((repo / "data/pretrain/model_card.json").read_text())
+    assert card["method"] == "stablerep" and card["steps"] == 1
+    grouped = card["derived"]["prompt_groups"]   # siblings share groups: fewer groups than images
+    assert grouped["views_per_group"] == 6 and grouped["groups"] < grouped["images"] == curated_rows(repo)
+    assert math.isfinite(json.loads((repo / "metrics/pretrain.json").read_text())["loss_last_epoch"])

@@ -34,6 +34,7 @@ TINY_ARGS = {          # small heads and queues so every method trains in second
     "swav": {"nmb_prototypes": 30, "feat_dim": 32, "hidden_mlp": 64, "local_crops": 2, "local_crop_size": 16,
              "freeze_prototypes_epochs": 0.0},
     "lejepa": {"proj_hidden_dim": 64, "num_slices": 64, "global_views": 2, "local_views": 2, "local_crop_size": 16},
+    "stablerep": {"images_per_prompt": 2, "mlp_dim": 64, "proj_dim": 32},
 }
 
 

@@ -127,7 +127,10 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One optimisation step on a batch of views."""
-        out = self.method(self.backbone, batch["views"])
+        if "label" in batch:   # prompt groups (pas.ssl.groups): each group's label goes to the method
+            out = self.method(self.backbone, batch["views"], batch["label"])
+        else:
+            out = self.method(self.backbone, batch["views"])
         size = batch["views"][0].shape[0]
         self.log("loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         for name, value in out.logs.items():
