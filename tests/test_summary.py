@@ -42,6 +42,15 @@ def test_show_renders_the_funnel_and_the_reference_first():
     assert "imagenet +15.0" in lines[3] and any("ORACLE CONCEPTS" in line for line in lines)
 
 
+def test_oracle_exemplars_reach_the_summary_and_show_only_when_the_exemplar_rule_ran():
+    assert "oracle_exemplars" not in headline(STAGE_METRICS)        # the default summary keeps its keys
+    ran = {**STAGE_METRICS, "filter": {**STAGE_METRICS["filter"], "oracle_exemplars": True}}
+    summary = headline(ran)
+    assert summary["oracle_exemplars"] == 1 and any("ORACLE EXEMPLARS" in line for line in metric_lines(summary))
+    clean = headline({**STAGE_METRICS, "filter": {**STAGE_METRICS["filter"], "oracle_exemplars": False}})
+    assert clean["oracle_exemplars"] == 0 and not any("ORACLE EXEMPLARS" in line for line in metric_lines(clean))
+
+
 def test_a_missing_stage_metrics_file_is_named(tmp_path):
     for stage in STAGES[:-1]:
         (tmp_path / f"{stage}.json").write_text(json.dumps(STAGE_METRICS[stage]))

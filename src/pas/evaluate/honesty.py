@@ -4,6 +4,10 @@
   (`mixed_architectures`); evaluate refuses it unless evaluate.allow_mixed_arch marks it.
 - Concepts: when the shipped concept bank already names a downstream set's classes, the dataset was
   built with oracle concepts, not the paper's autonomous LLM discovery (`concept_overlap`).
+- Exemplars: when the images the filter's exemplar rule (filter.exemplars) curates toward are copies of downstream
+  images, the dataset was selected with the evaluation data in hand; the filter stage checks this where it reads
+  them (pas.curation.exemplar_filter.exemplar_copies: metrics/filter.json `oracle_exemplars`, MLflow tag
+  `pas.exemplars`).
 """
 from __future__ import annotations
 

@@ -114,6 +114,8 @@ def metric_lines(summary: dict[str, Any]) -> list[str]:
         lines.append("  CONFOUNDED: a gain compares different architectures (see metrics/eval.md)")
     if summary.get("oracle_concepts"):
         lines.append("  ORACLE CONCEPTS: the shipped bank names downstream classes (see metrics/eval.md)")
+    if summary.get("oracle_exemplars"):
+        lines.append("  ORACLE EXEMPLARS: the exemplar filter curated toward downstream images (see metrics/filter.json)")
     return lines
 
 

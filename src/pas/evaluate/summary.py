@@ -63,4 +63,6 @@ def headline(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 out[f"gain.{baseline}.{protocol}"] = round(by_result[protocol], 4)
     out["oracle_concepts"] = int(bool(summary.get("oracle_concepts")))
     out["mixed_architecture"] = int(bool(summary.get("mixed_architecture")))
+    if "oracle_exemplars" in stages["filter"]:   # only when filter.exemplars ran: the default summary is unchanged
+        out["oracle_exemplars"] = int(bool(stages["filter"]["oracle_exemplars"]))
     return out
