@@ -30,6 +30,35 @@ def tracking_uri(cwd: str | Path | None = None) -> str:
     return f"sqlite:///{here / 'mlflow.db'}"   # absolute: MLflow caches one store per URI string in a process
 
 
+def open_client(uri: str) -> Any:
+    """An MlflowClient of `uri`. A SQLite store is opened under a lock shared by this machine's processes.
+
+    Opening a new (or empty) SQLite file makes MLflow create its tables by running its schema migrations, and two
+    processes doing that at once (two queue workers' first stages: `dvc queue start -j 2` on a fresh clone) fail:
+    "table ... already exists", "duplicate column name", and now and then a file left half-migrated for good
+    (`_alembic_tmp_experiments` stays behind and every later stage tracks nothing). The lock makes one process create
+    the tables and the others find them; once they exist, holding it costs little.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    from filelock import FileLock
+
+    with FileLock(store_lock_path(Path(uri.removeprefix("sqlite:///"))), timeout=120):
+        return MlflowClient(tracking_uri=uri)
+
+
+def store_lock_path(db: Path) -> Path:
+    """The lock file of a SQLite store: in the temporary folder (not beside the file, where git and DVC would see
+    it), named by the store's resolved path so every process that opens the same file takes the same lock."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(db.absolute().resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pas-mlflow-{digest}.lock"
+
+
 def read_tracking_uri(uri: str | None = None) -> str:
     """The store a reader (pas compare, pas show) opens: `uri`, else tracking_uri(). A SQLite file that does not
     exist is a PasError naming it: reading never creates an empty mlflow.db (MLflow would)."""

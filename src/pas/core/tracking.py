@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from pas.core.hashing import file_digest
-from pas.core.mlflow_store import relocate_artifacts, repo_store, tracking_uri
+from pas.core.mlflow_store import open_client, relocate_artifacts, repo_store, tracking_uri
 from pas.core.names import safe_name
 from pas.core.runtime import dvc_ancestor
 
@@ -384,9 +384,7 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str,
     uri, started = tracking_uri(), int(time.time() * 1000)
 
     def opener() -> tuple[Any, str | None, str | None]:
-        from mlflow.tracking import MlflowClient
-
-        client = guard.call(MlflowClient, tracking_uri=uri)
+        client = guard.call(open_client, uri)   # a new SQLite store's tables are made by one process at a time
         if client is None:
             return None, None, None
         run_id, parent = _open_run(client, guard, stage, params, experiment, pipeline_params or {}, uri, started,
