@@ -4,14 +4,14 @@ from pas.core.shards import write_table
 from pas.core.stage import run_stage, stage_parser
 from pas.curation.dedup import DedupConfig, dedup
 
-KEYS = ("size", "mix", "dedup")
+KEYS = ("size", "seed", "mix", "dedup")
 
 
 def body(args, params, run):
     cfg = build(DedupConfig, params.get("dedup"), "dedup")
     top = top_level(params)
     result = dedup(args.filtered, args.candidates, args.downstream, args.concepts, args.clip, top.size, cfg,
-                   top.mix.real_share)  # mix is the curated set's target too
+                   top.mix.real_share, top.seed)  # mix is the curated set's target too; seed: k-means balancing
     write_table(result.decisions, args.decisions)
     write_table(result.curated, args.out)
     return result.metrics

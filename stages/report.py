@@ -6,6 +6,7 @@ from pas.core.config import build
 from pas.core.provenance import DATASET_PARAMS, collect_provenance
 from pas.core.shards import load_embeddings, read_table
 from pas.core.stage import run_stage, stage_parser
+from pas.curation.dedup import DedupConfig
 from pas.curation.report import Inputs, ReportConfig, build_report
 
 THRESHOLDS = ("filter.threshold", "filter.concept_threshold", "dedup.threshold", "dedup.eval_threshold",
@@ -24,7 +25,8 @@ def body(args, params, run):
     missing = json.loads(shortfall.read_text())["missing"] if shortfall.is_file() else {}
     inputs = Inputs(read_table(args.filtered).to_pylist(), read_table(args.decisions).to_pylist(),
                     read_table(args.curated).to_pylist(), load_embeddings(Path(args.candidates) / "embeddings.npy"),
-                    thresholds, Path(args.downstream), missing)
+                    thresholds, Path(args.downstream), missing,
+                    build(DedupConfig, params.get("dedup"), "dedup").balance)
     provenance = collect_provenance(".", {k: v for k, v in params.items() if k in DATASET_PARAMS}, args.lock,
                                     run_facts=False)
     metrics = build_report(inputs, cfg, args.out, args.figures, provenance)

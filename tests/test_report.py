@@ -15,9 +15,10 @@ from pas.curation.decontam import Contamination
 from pas.curation.dedup import DedupConfig, curate
 from pas.curation.diversity import diversity, mean_cosine_distance, vendi_score
 from pas.curation.report import Inputs, ReportConfig, accounting, build_report
+from pas.curation.report_balance import group_counts
 
-FIGURES = ["concepts.png", "contaminated.png", "diversity.png", "duplicates.png", "funnel.png", "samples.png",
-           "scores.png", "sources.png"]
+FIGURES = ["balance.png", "concepts.png", "contaminated.png", "diversity.png", "duplicates.png", "funnel.png",
+           "samples.png", "scores.png", "sources.png"]
 
 
 @pytest.fixture
@@ -64,7 +65,8 @@ def test_report_has_every_figure_embedded_and_counts_that_add_up(inputs, tmp_pat
                                                                           "too_small": 2}
     assert metrics["dedup"] == {"curated": 12, "trimmed": 11, "duplicate": 1, "contaminated": 2}
     assert metrics["adds_up"] and metrics["curated"] == 12
-    assert "<td>duplicate</td><td>1</td>" in page and "counts add up: <b>True</b>" in page
+    assert "<td>duplicate</td><td>dedup.threshold / equal pixels</td><td>1</td>" in page
+    assert "<td>too_small</td><td>filter.min_side</td><td>2</td>" in page and "counts add up: <b>True</b>" in page
     assert sum(v["n"] for k, v in metrics["diversity"]["curated_per_concept"].items()) == 12
 
 
@@ -130,3 +132,35 @@ def test_a_large_bank_plots_its_extremes_not_a_30000_pixel_strip(tmp_path):
     assert Image.open(png).width <= 100 * (0.5 * figs.MAX_BARS * 2 + 2)
     small = {"a": {"generated": 1}, "b": {"retrieved": 2}}
     assert figs.extremes(list(small), {"a": 1, "b": 2}) == (["a", "b"], "")
+
+
+def test_balance_plot_shows_cluster_sizes_before_and_after_and_names_the_trimming_rule(inputs, tmp_path):
+    """balance=clusters on a long tail: the report plots survivors vs curated per cluster, the KL falls, and the
+    counts table names the rule behind every outcome."""
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((3, 16))
+    emb = np.concatenate([c + 0.05 * rng.standard_normal((n, 16)) for c, n in zip(centres, (40, 12, 6))])
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    n = len(emb)
+    rows = [{**inputs.filtered[i % 2], "key": f"t{i:02d}", "concept": "cat", "pixel_hash": "", "kept": True,
+             "reason": "", "domain_score": 0.0} for i in range(n)]
+    dirty = Contamination(["toy/test"], np.full(n, -1), np.full(n, -1), [""] * n, np.full(n, 0.2, np.float32),
+                          np.full(n, 0.3, np.float32), {}, {})
+    result = curate(rows, emb, [f"sha{i}" for i in range(n)], dirty, 15, ["cat"],
+                    DedupConfig(balance="clusters", clusters=3, threshold=0.9999))
+    kind, before, after = group_counts(result.decisions)
+    assert kind == "cluster" and sorted(before.values()) == [6, 12, 40] and sorted(after.values()) == [5, 5, 5]
+    balanced = Inputs(rows, result.decisions, result.curated, emb, {}, balance="clusters")
+    metrics = build_report(balanced, ReportConfig(samples=2, groups=1), tmp_path / "r.html", tmp_path / "figs")
+    with Image.open(tmp_path / "figs" / "balance.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+    assert metrics["balance"]["before"]["kl_from_even"] > 0.2 > 1e-9 > metrics["balance"]["after"]["kl_from_even"]
+    assert metrics["balance"]["mode"] == "clusters" and metrics["balance"]["count"] == 3
+    page = (tmp_path / "r.html").read_text()
+    assert "Cluster sizes before and after balancing" in page and "dedup.balance=clusters (size)" in page
+
+
+def test_without_clusters_the_balance_plot_uses_concepts(inputs):
+    kind, before, after = group_counts(inputs.decisions)
+    assert kind == "concept" and set(before) <= {"cat", "dog", "cow"}
+    assert sum(after.values()) == len(inputs.curated) and all(after[c] <= before[c] for c in before)

@@ -1,17 +1,22 @@
-"""Trim the survivors to exactly `size` images, evenly across concepts or across k-means clusters."""
+"""Trim the survivors to exactly `size` images: evenly across concepts, across flat k-means clusters, or down a
+hierarchical k-means tree (pas.curation.hkmeans)."""
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
 
 from pas.core.config import DataError
+from pas.curation.hkmeans import HKMeansConfig, assign, hkmeans_sample
 
 log = logging.getLogger(__name__)
+
+TRAIN_PER_CLUSTER = 256  # faiss's default max_points_per_centroid
 
 
 def round_robin(labels: Sequence[Hashable], scores: Sequence[float], keys: Sequence[str], size: int,
@@ -54,11 +59,14 @@ def default_clusters(size: int) -> int:
 def cluster_labels(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """(N,) k-means cluster of every unit embedding (spherical, faiss), clusters numbered by size, largest first."""
     k = max(1, min(k, len(embeddings)))
-    data = np.ascontiguousarray(embeddings, dtype=np.float32)
-    kmeans = faiss.Kmeans(data.shape[1], k, niter=20, spherical=True, seed=seed, max_points_per_centroid=256,
-                          min_points_per_centroid=1)
-    kmeans.train(data)
-    labels = kmeans.index.search(data, 1)[1][:, 0]
+    train = embeddings
+    if len(embeddings) > k * TRAIN_PER_CLUSTER:  # faiss would subsample too: convert only the rows it trains on
+        train = embeddings[np.sort(np.random.default_rng(seed).choice(len(embeddings), k * TRAIN_PER_CLUSTER,
+                                                                      replace=False))]
+    kmeans = faiss.Kmeans(embeddings.shape[1], k, niter=20, spherical=True, seed=seed,
+                          max_points_per_centroid=TRAIN_PER_CLUSTER, min_points_per_centroid=1)
+    kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
+    labels = assign(embeddings, kmeans.centroids)[0]  # float32 a chunk at a time: memory flat in N
     counts = np.bincount(labels, minlength=k)
     rank = np.empty(k, np.int64)
     rank[np.lexsort((np.arange(k), -counts))] = np.arange(k)
@@ -103,19 +111,37 @@ def source_share(rows: list[dict[str, Any]], labels: Sequence[Hashable], picked:
     return sorted(out)
 
 
-Balancer = Callable[[list[dict[str, Any]], np.ndarray, int, list[str], int, int], tuple[list[int], np.ndarray]]
+@dataclass(frozen=True)
+class BalanceOptions:
+    """What the balancers read besides the rows: k for flat clusters, the tree for hkmeans."""
+
+    clusters: int = 0  # k for balance=clusters; 0: about sqrt(size)
+    hkmeans: HKMeansConfig = field(default_factory=HKMeansConfig)
 
 
-def by_concepts(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
-                seed: int = 0) -> tuple[list[int], np.ndarray]:
+Balancer = Callable[[list[dict[str, Any]], np.ndarray, int, list[str], BalanceOptions, int],
+                    tuple[list[int], np.ndarray]]
+
+
+def by_concepts(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str],
+                options: BalanceOptions, seed: int = 0) -> tuple[list[int], np.ndarray]:
     """`balance` over concepts; no cluster labels (-1)."""
     return balance(rows, size, concepts), np.full(len(rows), -1, np.int64)
 
 
-def by_clusters(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str], clusters: int,
-                seed: int = 0) -> tuple[list[int], np.ndarray]:
-    """`cluster_balance` with k = clusters (0: about sqrt(size))."""
-    return cluster_balance(rows, embeddings, size, clusters or default_clusters(size), seed)
+def by_clusters(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str],
+                options: BalanceOptions, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`cluster_balance` with k = options.clusters (0: about sqrt(size))."""
+    return cluster_balance(rows, embeddings, size, options.clusters or default_clusters(size), seed)
 
 
-BALANCERS: dict[str, Balancer] = {"concepts": by_concepts, "clusters": by_clusters}
+def by_hkmeans(rows: list[dict[str, Any]], embeddings: np.ndarray, size: int, concepts: list[str],
+               options: BalanceOptions, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """`hkmeans_sample`: hierarchical k-means, then `r` sampling down the tree; labels are the top-level clusters."""
+    picked, labels = hkmeans_sample(embeddings, size, options.hkmeans, seed)
+    log.info("balanced over %d top-level clusters (sizes %s)", labels.max() + 1 if len(labels) else 0,
+             np.bincount(labels).tolist() if len(labels) else [])
+    return picked.tolist(), labels
+
+
+BALANCERS: dict[str, Balancer] = {"concepts": by_concepts, "clusters": by_clusters, "hkmeans": by_hkmeans}

@@ -20,11 +20,12 @@ import numpy as np
 from pas.core.config import require
 from pas.core.runtime import pick_device
 from pas.core.shards import load_embeddings, read_table
-from pas.curation.balance import BALANCERS, source_share
+from pas.curation.balance import BALANCERS, BalanceOptions, source_share
 from pas.curation.decontam import Contamination, Thresholds, decontaminate, eval_splits
 from pas.curation.diversity import against_references
 from pas.curation.duplicates import SOURCES, Duplicates, find_duplicates, keep_one_per_group, source_breakdown
 from pas.curation.fingerprints import read_fingerprints
+from pas.curation.hkmeans import HKMeansConfig
 from pas.curation.neighbors import SearchConfig
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,14 @@ class DedupConfig:
     copy_threshold: float = 0.97  # thumbnail correlation with a crop of an evaluation image (0: off)
     copy_max_crop: float = 0.10  # largest share of a side a copy may have lost to cropping
     prefer_source: str = "none"  # none | generated | retrieved: which member of a mixed group to keep
-    balance: str = "concepts"  # concepts | clusters
+    balance: str = "concepts"  # concepts | clusters | hkmeans
     clusters: int = 0  # k for balance=clusters; 0: about sqrt(size)
+    hkmeans_levels: int = 2  # balance=hkmeans (pas.curation.hkmeans cites each default): levels of the tree
+    hkmeans_clusters: tuple[int, ...] = ()  # k per level, finest first; []: ceil(size / 4), then / 5 per level
+    hkmeans_resamples: tuple[int, ...] = ()  # resampling steps per level; []: 0 at level 1, 10 above
+    hkmeans_sample_sizes: tuple[int, ...] = ()  # points per cluster in a resampling step; []: half the mean cluster
+    hkmeans_iters: int = 50  # k-means iterations
+    hkmeans_train_per_cluster: int = 64  # faiss trains on at most k x this many points
     index: str = "auto"  # pair search: auto | exact | ivf (see pas.curation.neighbors)
     exact_max: int = 50_000
     nlist: int = 0
@@ -63,7 +70,17 @@ class DedupConfig:
                 f"use one of none, {', '.join(SOURCES)}")
         require(self.balance in BALANCERS, f"{prefix}.balance", self.balance, f"use one of {', '.join(BALANCERS)}")
         require(self.clusters >= 0, f"{prefix}.clusters", self.clusters, "use 0 (auto) or a positive integer")
+        self.hkmeans().validate(prefix)
         self.search().validate(prefix)
+
+    def hkmeans(self) -> HKMeansConfig:
+        """The balance=hkmeans settings."""
+        return HKMeansConfig(self.hkmeans_levels, self.hkmeans_clusters, self.hkmeans_resamples,
+                             self.hkmeans_sample_sizes, self.hkmeans_iters, self.hkmeans_train_per_cluster)
+
+    def balance_options(self) -> BalanceOptions:
+        """What the balancer reads besides the rows."""
+        return BalanceOptions(self.clusters, self.hkmeans())
 
     def search(self) -> SearchConfig:
         """The pair-search settings."""
@@ -80,8 +97,9 @@ class Curation:
 
 
 def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, concepts: str | Path,
-          clip: str | Path, size: int, cfg: DedupConfig, real_share: float | None = None) -> Curation:
-    """The stage: filter-kept candidates -> decontaminated, de-duplicated, balanced to exactly `size`."""
+          clip: str | Path, size: int, cfg: DedupConfig, real_share: float | None = None, seed: int = 0) -> Curation:
+    """The stage: filter-kept candidates -> decontaminated, de-duplicated, balanced to exactly `size` (k-means
+    balancing seeded by `seed`)."""
     rows = read_table(filtered).to_pylist()
     kept = [i for i, r in enumerate(rows) if r["kept"]]
     rows, embeddings = [rows[i] for i in kept], load_embeddings(Path(candidates) / "embeddings.npy")[kept]
@@ -92,7 +110,7 @@ def dedup(filtered: str | Path, candidates: str | Path, downstream: str | Path, 
     dirty = decontaminate(embeddings, [r["pixel_hash"] for r in rows], thumbs, eval_splits(downstream), encoder,
                           Thresholds(cfg.eval_threshold, cfg.copy_threshold, cfg.copy_max_crop), cfg.search())
     names = [c["name"] for c in json.loads(Path(concepts).read_text())["concepts"]]
-    result = curate(rows, embeddings, content, dirty, size, names, cfg, real_share=real_share)
+    result = curate(rows, embeddings, content, dirty, size, names, cfg, seed, real_share=real_share)
     position = {r["key"]: i for i, r in enumerate(rows)}
     curated = embeddings[[position[r["key"]] for r in result.curated]]
     trains = {name: sample for name, sample in dirty.samples.items() if name.endswith("/train")}
@@ -115,9 +133,10 @@ def curate(rows: list[dict[str, Any]], embeddings: np.ndarray, content: list[str
     survivors = np.flatnonzero(unique & ~dirty.mask)
     survivor_rows = [rows[i] for i in survivors]
     clusters = np.full(len(rows), -1, np.int64)
-    picked, labels = BALANCERS[cfg.balance](survivor_rows, embeddings[survivors], size, concepts, cfg.clusters, seed)
+    picked, labels = BALANCERS[cfg.balance](survivor_rows, embeddings[survivors], size, concepts,
+                                            cfg.balance_options(), seed)
     if real_share is not None:  # mix is a target for the curated set, not only for the candidates
-        groups = labels.tolist() if cfg.balance == "clusters" else [r["concept"] for r in survivor_rows]
+        groups = labels.tolist() if cfg.balance != "concepts" else [r["concept"] for r in survivor_rows]
         picked = source_share(survivor_rows, groups, picked, real_share)
     clusters[survivors] = labels
     chosen = np.zeros(len(rows), bool)

@@ -2,7 +2,8 @@
 
 It opens with the provenance (pinned models, params digest, git commit, date; a warning when the images come
 from random tiny models), then accounts for every candidate (filter rejections by reason, then one dedup status
-each), shows the score distributions against their thresholds, example duplicate groups and decontaminated images,
+each, the trimmed ones named by the balance mode), the cluster (or concept) sizes before and after balancing, the
+score distributions against their thresholds, example duplicate groups and decontaminated images,
 sample grids per source and per concept, and diversity (Vendi score, mean pairwise cosine distance)
 of the candidates and of the curated set, overall and per concept.
 """
@@ -27,6 +28,7 @@ from pas.curation.decontam import eval_splits
 from pas.curation.dedup import STATUSES
 from pas.curation.diversity import diversity
 from pas.curation.fingerprints import read_images
+from pas.curation.report_balance import balance_note, balance_rows, balance_summary, group_counts
 from pas.data.downstream import iter_image_batches
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Inputs:
     thresholds: dict[str, float]  # filter.threshold, filter.concept_threshold, dedup.threshold, ...
     downstream: Path | None = None  # evaluation sets, to show what each removed candidate matched
     retrieval_missing: dict[str, int] | None = None  # concept -> images the pool could not give (retrieve)
+    balance: str = ""  # dedup.balance: the rule that trimmed survivors (concepts | clusters | hkmeans)
 
 
 def accounting(inputs: Inputs) -> dict[str, Any]:
@@ -89,10 +92,16 @@ def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figur
     out = figures_dir
     by_source = _sample_rows(inputs.curated, "source", cfg, rng)
     by_concept = _sample_rows(inputs.curated, "concept", cfg, rng)[: cfg.max_concepts]
+    kind, before, after = group_counts(inputs.decisions)
+    balanced = balance_summary(kind, before, after)
     sections = [  # (title, figure, table)
-        ("Where the candidates went", figs.funnel(_funnel(counts), out / "funnel.png"), _counts_table(counts)),
+        ("Where the candidates went", figs.funnel(_funnel(counts), out / "funnel.png"),
+         _counts_table(counts, inputs.balance)),
         ("Images per concept", figs.concept_counts(_per_concept(inputs.curated, concepts), out / "concepts.png"),
          _concept_table(inputs, concepts)),
+        (f"{kind.capitalize()} sizes before and after balancing",
+         figs.group_sizes(before, after, kind, out / "balance.png"),
+         balance_note(balanced, inputs.balance) + _table(*balance_rows(balanced))),
         ("Scores and thresholds", figs.histograms(_panels(inputs), out / "scores.png"), ""),
         ("Duplicate groups (kept member framed in green)",
          figs.image_rows(_duplicate_rows(inputs.decisions, cfg), out / "duplicates.png"), ""),
@@ -104,8 +113,9 @@ def build_report(inputs: Inputs, cfg: ReportConfig, html_path: str | Path, figur
         ("Diversity", figs.diversity_bars(table, out / "diversity.png"), _diversity_table(table)),
     ]
     _write_html(html_path, sections, counts, provenance)
-    return {**counts, "diversity": {"candidates": table["candidates"]["all"], "curated": table["curated"]["all"],
-                                    "curated_per_concept": {c: v for c, v in table["curated"].items() if c != "all"}},
+    return {**counts, "balance": {"mode": inputs.balance, **balanced},
+            "diversity": {"candidates": table["candidates"]["all"], "curated": table["curated"]["all"],
+                          "curated_per_concept": {c: v for c, v in table["curated"].items() if c != "all"}},
             "figures": sorted(p.name for _, p, _ in sections)}
 
 
@@ -222,11 +232,24 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _counts_table(counts: dict[str, Any]) -> str:
-    rows = [["candidates", "", counts["candidates"]]]
-    rows += [["filter", reason, n] for reason, n in counts["filter_rejected"].items()]
-    rows += [["dedup", status, n] for status, n in counts["dedup"].items()]
-    return _table(["step", "outcome", "images"], rows) + f"<p>counts add up: <b>{counts['adds_up']}</b></p>"
+RULES = {  # outcome -> the rule (params key) behind it, for "which rule removed what"
+    "undecodable": "the image does not decode", "too_small": "filter.min_side", "aspect_ratio": "filter.max_aspect",
+    "near_constant": "filter.min_pixel_std", "out_of_domain": "filter.threshold",
+    "concept_mismatch": "filter.concept_threshold", "off_exemplar_cluster": "filter.exemplars",
+    "contaminated": "dedup.eval_threshold / dedup.copy_threshold / equal pixels",
+    "duplicate": "dedup.threshold / equal pixels", "trimmed": "dedup.balance", "curated": "",
+}
+
+
+def _counts_table(counts: dict[str, Any], mode: str = "") -> str:
+    def rule(outcome: str) -> str:
+        found = RULES.get(outcome, "")
+        return f"{found}={mode} (size)" if outcome == "trimmed" and mode else found
+
+    rows = [["candidates", "", "", counts["candidates"]]]
+    rows += [["filter", reason, rule(reason), n] for reason, n in counts["filter_rejected"].items()]
+    rows += [["dedup", status, rule(status), n] for status, n in counts["dedup"].items()]
+    return _table(["step", "outcome", "rule", "images"], rows) + f"<p>counts add up: <b>{counts['adds_up']}</b></p>"
 
 
 def _concept_table(inputs: Inputs, concepts: list[str]) -> str:

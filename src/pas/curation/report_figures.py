@@ -164,3 +164,33 @@ def diversity_bars(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: P
         ax.set_title(title + note, fontsize=10)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def group_sizes(before: Mapping[str, int], after: Mapping[str, int], kind: str, path: Path) -> Path:
+    """Rank-size lines: images per group (cluster or concept) before balancing and after it, largest group first,
+    on a log scale, with the even share as a dashed line: a long tail before, a flat line after, at a glance."""
+    order = sorted(before, key=lambda g: (-before[g], str(g)))
+    rank = np.arange(1, len(order) + 1)
+    fig = _figure(6.5, 3.6)
+    ax = fig.add_subplot()
+    marker = "o" if len(order) <= 60 else None
+    ax.plot(rank, [max(before[g], 0.8) for g in order], color=COLORS["trimmed"], marker=marker, markersize=3,
+            label=f"before balancing ({sum(before.values())} images)")
+    ax.plot(rank, [max(after.get(g, 0), 0.8) for g in order], color=COLORS["curated"], marker=marker, markersize=3,
+            label=f"curated ({sum(after.values())} images)")
+    if order:
+        ax.axhline(sum(after.values()) / len(order), color="black", linestyle="--", linewidth=1,
+                   label="even share")
+    empty = sum(after.get(g, 0) == 0 for g in order)
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"{kind}, largest first ({len(order)} {kind}s; {empty} with no curated image)")
+    ax.set_ylabel("images")
+    ax.set_title(f"{kind} sizes before and after balancing")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
