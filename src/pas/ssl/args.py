@@ -24,6 +24,14 @@ def check_queue(queue_size: int, global_batch: int, key: str) -> None:
             f"use a multiple of the global batch ({global_batch} = batch_size x devices)")
 
 
+def require_crop_scales(args: object, prefix: str) -> None:
+    """A method's global_crop_scale and local_crop_scale are each [low, high] with 0 < low <= high <= 1."""
+    for name in ("global_crop_scale", "local_crop_scale"):
+        low_high = getattr(args, name)
+        require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
+                "use [low, high] with 0 < low <= high <= 1")
+
+
 @dataclass(frozen=True)
 class SimCLRArgs(RunChecks):
     """params.pretrain.method_args.simclr."""
@@ -108,10 +116,7 @@ class DINOArgs(RunChecks):
         require_fields(self, prefix, ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "grad_clip",
                                       "local_crops"),
                        lambda v: v >= 0, "use a number >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
+        require_crop_scales(self, prefix)
 
     def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
         """Local crops are smaller than the global ones."""
@@ -187,10 +192,7 @@ class SwAVArgs(RunChecks):
         require_fields(self, prefix, ("temperature", "epsilon"), lambda v: v > 0, "use a positive number")
         require_fields(self, prefix, ("queue_length", "epoch_queue_starts", "freeze_prototypes_epochs", "local_crops"),
                        lambda v: v >= 0, "use a number >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
+        require_crop_scales(self, prefix)
 
     def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
         """Local crops are smaller than the global ones; the queue holds whole global batches."""
@@ -226,10 +228,7 @@ class LeJEPAArgs(RunChecks):
         require(self.knots >= 2, f"{prefix}.knots", self.knots, "use an integer >= 2")
         require(self.t_max > 0, f"{prefix}.t_max", self.t_max, "use a positive number")
         require_fields(self, prefix, ("local_views", "heldout_images"), lambda v: v >= 0, "use an integer >= 0")
-        for name in ("global_crop_scale", "local_crop_scale"):
-            low_high = getattr(self, name)
-            require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1] <= 1, f"{prefix}.{name}", list(low_high),
-                    "use [low, high] with 0 < low <= high <= 1")
+        require_crop_scales(self, prefix)
 
     def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
         """Local views are smaller than the global ones."""
