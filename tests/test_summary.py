@@ -37,6 +37,13 @@ def test_show_renders_the_funnel_and_the_reference_first():
     summary = headline(STAGE_METRICS)
     funnel = "\n".join(funnel_lines(summary))
     assert "generated 120 + retrieved 80 = 200 candidates" in funnel and "-> 100 curated (34% real)" in funnel
+    assert "left out by dedup.balance" not in funnel           # metrics without survivors: no balance line
+
+
+def test_the_funnel_says_what_balancing_left_out():
+    summary = headline({**STAGE_METRICS, "dedup": {**STAGE_METRICS["dedup"], "survivors": 130}})
+    assert summary["balanced_out"] == 30                          # 130 survivors, 100 curated
+    assert "-> 30 left out by dedup.balance" in "\n".join(funnel_lines(summary))
     lines = metric_lines(summary)
     assert lines[1].split()[:3] == ["pas", "70.0", "50.0"] and lines[2].split()[0] == "imagenet"
     assert "imagenet +15.0" in lines[3] and any("ORACLE CONCEPTS" in line for line in lines)

@@ -93,7 +93,8 @@ def funnel_lines(summary: dict[str, Any]) -> list[str]:
     get = summary.get
     return [f"  generated {get('generated')} + retrieved {get('retrieved')} = {get('candidates')} candidates",
             f"  -> {get('kept_by_filter')} kept by the filter -> {get('duplicates_removed')} near-duplicates and "
-            f"{get('contaminated_removed')} evaluation look-alikes removed",
+            f"{get('contaminated_removed')} evaluation look-alikes removed"
+            + (f" -> {get('balanced_out')} left out by dedup.balance" if "balanced_out" in summary else ""),
             f"  -> {get('curated')} curated ({100 * (get('real_share') or 0):.0f}% real), pretrained on "
             f"{get('pretrain_images_seen')} images seen"]
 

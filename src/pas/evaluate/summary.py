@@ -44,6 +44,9 @@ def _four_places(value: Any) -> Any:
 def headline(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The flat summary: funnel counts, images seen, mean top-1 per (init, protocol), gains, oracle / mixed flags."""
     out: dict[str, Any] = {name: _four_places(stages[stage].get(key)) for name, stage, key in FUNNEL}
+    dedup = stages["dedup"]
+    if "survivors" in dedup:   # survivors past dedup and decontamination that balancing left out to reach size
+        out["balanced_out"] = dedup["survivors"] - dedup.get("curated", 0)
     out["pretrain_images_seen"] = stages["pretrain"].get("images_seen")
     evaluation = stages["eval"]
     summary = evaluation.get("summary", {})
