@@ -53,8 +53,19 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reproduced(repo) -> subprocess.CompletedProcess:
     """The offline default reproduced once in the module's repository: any test of this module can run alone
-    (`pytest tests/test_pipeline_e2e.py::NAME`) and finds the pipeline's outputs."""
-    return run("dvc repro", repo)
+    (`pytest tests/test_pipeline_e2e.py::NAME`) and finds the pipeline's outputs. Its dvc.lock is kept beside the
+    repository, so a case can start from the reproduced state (restore_reproduced)."""
+    done = run("dvc repro", repo)
+    shutil.copyfile(repo / "dvc.lock", repo.parent / "reproduced.lock")
+    return done
+
+
+def restore_reproduced(repo: Path) -> None:
+    """The reproduced dvc.lock and its outputs back in the workspace (from DVC's cache), HEAD's params.yaml too: a
+    case that counts the stages its `dvc exp run` reruns must not inherit what an earlier case's experiment left."""
+    restore_params(repo)
+    shutil.copyfile(repo.parent / "reproduced.lock", repo / "dvc.lock")
+    run("dvc checkout -f -q", repo)
 
 
 def curated_rows(repo: Path) -> int:
@@ -238,6 +249,7 @@ def test_missing_pool_folder_fails_naming_it(repo):
 
 def test_hkmeans_balance_runs_from_exp_run_and_the_report_plots_it(repo, reproduced):
     """`-S dedup.balance=hkmeans` reruns dedup and report only: exactly `size` curated, cluster sizes plotted."""
+    restore_reproduced(repo)                    # counted below: start from the reproduced state
     try:
         proc = run("dvc exp run -S dedup.balance=hkmeans report", repo)
     finally:
@@ -252,6 +264,7 @@ def test_hkmeans_balance_runs_from_exp_run_and_the_report_plots_it(repo, reprodu
 
 def test_stablerep_pretrains_on_prompt_groups_from_exp_run(repo, reproduced):
     """`-S pretrain.method=stablerep` reruns pretrain only, on groups of a prompt's generated images (one step)."""
+    restore_reproduced(repo)                    # counted below: start from the reproduced state
     try:
         proc = run("dvc exp run -S pretrain.method=stablerep -S pretrain.max_steps=1 -S pretrain.batch_size=16 "
                    "-S pretrain.knn_images=100 pretrain", repo)
