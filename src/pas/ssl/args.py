@@ -18,6 +18,16 @@ class RunChecks:
         """Raise a ConfigError (naming `prefix`.key) if these args do not fit this run's sizes."""
 
 
+class QueueChecks(RunChecks):
+    """Methods with a support queue (NNCLR, All4One): it holds whole global batches."""
+
+    queue_size: int
+
+    def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
+        """The queue holds whole global batches."""
+        check_queue(self.queue_size, global_batch, f"{prefix}.queue_size")
+
+
 def check_queue(queue_size: int, global_batch: int, key: str) -> None:
     """A support queue must hold a whole number of global batches."""
     require(queue_size % global_batch == 0, key, queue_size,
@@ -46,7 +56,7 @@ class SimCLRArgs(RunChecks):
 
 
 @dataclass(frozen=True)
-class NNCLRArgs(RunChecks):
+class NNCLRArgs(QueueChecks):
     """params.pretrain.method_args.nnclr (defaults: the paper)."""
 
     temperature: float = 0.1
@@ -60,10 +70,6 @@ class NNCLRArgs(RunChecks):
         require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "use a positive number")
         require_fields(self, prefix, ("queue_size", "proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"),
                        lambda v: v >= 1, "use an integer >= 1")
-
-    def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
-        """The queue holds whole global batches."""
-        check_queue(self.queue_size, global_batch, f"{prefix}.queue_size")
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ class DINOArgs(RunChecks):
 
 
 @dataclass(frozen=True)
-class All4OneArgs(RunChecks):
+class All4OneArgs(QueueChecks):
     """params.pretrain.method_args.all4one (defaults: the paper / official code)."""
 
     proj_hidden_dim: int = 2048
@@ -161,10 +167,6 @@ class All4OneArgs(RunChecks):
                        lambda v: 0 <= v <= 1, "use a number in [0, 1]")
         require_fields(self, prefix, ("feature_scale", "centroid_weight", "neighbour_weight", "feature_weight"),
                        lambda v: v >= 0, "use a number >= 0")
-
-    def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
-        """The queue holds whole global batches."""
-        check_queue(self.queue_size, global_batch, f"{prefix}.queue_size")
 
 
 @dataclass(frozen=True)
