@@ -14,7 +14,7 @@ from typing import Any
 
 from pas.core.config import ConfigError, PasError, load_params, parse_size, top_level, user_error
 from pas.core.provenance import params_digest
-from pas.core.runtime import configure_threads, dvc_ancestor, setup_logging, stop_when_orphaned
+from pas.core.runtime import configure_threads, dvc_ancestor, quick_exit, setup_logging, stop_when_orphaned
 from pas.core.atomic import write_json
 from pas.core.run_facts import split_run_facts
 from pas.core.tracking import PARAMS_DIGEST_TAG, PIPELINE_KEYS, StageRun, stage_run
@@ -37,6 +37,7 @@ def run_stage(stage: str, keys: Sequence[str], parser: argparse.ArgumentParser, 
     mark the stage's own work; benchmarks/stage_overhead.py times a stage's start-up up to the first.
     """
     setup_logging()
+    quick_exit()
     args = parser.parse_args(argv)
     if (dvc := dvc_ancestor()) is not None:
         stop_when_orphaned(dvc)
