@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # stages whose work loads no model and trains nothing: the goal is at most 2 s of overhead for them
 NO_MODEL = ("concepts", "sample_data", "report", "evaluate", "summary")
-GOAL_STAGE_S, GOAL_COMMAND_S = 2.0, 3.0
+GOAL_STAGE_S, GOAL_COMMAND_S, GOAL_REPRO_S = 2.0, 3.0, 150.0
 KEPT_RESULTS = ("metrics/summary.json",)       # pas show reads it
 LEFT_OUT = ("dvc.lock", "metrics/", "plots/")  # committed results: a fresh copy reproduces them
 
@@ -112,6 +112,32 @@ def seed_store(repo: Path, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True, capture_output=True)
 
 
+Repro = tuple[float, int, dict[str, tuple[float, float | None]]]
+
+
+def time_repro(repo: Path, env: dict[str, str]) -> Repro:
+    """(wall seconds, exit status, {stage: (seconds in the repro, seconds from its `<stage> done` line on)}) of one
+    whole `dvc repro`, from the times its lines arrive. A stage's seconds run from DVC's `Running stage` line to the
+    next stage's (or dvc's exit); the tail after `done` is the stage process's exit plus DVC's hashing, caching and
+    lock writing for it."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    marks: list[tuple[str, float, float | None]] = []     # (stage, started, its done line)
+    for line in proc.stdout:
+        now = time.perf_counter() - started
+        if line.startswith("Running stage '"):
+            marks.append((line.split("'")[1], now, None))
+        elif marks and f"pas.core.stage: {marks[-1][0]} done" in line:
+            marks[-1] = (marks[-1][0], marks[-1][1], now)
+    status = proc.wait()
+    total = time.perf_counter() - started
+    ends = [m[1] for m in marks[1:]] + [total]
+    stages = {name: (end - begin, None if done is None else end - done)
+              for (name, begin, done), end in zip(marks, ends)}
+    return total, status, stages
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -148,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = {k: v for k, v in env.items() if k != "PAS_LOG_LEVEL"}
         tools = {f"pas {name}": [time_to_marker(f"{python} -m pas.cli {name}", None, repo, plain)
                                  for _ in range(args.n)] for name in ("show", "plan")}
-        repro = None
-        if args.repro:
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=plain, capture_output=True,
-                                  text=True)
-            repro = (time.perf_counter() - started, done.returncode)
+        repro = time_repro(repo, plain) if args.repro else None
         print_table(times, baseline, tools, repro, args.n, args.tree.resolve(), (load_before, os.getloadavg()))
     finally:
         if args.keep:
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(times: dict[str, list[tuple[float, float]]], bare: list[tuple[float, float]],
-                tools: dict[str, list[tuple[float, float]]], repro: tuple[float, int] | None, runs: int, tree: Path,
+                tools: dict[str, list[tuple[float, float]]], repro: Repro | None, runs: int, tree: Path,
                 load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     """The markdown table the README quotes: wall seconds (median, min-max) and the median CPU seconds (user +
     system), which a loaded machine inflates less; goals are judged on the wall median."""
@@ -188,8 +209,15 @@ def print_table(times: dict[str, list[tuple[float, float]]], bare: list[tuple[fl
         (median, low, high), cpu = summarize(values), summarize(values, cpu=True)[0]
         goal = ("met" if median <= GOAL_COMMAND_S else "missed") + f" (<= {GOAL_COMMAND_S:g} s)"
         print(f"| {name} | {median:.2f} ({low:.2f}-{high:.2f}) | {cpu:.2f} | {goal} |")
-    if repro is not None:
-        print(f"| dvc repro (offline, once) | {repro[0]:.1f} | - | exit {repro[1]}; goal <= 150 s |")
+    if repro is None:
+        return
+    total, status, stages = repro
+    goal = ("met" if total <= GOAL_REPRO_S and status == 0 else "missed") + f" (<= {GOAL_REPRO_S:g} s)"
+    print(f"| dvc repro (offline, once) | {total:.1f} | - | exit {status}; {goal} |")
+    print("\n| stage in that dvc repro | seconds | of which after its `done` line (exit + DVC bookkeeping) |")
+    print("| --- | --- | --- |")
+    for name, (spent, tail) in stages.items():
+        print(f"| {name} | {spent:.1f} | {'-' if tail is None else f'{tail:.1f}'} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pas.models.tiny import build_tiny_clip, build_tiny_sd, initial_value, seede
 # content_hash of each built folder. A change here changes the offline default's models/ outputs and
 # every result downstream: recommit dvc.lock, metrics/ and plots/ from a full `dvc repro` with it.
 EXPECTED = {
-    "sd": "21afe63028c69f11496c25382803cd85be6028d4b530ade8a4cc5626025e5741",
+    "sd": "4a84972f0bca7e124a0f698a0039e9df011a0266ece8a748711ca6fb65e10865",
     "clip": "cb7e71fa2f4c26236783c480600392d66f35276c41424a4d7da113b006450ff9",
 }
 

@@ -120,9 +120,11 @@ def _write_tokenizer(folder: Path) -> None:
 TEXT_ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "vocab_size": len(_TOKENS), "max_position_embeddings": 77,
                 "bos_token_id": _BOS, "eos_token_id": _EOS, "pad_token_id": _EOS}
+# Cross-attention at the 16x16 level only (the first block plain convolutions): self-attention over the 32x32
+# latent's 1,024 tokens was 71% of a render on CPU; at 256 tokens the tiny pipeline renders about 3x faster.
 UNET = {"sample_size": 32, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-        "block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32,
+        "block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "cross_attention_dim": 32,
         "attention_head_dim": 8, "norm_num_groups": 16}
 VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 64],
        "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
@@ -137,7 +139,7 @@ PIPELINE = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker":
 
 
 def build_tiny_sd(dest: Path, seed: int = SEED) -> None:
-    """A ~1M-parameter Stable-Diffusion-layout pipeline rendering 64x64 images."""
+    """A ~1.7M-parameter Stable-Diffusion-layout pipeline rendering 64x64 images."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
