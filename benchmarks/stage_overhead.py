@@ -11,7 +11,9 @@ params loaded and checked, every import the stage script makes at the top done).
 so no stage needs its inputs and nothing is written. `python -c pass` (start to exit) is timed in the same way, in
 turn with the stages, and its median is subtracted: "overhead" is what pas adds to starting Python.
 `pas show` and `pas plan` are timed start to exit (an MLflow store with one finished pipeline run is created first,
-as a `dvc repro` leaves one). With --repro the whole offline `dvc repro` runs once in the copy and is timed too.
+as a `dvc repro` leaves one). With --repro the whole offline `dvc repro` runs once in the copy and is timed too,
+with each stage's seconds in it and the part after the stage's `done` line (its process exiting, then DVC hashing,
+caching and writing the lock for it).
 
 Figures are medians (min-max) of N runs on whatever machine runs this, wall time and CPU time (user + system of the
 process, which a shared machine's load inflates less); quote them with the machine and the load average printed.
