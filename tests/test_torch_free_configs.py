@@ -38,3 +38,9 @@ def test_an_arch_is_answered_from_the_list_or_by_timm_when_versions_differ(tmp_p
     timm_archs.write_archs(written := tmp_path / "written.txt")
     assert written.read_text().splitlines()[0] == f"# timm {timm.__version__}"
     assert timm_archs.is_timm_arch("vit_small_patch16_224", written)
+
+
+def test_only_stablerep_trains_on_prompt_groups_and_its_group_is_images_per_prompt():
+    grouped = {name: method_args(name, None, "x").group_views for name in METHODS}
+    assert grouped == {**{name: None for name in METHODS}, "stablerep": 6}
+    assert method_args("stablerep", {"images_per_prompt": 3}, "x").group_views == 3

@@ -151,16 +151,16 @@ def pretrain_work(cfg: PretrainConfig, size: int, gpus: int, generated_share: fl
     args.check_run(cfg.image_size, cfg.batch_size * gpus, f"pretrain.method_args.{cfg.method}")
     what = f"{cfg.method}/{cfg.backbone} at {cfg.image_size}px" + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
     priced, pairs, unit = cfg.method, 1.0, "images"   # the throughput table's method, its samples per item
-    if cfg.method == "stablerep":
-        priced, pairs, unit = "simclr", args.images_per_prompt / 2, "groups"
-        what += f", groups of {args.images_per_prompt} views priced as {pairs:g} SimCLR samples"
+    if group := args.group_views:
+        priced, pairs, unit = "simclr", group / 2, "groups"
+        what += f", groups of {group} views priced as {pairs:g} SimCLR samples"
     work = {"stage": "pretrain", "task": "pretrain", "model": f"{priced}/{cfg.backbone}",
             "input": {"method": priced, "image_size": cfg.image_size}}
     if cfg.dataset == "curated":
         images = size - heldout_count(args, size)
-        if cfg.method == "stablerep":   # a group per m generated images (prompt boundaries ignored), one per other
+        if group:   # a group per m generated images (prompt boundaries ignored), one per other
             generated = round(images * generated_share)
-            images = -(-generated // args.images_per_prompt) + images - generated
+            images = -(-generated // group) + images - generated
         steps, epochs = training_length(cfg, epoch_steps(cfg, images, gpus), global_batch)
         passes = f"{epochs:,} epoch(s) of {images:,} {unit}"
     elif cfg.images_budget:

@@ -12,10 +12,16 @@ from pas.core.config import require, require_fields
 
 
 class RunChecks:
-    """The default: a method's args fit any run's sizes."""
+    """The default: a method's args fit any run's sizes, and it trains on single images."""
 
     def check_run(self, image_size: int, global_batch: int, prefix: str) -> None:
         """Raise a ConfigError (naming `prefix`.key) if these args do not fit this run's sizes."""
+
+    @property
+    def group_views(self) -> int | None:
+        """Views per item when the method trains on prompt groups (pas.ssl.groups: m images of one prompt, a label
+        per group), else None: pretraining streams such groups and the cost model prices them."""
+        return None
 
 
 class QueueChecks(RunChecks):
@@ -247,6 +253,11 @@ class StableRepArgs(RunChecks):
     temperature: float = 0.1        # main_stablerep.py `--ssl-temp` default 0.1 (losses.py MultiPosConLoss too)
     mlp_dim: int = 4096             # main_stablerep.py `--ssl-mlp-dim` default 4096
     proj_dim: int = 256             # main_stablerep.py `--ssl-emb-dim` default 256
+
+    @property
+    def group_views(self) -> int | None:
+        """m views per group, one per image of a prompt."""
+        return self.images_per_prompt
 
     def validate(self, prefix: str) -> None:
         """Check ranges."""

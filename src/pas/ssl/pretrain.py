@@ -341,7 +341,7 @@ def pretrain(manifest: pa.Table, root: Path, cfg: PretrainConfig, out_dir: Path,
     # decodes and augments (PAS_AUGMENT, default: on a GPU); the draws are the same either way
     on_device = augment_on_device(device)
     transforms = cls.view_transforms(args, cfg.image_size)
-    if getattr(cls, "prompt_groups", False) and has_siblings(manifest):
+    if args.group_views and has_siblings(manifest):
         # StableRep: groups of m images of one prompt, each group's views decoded from several images on the CPU path
         # (the device path decodes one image per item); a manifest without prompt siblings streams m views per image
         on_device = False

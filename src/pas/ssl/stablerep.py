@@ -21,7 +21,7 @@ is pretrain.lr 6.0e-4).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,6 @@ class StableRep(SSLMethod):
     """A 3-layer MLP projector (BatchNorm per view) + the multi-positive contrastive loss over groups of m views."""
 
     Args = StableRepArgs
-    prompt_groups: ClassVar[bool] = True   # pretrain feeds it pas.ssl.groups batches: m views per group, a label each
 
     def __init__(self, backbone: nn.Module, feature_dim: int, args: StableRepArgs) -> None:
         super().__init__()
