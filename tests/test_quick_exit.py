@@ -35,4 +35,3 @@ def test_a_stage_freezes_the_collector_last_and_its_outputs_and_handlers_are_com
     assert (tmp_path / "late.txt").read_text() == "0"                          # handlers after it ran, before it
     assert json.loads((tmp_path / "metrics" / "probe.json").read_text()) == {"ok": 1}
     assert "probe done" in done.stderr
-

@@ -118,8 +118,8 @@ def quick_exit() -> None:
     """Skip the interpreter's last garbage collection over everything the process imported, at exit.
 
     After the atexit handlers (logging flushed, MLflow runs ended), CPython tears the modules down and collects
-    every object they held: 1-2 s for a stage that imported torch + open_clip (benchmarks/stage_overhead.py
-    measures it), paid by every stage of a `dvc repro`. gc.freeze() as the last atexit handler moves those objects
+    every object they held: 1-2 s for a stage that imported torch + open_clip (`benchmarks/stage_overhead.py
+    --repro` prints each stage's tail), paid by every stage of a `dvc repro`. gc.freeze() as the last atexit handler moves those objects
     out of the collector's reach; refcounted objects are still released and every atexit handler still runs. Only
     unreachable reference cycles are left to the OS, which frees the memory anyway; outputs are never among them
     (pas writes files atomically: closed, then renamed). Registering twice (one process running several stages,
